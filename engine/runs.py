@@ -1,0 +1,281 @@
+"""The run store: where runs live, what a run directory holds, and what state a run is in.
+
+Layout: ``<runs_dir>/<experiment>/<run_id>/`` with the files named in `RunPaths`.
+`RunState` folds a run's events into the summary every view shows (CLI tables, TUI panels,
+reports), so that "what is the best error of BAN-2" is computed in one place.
+
+Imports no torch and no textual.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.events import EventReader, read_events
+
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER = 3 * HEARTBEAT_SECONDS  # no event for this long and the process is not known alive
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Experiment and run names become directory names: keep them to a safe alphabet so a
+    name can never escape the runs directory or mean something to a shell."""
+    if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
+        raise ValueError(f"invalid {what} {name!r}: expected letters, digits and . _ + - "
+                         "(starting with a letter or digit, at most 128 characters)")
+    return name
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def snapshot(self) -> Path: return self.root / "experiment.toml"
+    @property
+    def events(self) -> Path: return self.root / "events.jsonl"
+    @property
+    def checkpoints(self) -> Path: return self.root / "checkpoints"
+    @property
+    def probs(self) -> Path: return self.root / "probs"
+    @property
+    def results(self) -> Path: return self.root / "results.json"
+    @property
+    def stdout(self) -> Path: return self.root / "stdout.log"
+    @property
+    def stderr(self) -> Path: return self.root / "stderr.log"
+    @property
+    def pid(self) -> Path: return self.root / "pid"
+
+    def gen_checkpoint(self, gen: int) -> Path:
+        return self.checkpoints / f"gen-{gen}.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def gen_probs(self, gen: int) -> Path:
+        return self.probs / f"gen-{gen}.npy"
+
+
+def new_run_id(seed: int) -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-s{seed}-{secrets.token_hex(2)}"
+
+
+def run_dir(runs_dir: Path, experiment: str, run_id: str) -> Path:
+    return Path(runs_dir) / check_name(experiment, "experiment name") / check_name(run_id, "run id")
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """Every run directory under runs_dir (those with an events file or a snapshot), oldest first."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    found = {p.parent for pat in ("*/*/events.jsonl", "*/*/experiment.toml") for p in runs_dir.glob(pat)}
+    return sorted(found, key=lambda p: (p.name[:15], str(p)))
+
+
+def find_run(runs_dir: Path, ref: str) -> Path:
+    """A run by path, by `experiment/run_id`, by run id or by a unique prefix of a run id."""
+    p = Path(ref)
+    if (p / "events.jsonl").exists() or (p / "experiment.toml").exists():
+        return p
+    runs = list_runs(runs_dir)
+    exact = [r for r in runs if r.name == ref or f"{r.parent.name}/{r.name}" == ref]
+    if exact:
+        return exact[-1]
+    pref = [r for r in runs if r.name.startswith(ref) or f"{r.parent.name}/{r.name}".startswith(ref)]
+    if len(pref) == 1:
+        return pref[0]
+    if not pref:
+        raise LookupError(f"no run matches {ref!r} under {runs_dir}")
+    raise LookupError(f"{ref!r} matches {len(pref)} runs under {runs_dir}: "
+                      + ", ".join(f"{r.parent.name}/{r.name}" for r in pref[:5]))
+
+
+# ---- liveness -------------------------------------------------------------------------------
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot), so that a recycled pid
+    is not mistaken for the engine. None where /proc is not available or the pid is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2 (comm) may hold spaces and parentheses: split after its closing parenthesis.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])  # field 22 of the whole line
+
+
+def pid_alive(pid: int | None, start_time: int | None) -> bool | None:
+    """True/False when it can be told; None when it cannot (no pid recorded)."""
+    if not pid:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if start_time is None:
+        return True
+    now = process_start_time(pid)
+    if now is None:
+        return True if not Path("/proc").exists() else False
+    if now != start_time:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+# ---- state ----------------------------------------------------------------------------------
+
+def gen_label(gen: int) -> str:
+    return "Teacher" if gen == 0 else f"BAN-{gen}"
+
+
+@dataclass
+class GenState:
+    gen: int
+    role: str = ""
+    objective: str = ""
+    model: str = ""
+    params: int | None = None
+    teacher: int | None = None
+    epochs: int = 0
+    epoch: int = 0
+    metric: str = "err"            # "err" for classifiers, "ppl" for language models
+    last: dict = field(default_factory=dict)    # the latest epoch event
+    best_test: float | None = None
+    final: dict = field(default_factory=dict)   # from gen_end
+    seconds: float = 0.0
+    done: bool = False
+
+    @property
+    def label(self) -> str:
+        return gen_label(self.gen)
+
+    @property
+    def test(self) -> float | None:
+        """The headline number: final (last-epoch) test error or perplexity."""
+        key = "test_ppl" if self.metric == "ppl" else "test_err"
+        if self.final.get(key) is not None:
+            return self.final[key]
+        return self.last.get(key)
+
+
+@dataclass
+class RunState:
+    """Everything a view shows about one run, folded from its events."""
+    run_id: str = ""
+    experiment: str = ""
+    seed: int | None = None
+    host: str = ""
+    pid: int | None = None
+    pid_start: int | None = None
+    device: str = ""
+    started: float | None = None
+    last_ts: float | None = None
+    gens: dict[int, GenState] = field(default_factory=dict)
+    ensembles: dict[int, dict] = field(default_factory=dict)
+    end: dict | None = None
+    errors: list[str] = field(default_factory=list)
+    n_events: int = 0
+    last_seq: int = 0
+
+    def apply(self, e: dict) -> None:
+        kind = e.get("kind")
+        self.n_events += 1
+        self.last_seq = max(self.last_seq, int(e.get("seq", 0)))
+        self.last_ts = e.get("ts", self.last_ts)
+        self.run_id = e.get("run", self.run_id)
+        if kind == "run_start":
+            self.experiment = e.get("experiment", "")
+            self.seed = e.get("seed")
+            self.host = e.get("host", "")
+            self.pid, self.pid_start = e.get("pid"), e.get("pid_start")
+            self.device = e.get("device", "")
+            self.started = self.started or e.get("ts")
+            self.end = None  # a resumed run starts again
+        elif kind == "gen_start":
+            g = self.gens.setdefault(e["gen"], GenState(e["gen"]))
+            g.role, g.objective, g.model = e.get("role", ""), e.get("objective", ""), e.get("model", "")
+            g.params, g.teacher, g.epochs = e.get("params"), e.get("teacher"), e.get("epochs", 0)
+            g.metric = e.get("metric", "err")
+        elif kind == "epoch":
+            g = self.gens.setdefault(e["gen"], GenState(e["gen"]))
+            g.epoch, g.epochs, g.last = e.get("epoch", 0), e.get("epochs", g.epochs), e
+            g.seconds += e.get("seconds") or 0.0
+            key = "test_ppl" if "test_ppl" in e else "test_err"
+            g.metric = "ppl" if key == "test_ppl" else g.metric
+            if e.get(key) is not None:
+                g.best_test = e[key] if g.best_test is None else min(g.best_test, e[key])
+        elif kind == "gen_end":
+            g = self.gens.setdefault(e["gen"], GenState(e["gen"]))
+            g.final, g.done = e.get("final", {}) or {}, True
+        elif kind == "ensemble":
+            self.ensembles[e["k"]] = e
+        elif kind == "error":
+            self.errors.append(e.get("message", ""))
+        elif kind == "run_end":
+            self.end = e
+
+    def extend(self, events) -> "RunState":
+        for e in events:
+            self.apply(e)
+        return self
+
+    @property
+    def metric(self) -> str:
+        return next((g.metric for g in self.gens.values()), "err")
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(epochs done, epochs planned so far) over the generations started."""
+        return (sum(g.epoch for g in self.gens.values()), sum(g.epochs for g in self.gens.values()))
+
+    def status(self, now: float | None = None, check_pid: bool = True) -> str:
+        """ok / failed / cancelled once ended; else running, stale (no heartbeat lately, the
+        process not known alive) or dead (the process is gone, the run never ended)."""
+        if self.end is not None:
+            return self.end.get("status", "failed")
+        now = time.time() if now is None else now
+        alive = pid_alive(self.pid, self.pid_start) if check_pid else None
+        if alive is False:
+            return "dead"
+        if self.last_ts is not None and now - self.last_ts > STALE_AFTER:
+            return "stale"
+        return "running"
+
+
+def load_state(path: Path) -> RunState:
+    """The state of a run directory (or of an events file)."""
+    path = Path(path)
+    events = path / "events.jsonl" if path.is_dir() else path
+    state = RunState().extend(read_events(events))
+    if not state.run_id:
+        state.run_id = path.name if path.is_dir() else path.parent.name
+        state.experiment = state.experiment or (path.parent.name if path.is_dir() else "")
+    return state
+
+
+class RunFollower:
+    """An EventReader plus the RunState it folds: the unit both the CLI and the TUI follow."""
+
+    def __init__(self, root: Path):
+        self.paths = RunPaths(Path(root))
+        self.reader = EventReader(self.paths.events)
+        self.state = RunState()
+
+    def poll(self) -> list[dict]:
+        events = self.reader.poll()
+        self.state.extend(events)
+        return events

@@ -1,0 +1,238 @@
+"""`experiments.toml`: the config schema, its validation, and the resolved experiment.
+
+Imports no torch and no textual: `ban validate`, `ban run` and the TUI use it before anything
+is launched. The engine reads the same schema; a run's `experiment.toml` snapshot is itself a
+valid config file holding one fully resolved experiment.
+
+Schema (every key optional unless marked):
+
+    [defaults]                 # any experiment key, shared by all experiments
+    runs_dir = "runs"
+    device = "auto"            # auto | cpu | cuda | cuda:N
+
+    [[experiment]]
+    name = "quickstart"        # required; letters, digits, . _ + -
+    dataset = { name = "digits", root = "...", download = false, val_split = 0.0, augment = true }
+    model = "cnn-small"        # default model of every generation
+    model_options = {}         # e.g. { dropout = 0.3 }
+    epochs = 15
+    batch_size = 64
+    optimizer = { lr = 0.1, momentum = 0.9, nesterov = true, weight_decay = 5e-4 }
+    schedule = "cosine"        # or { name = "multistep", milestones = [60, 120, 160], gamma = 0.2 }
+    generations = 3            # shorthand: a teacher (ce) + 3 students with `objective`
+    objective = "ban"          # shorthand objective of the students
+    objective_options = {}     # e.g. { temperature = 1.0, teacher_weight = 1, label_weight = 1 }
+    ensembles = [2, 3]         # Ens*k over BAN-1..BAN-k
+    ensemble_include_teacher = false
+    seeds = [0]                # the whole chain is repeated per seed
+    host = "gpu1"              # optional: run on a [hosts.NAME] by default
+
+    # or, instead of the shorthand, an explicit chain (generation 0 is the teacher):
+    [[experiment.generation]]
+    objective = "ce"
+    [[experiment.generation]]
+    objective = "ban+l"
+    model = "densenet-bc-90-60"   # a cross-architecture student
+    teacher = 0                   # default: the previous generation
+    epochs = 30                   # any training key overrides the experiment's
+    inherit = ["stem", "head"]    # parts copied from the teacher (issue 9)
+    freeze = ["stem", "head"]
+
+    [hosts.gpu1]
+    ssh = "gpu1"               # an ssh destination or ~/.ssh/config alias
+    workdir = "~/ban"
+    python = "~/ban/.venv/bin/python"
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from engine import catalog
+
+
+# ---- the resolved experiment --------------------------------------------------------------
+
+@dataclass
+class Optimizer:
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class Schedule:
+    name: str = "cosine"                 # constant | multistep | cosine | onecycle | plateau
+    milestones: list = field(default_factory=list)   # epochs, for multistep
+    gamma: float = 0.2                   # multistep / plateau decay factor
+    threshold: float = 0.0               # plateau: decay when the metric improves by less
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class Dataset:
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_split: float = 0.0
+    augment: bool = True
+    options: dict = field(default_factory=dict)   # data-set specific (npz file names, bptt...)
+
+
+@dataclass
+class Training:
+    epochs: int = 15
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    schedule: Schedule = field(default_factory=Schedule)
+    grad_clip: float | None = None
+    precision: str = "auto"      # auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on the CPU)
+    channels_last: bool | None = None   # None: on for CUDA image models
+    compile: bool = False
+    teacher_cache: bool = False
+
+
+TRAINING_KEYS = ("epochs", "batch_size", "eval_batch_size", "optimizer", "schedule", "grad_clip",
+                 "precision", "channels_last", "compile", "teacher_cache")
+
+
+@dataclass
+class Generation:
+    index: int                   # 0 is the teacher
+    objective: str
+    model: str
+    model_options: dict = field(default_factory=dict)
+    objective_options: dict = field(default_factory=dict)
+    teacher: int | None = None   # the generation whose outputs it learns from (None: none)
+    seed: int | None = None      # None: derived from the chain seed and the index
+    inherit: list = field(default_factory=list)
+    freeze: list = field(default_factory=list)
+    training: Training = field(default_factory=Training)
+
+    @property
+    def role(self) -> str:
+        return "teacher" if self.teacher is None else "student"
+
+
+@dataclass
+class Experiment:
+    name: str
+    dataset: Dataset
+    generations: list[Generation]
+    ensembles: list[int] = field(default_factory=list)
+    ensemble_include_teacher: bool = False
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    runs_dir: str = "runs"
+    gpus: int = 1
+    host: str | None = None
+    source: str = ""             # the file it came from (for messages)
+
+    def to_dict(self) -> dict:
+        """The experiment as a config-file table (explicit generations, no shorthand)."""
+        d = asdict(self)
+        d.pop("source")
+        for g in d["generations"]:
+            g.pop("index")
+            g.update(g.pop("training"))
+        return _drop_none(d)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Host:
+    name: str
+    ssh: str
+    workdir: str = "~/ban"
+    python: str = "python3"
+    runs_dir: str = "runs"
+
+
+@dataclass
+class Config:
+    path: str
+    experiments: dict[str, Experiment]
+    hosts: dict[str, Host]
+
+
+def _drop_none(x):
+    if isinstance(x, dict):
+        return {k: _drop_none(v) for k, v in x.items() if v is not None}
+    if isinstance(x, list):
+        return [_drop_none(v) for v in x]
+    return x
+
+
+# ---- problems -----------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    file: str
+    line: int | None
+    col: int | None
+    key: str
+    message: str          # "expected ..., found ..." (+ did you mean)
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "") + (f":{self.col}" if self.col else "")
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class SpecError(Exception):
+    """Every problem of a config file, found in one pass."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+def load(path: str | Path) -> Config:
+    """Parse and validate a config file; raise SpecError listing every problem."""
+    from engine.spec_check import Checker  # the validator lives beside, this module holds the schema
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([Problem(str(path), None, None, "", f"cannot read the file: {exc.strerror}")])
+    return Checker(str(path), text).check()
+
+
+def loads(text: str, path: str = "<string>") -> Config:
+    from engine.spec_check import Checker
+    return Checker(path, text).check()
+
+
+def dumps_experiment(exp: Experiment, hosts: dict[str, Host] | None = None) -> str:
+    """A config file holding just this experiment, fully resolved (the run snapshot)."""
+    import tomlkit
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment(f"resolved snapshot of experiment {exp.name!r} from {exp.source or 'a config'}"))
+    doc["experiment"] = tomlkit.aot()
+    table = exp.to_dict()
+    gens = table.pop("generations")
+    item = tomlkit.table()
+    for k, v in table.items():
+        item[k] = copy.deepcopy(v)
+    item["generation"] = tomlkit.aot()
+    for g in gens:
+        item["generation"].append(g)
+    doc["experiment"].append(item)
+    if hosts:
+        doc["hosts"] = {h.name: _drop_none({k: v for k, v in asdict(h).items() if k != "name"})
+                        for h in hosts.values()}
+    return tomlkit.dumps(doc)

@@ -1,0 +1,486 @@
+"""Validation of `experiments.toml` into `engine.spec` objects, every problem in one pass.
+
+Each problem names the file, line and column, the key path, what was expected and what was
+found, and a "did you mean" for misspelled keys and names. No torch, no textual.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from dataclasses import fields
+from pathlib import PurePosixPath
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from engine import catalog
+from engine.runs import check_name
+from engine.spec import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
+                         Problem, Schedule, SpecError, Training)
+
+EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
+                   "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
+                   "runs_dir", "gpus", "host", "generation", "description") + TRAINING_KEYS
+DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation"))
+GENERATION_KEYS = ("objective", "model", "model_options", "objective_options", "teacher", "seed",
+                   "inherit", "freeze") + TRAINING_KEYS
+DATASET_KEYS = tuple(f.name for f in fields(Dataset))
+OPTIMIZER_KEYS = tuple(f.name for f in fields(Optimizer))
+SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
+SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
+HOST_KEYS = ("ssh", "workdir", "python", "runs_dir")
+DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INHERITABLE = ("stem", "head")
+
+
+def did_you_mean(word, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def describe(v) -> str:
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, int):
+        return f"integer {v}"
+    if isinstance(v, float):
+        return f"number {v}"
+    if isinstance(v, str):
+        return f"string {v!r}"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, dict):
+        return "a table"
+    return type(v).__name__
+
+
+class Locator:
+    """Finds the line and column of a key path in the TOML text (tomllib keeps no positions).
+
+    Works on the shapes configs use: `[[experiment]]` / `[[experiment.generation]]` /
+    `[section]` headers, `key = value` lines and inline tables `key = { sub = ... }`.
+    """
+
+    HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"' -]+?)\s*\]\]?\s*(#.*)?$")
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+        # sections: list of (header name, array index within that name, start line index)
+        self.sections = []
+        counts: dict[str, int] = {}
+        parent_idx: dict[str, int] = {}
+        for i, line in enumerate(self.lines):
+            m = self.HEADER.match(line)
+            if not m:
+                continue
+            name = m.group(2).replace('"', "").replace("'", "").replace(" ", "")
+            if m.group(1) == "[[":
+                if name == "experiment.generation":
+                    key = f"experiment.generation@{counts.get('experiment', 0) - 1}"
+                    n = parent_idx.get(key, 0)
+                    parent_idx[key] = n + 1
+                    self.sections.append((name, (counts.get("experiment", 0) - 1, n), i))
+                else:
+                    n = counts.get(name, 0)
+                    counts[name] = n + 1
+                    self.sections.append((name, n, i))
+            else:
+                self.sections.append((name, None, i))
+
+    def _section_range(self, name, index):
+        for j, (n, idx, start) in enumerate(self.sections):
+            if n == name and idx == index:
+                end = len(self.lines)
+                for n2, _, s2 in self.sections[j + 1:]:
+                    end = s2
+                    break
+                return start, end
+        return None
+
+    def find(self, path: tuple) -> tuple[int | None, int | None]:
+        """path like ("experiment", 2, "optimizer", "lr") or ("experiment", 0, "generation", 1, "model")."""
+        rng, keys = None, list(path)
+        if len(path) >= 4 and path[0] == "experiment" and path[2] == "generation" and isinstance(path[3], int):
+            rng, keys = self._section_range("experiment.generation", (path[1], path[3])), list(path[4:])
+        elif len(path) >= 2 and path[0] == "experiment" and isinstance(path[1], int):
+            rng, keys = self._section_range("experiment", path[1]), list(path[2:])
+        elif path and path[0] in ("defaults", "hosts"):
+            if path[0] == "hosts" and len(path) >= 2:
+                rng, keys = self._section_range(f"hosts.{path[1]}", None), list(path[2:])
+            if rng is None:
+                rng, keys = self._section_range(path[0], None), list(path[1:])
+        if rng is None:
+            rng = (0, self.sections[0][2] if self.sections else len(self.lines))
+        start, end = rng
+        if not keys:
+            return start + 1, 1
+        first = str(keys[0])
+        pat = re.compile(r"^\s*[\"']?" + re.escape(first) + r"[\"']?\s*=")
+        for i in range(start, end):
+            if pat.match(self.lines[i]):
+                col = self.lines[i].index(first) + 1
+                for sub in keys[1:]:
+                    m = re.search(r"[{,]\s*[\"']?" + re.escape(str(sub)) + r"[\"']?\s*=", self.lines[i])
+                    if m:
+                        col = m.start() + 2 + (len(m.group(0)) - len(m.group(0).lstrip("{, ")) - 1)
+                return i + 1, col
+        # a sub-table header such as [experiment.dataset]
+        return start + 1, 1
+
+
+class Checker:
+    def __init__(self, file: str, text: str):
+        self.file, self.text = file, text
+        self.problems: list[Problem] = []
+        self.loc = Locator(text)
+
+    # -- reporting --
+    def bad(self, path: tuple, message: str) -> None:
+        line, col = self.loc.find(path)
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+        self.problems.append(Problem(self.file, line, col, key, message))
+
+    def expect(self, path, value, kind: str, found_ok) -> bool:
+        if not found_ok:
+            self.bad(path, f"expected {kind}, found {describe(value)}")
+            return False
+        return True
+
+    def unknown_keys(self, path: tuple, table: dict, allowed) -> None:
+        for k in table:
+            if k not in allowed:
+                self.bad(path + (k,), f"unknown key{did_you_mean(k, allowed)}; expected one of: "
+                         + ", ".join(allowed))
+
+    # -- typed getters: return the value, or None after recording a problem --
+    def int_(self, path, v, lo=None):
+        if not isinstance(v, int) or isinstance(v, bool):
+            self.expect(path, v, "an integer" + (f" >= {lo}" if lo is not None else ""), False)
+            return None
+        if lo is not None and v < lo:
+            self.bad(path, f"expected an integer >= {lo}, found {v}")
+            return None
+        return v
+
+    def num(self, path, v, lo=None, hi=None, lo_open=False):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            self.expect(path, v, "a number", False)
+            return None
+        if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
+            rng = (f"> {lo}" if lo_open else f">= {lo}") if lo is not None else ""
+            rng += (" and " if rng and hi is not None else "") + (f"<= {hi}" if hi is not None else "")
+            self.bad(path, f"expected a number {rng}, found {v}")
+            return None
+        return float(v)
+
+    def bool_(self, path, v):
+        return v if self.expect(path, v, "true or false", isinstance(v, bool)) else None
+
+    def str_(self, path, v):
+        return v if self.expect(path, v, "a string", isinstance(v, str)) else None
+
+    def table(self, path, v):
+        return v if self.expect(path, v, "a table", isinstance(v, dict)) else None
+
+    def choice(self, path, v, choices, what):
+        if self.str_(path, v) is None:
+            return None
+        if v not in choices:
+            self.bad(path, f"unknown {what} {v!r}{did_you_mean(v, choices)}; expected one of: "
+                     + ", ".join(choices))
+            return None
+        return v
+
+    def model(self, path, v):
+        if self.str_(path, v) is None:
+            return None
+        try:
+            catalog.resolve_model(v)
+        except KeyError:
+            self.bad(path, f"unknown model {v!r}{did_you_mean(v, catalog.model_examples())}; "
+                     "run `ban models` for the list")
+            return None
+        return v
+
+    # -- sections --
+    def check(self) -> Config:
+        try:
+            doc = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            m = re.search(r"line (\d+), column (\d+)", str(exc))
+            line, col = (int(m.group(1)), int(m.group(2))) if m else (None, None)
+            msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            raise SpecError([Problem(self.file, line, col, "", f"TOML syntax error: {msg}")])
+        self.unknown_keys((), doc, ("defaults", "experiment", "hosts"))
+        defaults = doc.get("defaults", {})
+        if self.table(("defaults",), defaults) is None:
+            defaults = {}
+        self.unknown_keys(("defaults",), defaults, DEFAULT_KEYS)
+        hosts = self.hosts(doc.get("hosts", {}))
+        exps = doc.get("experiment", [])
+        experiments: dict[str, Experiment] = {}
+        if not isinstance(exps, list):
+            self.bad(("experiment",), f"expected an array of tables [[experiment]], found {describe(exps)}")
+            exps = []
+        if not exps and not self.problems:
+            self.bad(("experiment",), "expected at least one [[experiment]] table, found none")
+        for i, raw in enumerate(exps):
+            exp = self.experiment(i, defaults, raw, hosts)
+            if exp is None:
+                continue
+            if exp.name in experiments:
+                self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
+            experiments[exp.name] = exp
+        if self.problems:
+            raise SpecError(self.problems)
+        return Config(self.file, experiments, hosts)
+
+    def hosts(self, raw) -> dict[str, Host]:
+        out = {}
+        if self.table(("hosts",), raw) is None:
+            return out
+        for name, h in raw.items():
+            p = ("hosts", name)
+            try:
+                check_name(name, "host name")
+            except ValueError as exc:
+                self.bad(p, str(exc))
+                continue
+            if self.table(p, h) is None:
+                continue
+            self.unknown_keys(p, h, HOST_KEYS)
+            if "ssh" not in h:
+                self.bad(p, "expected key 'ssh' (an ssh destination or ~/.ssh/config alias), found none")
+                continue
+            vals = {k: self.str_(p + (k,), h[k]) for k in HOST_KEYS if k in h}
+            if None in vals.values():
+                continue
+            if vals["ssh"].startswith("-") or any(c in vals["ssh"] for c in " \n\t'\";$`"):
+                self.bad(p + ("ssh",), f"expected an ssh destination like user@host or an alias, found {vals['ssh']!r}")
+                continue
+            out[name] = Host(name=name, **vals)
+        return out
+
+    def training(self, path, raw: dict, base: Training) -> Training:
+        t = Training(**{f.name: getattr(base, f.name) for f in fields(Training)})
+        t.optimizer = Optimizer(**vars(base.optimizer))
+        t.schedule = Schedule(**{k: (list(v) if isinstance(v, list) else v) for k, v in vars(base.schedule).items()})
+        if "epochs" in raw and (v := self.int_(path + ("epochs",), raw["epochs"], 1)) is not None:
+            t.epochs = v
+        for k in ("batch_size", "eval_batch_size"):
+            if k in raw and (v := self.int_(path + (k,), raw[k], 1)) is not None:
+                setattr(t, k, v)
+        if "grad_clip" in raw and (v := self.num(path + ("grad_clip",), raw["grad_clip"], 0, lo_open=True)) is not None:
+            t.grad_clip = v
+        if "precision" in raw and (v := self.choice(path + ("precision",), raw["precision"], PRECISIONS, "precision")):
+            t.precision = v
+        for k in ("channels_last", "compile", "teacher_cache"):
+            if k in raw and (v := self.bool_(path + (k,), raw[k])) is not None:
+                setattr(t, k, v)
+        if "optimizer" in raw and (o := self.table(path + ("optimizer",), raw["optimizer"])) is not None:
+            op = path + ("optimizer",)
+            self.unknown_keys(op, o, OPTIMIZER_KEYS)
+            if "lr" in o and (v := self.num(op + ("lr",), o["lr"], 0, lo_open=True)) is not None:
+                t.optimizer.lr = v
+            if "momentum" in o and (v := self.num(op + ("momentum",), o["momentum"], 0, 1)) is not None:
+                t.optimizer.momentum = v
+            if "weight_decay" in o and (v := self.num(op + ("weight_decay",), o["weight_decay"], 0)) is not None:
+                t.optimizer.weight_decay = v
+            if "nesterov" in o and (v := self.bool_(op + ("nesterov",), o["nesterov"])) is not None:
+                t.optimizer.nesterov = v
+        if "schedule" in raw:
+            s = raw["schedule"]
+            sp = path + ("schedule",)
+            if isinstance(s, str):
+                s = {"name": s}
+            if self.table(sp, s) is not None:
+                self.unknown_keys(sp, s, SCHEDULE_KEYS)
+                if "name" in s and (v := self.choice(sp + ("name",), s["name"], SCHEDULES, "schedule")):
+                    t.schedule = Schedule(name=v)
+                if "milestones" in s:
+                    ms = s["milestones"]
+                    if not isinstance(ms, list) or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms):
+                        self.bad(sp + ("milestones",), f"expected an array of positive epoch numbers, found {describe(ms)}")
+                    elif ms != sorted(ms):
+                        self.bad(sp + ("milestones",), f"expected increasing epochs, found {ms}")
+                    else:
+                        t.schedule.milestones = list(ms)
+                if "gamma" in s and (v := self.num(sp + ("gamma",), s["gamma"], 0, 1, lo_open=True)) is not None:
+                    t.schedule.gamma = v
+                if "threshold" in s and (v := self.num(sp + ("threshold",), s["threshold"], 0)) is not None:
+                    t.schedule.threshold = v
+                if "warmup_epochs" in s and (v := self.num(sp + ("warmup_epochs",), s["warmup_epochs"], 0)) is not None:
+                    t.schedule.warmup_epochs = v
+        return t
+
+    def options(self, path, v):
+        return dict(v) if self.table(path, v) is not None else {}
+
+    def dataset(self, path, raw) -> Dataset | None:
+        if isinstance(raw, str):
+            raw = {"name": raw}
+        if self.table(path, raw) is None:
+            return None
+        self.unknown_keys(path, raw, DATASET_KEYS)
+        if "name" not in raw:
+            self.bad(path, "expected key 'name' (one of: " + ", ".join(catalog.DATASETS) + "), found none")
+            return None
+        name = self.choice(path + ("name",), raw["name"], catalog.DATASETS, "data set")
+        if name is None:
+            return None
+        d = Dataset(name=name)
+        if "root" in raw and (v := self.str_(path + ("root",), raw["root"])) is not None:
+            d.root = v
+        if "download" in raw and (v := self.bool_(path + ("download",), raw["download"])) is not None:
+            d.download = v
+        if "augment" in raw and (v := self.bool_(path + ("augment",), raw["augment"])) is not None:
+            d.augment = v
+        if "val_split" in raw and (v := self.num(path + ("val_split",), raw["val_split"], 0, 0.9)) is not None:
+            d.val_split = v
+        if "options" in raw:
+            d.options = self.options(path + ("options",), raw["options"])
+        if name in ("cifar10", "cifar100", "npz", "ptb") and d.root is None:
+            self.bad(path + ("root",), f"expected a data root directory for data set {name!r}, found none")
+        return d
+
+    def experiment(self, i, defaults, raw, hosts) -> Experiment | None:
+        p = ("experiment", i)
+        if self.table(p, raw) is None:
+            return None
+        self.unknown_keys(p, raw, EXPERIMENT_KEYS)
+        n_before = len(self.problems)
+        merged = {**defaults, **raw}
+        name = merged.get("name")
+        if name is None:
+            self.bad(p, "expected key 'name', found none")
+        elif self.str_(p + ("name",), name) is not None:
+            try:
+                check_name(name, "experiment name")
+            except ValueError as exc:
+                self.bad(p + ("name",), str(exc))
+        where = lambda k: p + (k,) if k in raw else ("defaults", k)  # noqa: E731
+        dataset = self.dataset(where("dataset"), merged.get("dataset", {"name": "digits"}))
+        training = self.training(p if raw else ("defaults",), {k: merged[k] for k in TRAINING_KEYS if k in merged}, Training())
+        model = self.model(where("model"), merged["model"]) if "model" in merged else "cnn-small"
+        model_options = self.options(where("model_options"), merged.get("model_options", {}))
+        objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
+        gens: list[Generation] = []
+        if "generation" in raw:
+            if "generations" in raw or "objective" in raw:
+                self.bad(p + ("generation",), "expected either `generations` + `objective` or "
+                         "[[experiment.generation]] tables, found both")
+            gl = raw["generation"]
+            if not isinstance(gl, list) or not gl:
+                self.bad(p + ("generation",), f"expected an array of [[experiment.generation]] tables, found {describe(gl)}")
+                gl = []
+            for j, g in enumerate(gl):
+                gens.append(self.generation(p + ("generation", j), j, g, model, model_options, objective_options, training))
+        else:
+            n = merged.get("generations", 3)
+            n = self.int_(where("generations"), n, 0)
+            obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
+            if n is not None and obj is not None:
+                gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
+                for j in range(1, n + 1):
+                    gens.append(Generation(j, obj, model, dict(model_options), dict(objective_options), j - 1,
+                                           training=training))
+        gens = [g for g in gens if g is not None]
+        n_students = len(gens) - 1
+        ensembles = merged.get("ensembles", [])
+        ens_ok = isinstance(ensembles, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in ensembles)
+        if not ens_ok:
+            self.bad(where("ensembles"), f"expected an array of generation counts like [2, 3], found {describe(ensembles)}")
+            ensembles = []
+        for k in ensembles:
+            if not 1 <= k <= max(n_students, 0):
+                self.bad(where("ensembles"), f"expected each k between 1 and the number of student generations "
+                         f"({n_students}), found {k}")
+        seeds = merged.get("seeds", [0])
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            self.bad(where("seeds"), f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
+            seeds = [0]
+        elif len(set(seeds)) != len(seeds):
+            self.bad(where("seeds"), f"expected distinct seeds, found {seeds}")
+        device = merged.get("device", "auto")
+        if self.str_(where("device"), device) is not None and not DEVICES.fullmatch(device):
+            self.bad(where("device"), f"expected auto, cpu, cuda or cuda:N, found {device!r}")
+        runs_dir = self.str_(where("runs_dir"), merged.get("runs_dir", "runs")) or "runs"
+        gpus = self.int_(where("gpus"), merged.get("gpus", 1), 1) or 1
+        host = merged.get("host")
+        if host is not None and self.str_(where("host"), host) is not None and host not in hosts:
+            self.bad(where("host"), f"expected a host defined under [hosts], found {host!r}"
+                     + did_you_mean(host, list(hosts)))
+        include = merged.get("ensemble_include_teacher", False)
+        include = self.bool_(where("ensemble_include_teacher"), include) or False
+        if dataset and dataset.name in catalog.LM_DATASETS:
+            for g in gens:
+                fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
+                if fam and fam.kind != "lm":
+                    self.bad(where("model"), f"expected a language model for data set {dataset.name!r}, found image model {g.model!r}")
+                    break
+        elif dataset:
+            for g in gens:
+                fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
+                if fam and fam.kind == "lm":
+                    self.bad(where("model"), f"expected an image model for data set {dataset.name!r}, found language model {g.model!r}")
+                    break
+        if len(self.problems) > n_before or dataset is None or not isinstance(name, str):
+            return None
+        return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
+                          ensemble_include_teacher=include, seeds=list(seeds), device=device,
+                          runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+
+    @staticmethod
+    def _known(model) -> bool:
+        try:
+            catalog.resolve_model(model)
+            return True
+        except KeyError:
+            return False
+
+    def generation(self, p, j, raw, model, model_options, objective_options, training) -> Generation | None:
+        if self.table(p, raw) is None:
+            return None
+        self.unknown_keys(p, raw, GENERATION_KEYS)
+        default_obj = "ce" if j == 0 else "ban"
+        obj = self.choice(p + ("objective",), raw.get("objective", default_obj), catalog.OBJECTIVES, "objective")
+        m = self.model(p + ("model",), raw["model"]) if "model" in raw else model
+        teacher = raw.get("teacher", None if j == 0 else j - 1)
+        if obj == "ce" and "teacher" not in raw:
+            teacher = None
+        if teacher is not None:
+            if self.int_(p + ("teacher",), teacher, 0) is None:
+                teacher = None
+            elif teacher >= j:
+                self.bad(p + ("teacher",), f"expected an earlier generation (0..{j - 1}), found {teacher}"
+                         if j else "expected no teacher for generation 0 (it is the teacher), found 0")
+                teacher = None
+        if obj is not None and obj != "ce" and teacher is None and "teacher" not in raw:
+            self.bad(p + ("objective",), f"expected 'ce' for generation 0 (a {obj!r} student needs a teacher), found {obj!r}")
+        seed = raw.get("seed")
+        if seed is not None and self.int_(p + ("seed",), seed, 0) is None:
+            seed = None
+        lists = {}
+        for k in ("inherit", "freeze"):
+            v = raw.get(k, [])
+            if not isinstance(v, list) or any(x not in INHERITABLE for x in v):
+                self.bad(p + (k,), f"expected an array of parts among {list(INHERITABLE)}, found "
+                         + (repr(v) if isinstance(v, list) else describe(v)))
+                v = []
+            lists[k] = list(v)
+        if lists["inherit"] and teacher is None:
+            self.bad(p + ("inherit",), "expected a teacher to inherit from, found a generation without one")
+        for part in lists["freeze"]:
+            if part not in lists["inherit"]:
+                self.bad(p + ("freeze",), f"expected frozen parts to be inherited too, found {part!r} not in inherit")
+        t = self.training(p, raw, training)
+        if obj is None or m is None:
+            return None
+        return Generation(j, obj, m,
+                          {**model_options, **self.options(p + ("model_options",), raw.get("model_options", {}))} if "model" not in raw else self.options(p + ("model_options",), raw.get("model_options", {})),
+                          {**objective_options, **self.options(p + ("objective_options",), raw.get("objective_options", {}))},
+                          teacher, seed, lists["inherit"], lists["freeze"], t)
