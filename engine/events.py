@@ -150,7 +150,8 @@ class EventReader:
     def last_seq(self) -> int:
         return self.decoder.last_seq
 
-    def poll(self, max_bytes: int = 1 << 24) -> list[dict]:
+    def poll(self, max_bytes: int | None = 1 << 24) -> list[dict]:
+        """New complete events since the last poll (at most max_bytes read; None: all)."""
         try:
             with open(self.path, "rb") as f:
                 st = os.fstat(f.fileno())
@@ -158,14 +159,14 @@ class EventReader:
                     self.decoder.reset()
                 self._inode = st.st_ino
                 f.seek(self.decoder.offset + len(self.decoder._pending))
-                return self.decoder.feed(f.read(max_bytes))
+                return self.decoder.feed(f.read(-1 if max_bytes is None else max_bytes))
         except FileNotFoundError:
             return []
 
 
 def read_events(path: Path) -> list[dict]:
     """All complete events of a file, in order."""
-    return EventReader(path).poll(max_bytes=1 << 40)
+    return EventReader(path).poll(max_bytes=None)
 
 
 def dumps_events(events: Iterable[dict]) -> str:
