@@ -1,0 +1,165 @@
+"""Start, resume and cancel engine processes on this machine.
+
+A launched engine never belongs to the launcher: it gets its own session (so a Ctrl-C in the
+terminal or the launcher exiting does not reach it), stdin from /dev/null and its stdout/stderr
+in the run directory's log files. The launcher returns at once; views follow events.jsonl.
+Every command is an argv list: no shell anywhere.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import spec
+from engine.runs import RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, run_dir
+
+
+class LaunchError(Exception):
+    """A run cannot be started, resumed or cancelled; the message says why, in one line."""
+
+
+@dataclass
+class LaunchedRun:
+    experiment: str
+    run_id: str
+    run_dir: Path
+    pid: int
+    pid_start: int | None = None   # the kernel's start time of pid, to tell a recycled pid apart
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.run_id}"
+
+
+def engine_command(config_path, experiment: str, seed: int, runs_dir, run_id: str, device=None,
+                   gpus: int = 1, python: str = sys.executable) -> list[str]:
+    """The argv of `python -m engine run ...`; under torchrun when more than one GPU."""
+    head = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
+    argv = head + ["-m", "engine", "run", str(config_path), "--experiment", experiment, "--seed", str(seed),
+                   "--runs-dir", str(runs_dir), "--run-id", run_id]
+    return argv + (["--device", device] if device else [])
+
+
+def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list[str]:
+    head = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
+    return head + ["-m", "engine", "resume", str(run_dir)]
+
+
+def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
+    """Start argv detached with its output in root's log files; (pid, pid start time)."""
+    paths = RunPaths(root)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # so stdout.log/stderr.log fill as it runs
+    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
+                                start_new_session=True, close_fds=True)
+    start = process_start_time(proc.pid)
+    # Reap the child when it exits (a long-lived launcher such as the TUI would otherwise keep
+    # zombies); the thread is a daemon, so it never keeps the launcher alive.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    return proc.pid, start
+
+
+def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
+                 python=None) -> LaunchedRun:
+    """Start `python -m engine run` for one (experiment, seed) and return at once."""
+    runs_dir = Path(runs_dir).resolve()
+    run_id = new_run_id(seed)
+    root = run_dir(runs_dir, exp.name, run_id)
+    root.mkdir(parents=True)
+    argv = engine_command(Path(config_path).resolve(), exp.name, seed, runs_dir, run_id, device,
+                          exp.gpus, python or sys.executable)
+    pid, start = _spawn(argv, root)
+    return LaunchedRun(exp.name, run_id, root, pid, start)
+
+
+def _engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
+    """Candidate (pid, start time) of a run's engine: its pid file first (written at every
+    start and resume), then the pid of its latest run_start event."""
+    found = []
+    try:
+        numbers = [int(x) for x in re.findall(r"\d+", RunPaths(root).pid.read_text())]
+        if numbers:
+            found.append((numbers[0], numbers[1] if len(numbers) > 1 else None))
+    except OSError:
+        pass
+    if state.pid:
+        found.append((state.pid, state.pid_start))
+    return [(pid, start) for pid, start in found if start is not None or _runs_engine(pid)]
+
+
+def _runs_engine(pid: int) -> bool:
+    """Without a start time a pid may have been recycled: trust it only if it runs the engine."""
+    try:
+        return b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def running_pid(run) -> int | None:
+    """The pid of a run's engine if it is alive (same start time), else None."""
+    root = Path(run)
+    state = load_state(root)
+    for pid, start in _engine_pids(root, state):
+        if pid_alive(pid, start):
+            return pid
+    return None
+
+
+def resume_local(run, python=None) -> LaunchedRun:
+    """Start `python -m engine resume RUN_DIR` for a run that is not running nor finished ok."""
+    root = Path(run)
+    state = load_state(root)
+    name = f"{state.experiment}/{state.run_id}"
+    if not RunPaths(root).snapshot.exists():
+        raise LaunchError(f"{root}: expected a run directory with experiment.toml, found none")
+    if (pid := running_pid(root)) is not None:
+        raise LaunchError(f"{name} is still running (pid {pid}); nothing to resume")
+    if state.end is not None and state.end.get("status") == "ok":
+        raise LaunchError(f"{name} already finished ok; nothing to resume")
+    try:
+        gpus = spec.load(RunPaths(root).snapshot).experiments[state.experiment].gpus
+    except (spec.SpecError, KeyError):
+        gpus = 1  # the engine reports a broken snapshot itself, in stderr.log and an event
+    pid, start = _spawn(resume_command(root.resolve(), gpus, python or sys.executable), root)
+    return LaunchedRun(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
+
+
+def terminate(pid: int, pid_start: int | None) -> bool:
+    """SIGTERM to an engine (and, when it leads its own process group as our launches do, to
+    the whole group: torchrun and its workers). False when that process is not alive."""
+    if not pid_alive(pid, pid_start):
+        return False
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cancel(run) -> str:
+    """Ask a run's engine to stop (it finishes the step, checkpoints, writes run_end cancelled).
+
+    `run` is a run directory or a LaunchedRun. Returns what was done; raises LaunchError with
+    the reason when there is no live engine to stop."""
+    if isinstance(run, LaunchedRun):
+        if terminate(run.pid, run.pid_start):
+            return f"sent SIGTERM to {run.name} (pid {run.pid})"
+        run = run.run_dir
+    root = Path(run)
+    state = load_state(root)
+    name = f"{state.experiment}/{state.run_id}"
+    for pid, start in _engine_pids(root, state):
+        if terminate(pid, start):
+            return f"sent SIGTERM to {name} (pid {pid})"
+    if state.end is not None:
+        raise LaunchError(f"{name} already ended {state.end.get('status')}; nothing to cancel")
+    raise LaunchError(f"{name}: no live engine process (status {state.status()}); nothing to cancel")

@@ -1,0 +1,204 @@
+"""Rows for every view: a RunState turned into lists of dicts of display strings.
+
+The CLI renders these rows with rich (or as plain text when stdout is not a terminal) and the
+TUI may put them in DataTables, so "how an error is shown" lives here once. No rich, no textual.
+
+Errors in events are fractions (0.0421); they are shown in percent ("4.21%").
+Perplexities are shown as they are.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from engine.runs import RunState, gen_label
+
+
+# ---- numbers --------------------------------------------------------------------------------
+
+def pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def metric_str(v, metric: str = "err") -> str:
+    """A test error (in percent) or a perplexity."""
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if metric == "ppl" else pct(v)
+
+
+def metric_name(metric: str) -> str:
+    return "test_ppl" if metric == "ppl" else "test_err"
+
+
+def num(v, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def duration(seconds) -> str:
+    """12.3s below a minute, else h:mm:ss."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def params_str(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def clock(ts, fmt: str = "%Y-%m-%d %H:%M") -> str:
+    return "-" if ts is None else time.strftime(fmt, time.localtime(ts))
+
+
+def gen_eta(g) -> float | None:
+    """Seconds left in a generation: its mean epoch time times the epochs still to run."""
+    if g.done or not g.epoch or not g.epochs:
+        return 0.0 if g.done else None
+    return g.seconds / g.epoch * (g.epochs - g.epoch)
+
+
+def best_single(state: RunState):
+    """(label, value) of the generation with the lowest final test error/perplexity."""
+    scored = [(g.test, g.label) for g in state.gens.values() if g.test is not None]
+    if not scored:
+        return None, None
+    value, label = min(scored)
+    return label, value
+
+
+def ensemble_value(e: dict, metric: str):
+    return e.get(metric_name(metric))
+
+
+# ---- one run --------------------------------------------------------------------------------
+
+GEN_COLUMNS = [("generation", ""), ("objective", "objective"), ("model", "model"),
+               ("params", "params"), ("epochs", "epochs"), ("train_loss", "loss"),
+               ("test", "test"), ("best", "best"), ("time", "time")]
+
+
+def gen_rows(state: RunState) -> list[dict]:
+    """One row per generation (Teacher, BAN-1, ...): final train loss, final and best test."""
+    rows = []
+    for gen in sorted(state.gens):
+        g = state.gens[gen]
+        train_loss = g.final.get("train_loss", g.last.get("train_loss"))
+        rows.append({"generation": g.label, "objective": g.objective or "-", "model": g.model or "-",
+                     "params": params_str(g.params), "epochs": f"{g.epoch}/{g.epochs}",
+                     "train_loss": num(train_loss), "test": metric_str(g.test, g.metric),
+                     "best": metric_str(g.best_test, g.metric), "time": duration(g.seconds)})
+    return rows
+
+
+ENSEMBLE_COLUMNS = [("ensemble", ""), ("members", "members"), ("test", "test"),
+                    ("vs_best", "vs best single")]
+
+
+def ensemble_rows(state: RunState) -> list[dict]:
+    """Ens*k against the best single generation (difference in points, or in perplexity)."""
+    metric = state.metric
+    best_label, best = best_single(state)
+    rows = []
+    for k in sorted(state.ensembles):
+        e = state.ensembles[k]
+        value = ensemble_value(e, metric)
+        members = e.get("members") or []
+        if value is None or best is None:
+            delta = "-"
+        else:
+            d = (value - best) * (1 if metric == "ppl" else 100)
+            delta = f"{d:+.2f} vs {best_label}"
+        rows.append({"ensemble": f"Ens*{k}", "members": ", ".join(gen_label(m) for m in members) or "-",
+                     "test": metric_str(value, metric), "vs_best": delta})
+    return rows
+
+
+DIAGNOSTIC_KEYS = ("grad_correct", "grad_dark", "conf_w_mean", "conf_w_std")
+DIAGNOSTIC_COLUMNS = [("generation", "")] + [(k, k) for k in DIAGNOSTIC_KEYS]
+
+
+def diagnostics_rows(state: RunState) -> list[dict]:
+    """The gradient decomposition (eq. 7) and teacher-confidence weights (eq. 10) of each
+    generation's last epoch; '-' where an objective has no teacher."""
+    rows = []
+    for gen in sorted(state.gens):
+        d = state.gens[gen].last.get("diagnostics") or {}
+        if d:
+            rows.append({"generation": gen_label(gen), **{k: num(d.get(k)) for k in DIAGNOSTIC_KEYS}})
+    return rows
+
+
+def current_gen(state: RunState):
+    """The generation being trained (the last one started), or None before any."""
+    return state.gens[max(state.gens)] if state.gens else None
+
+
+RUN_COLUMNS = [("run", "run"), ("status", "status"), ("progress", "epochs"),
+               ("generation", "generation"), ("best", "best"), ("started", "started")]
+
+
+def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
+    """A line of `ban ls`: status, epochs done/planned, current generation, best test."""
+    done, planned = state.progress
+    g = current_gen(state)
+    bests = [(x.best_test, x.metric) for x in state.gens.values() if x.best_test is not None]
+    best = min(bests) if bests else (None, state.metric)
+    run_dir = Path(run_dir)
+    return {"run": f"{state.experiment or run_dir.parent.name}/{state.run_id or run_dir.name}",
+            "status": state.status(now), "progress": f"{done}/{planned}",
+            "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
+            "best": metric_str(*best), "started": clock(state.started, "%m-%d %H:%M")}
+
+
+# ---- events as lines ------------------------------------------------------------------------
+
+def event_line(name: str, e: dict) -> str | None:
+    """One plain line per event worth a line (None for heartbeats); `name` is exp/run-id."""
+    kind = e.get("kind")
+    gen = e.get("gen")
+    who = f"{name} {gen_label(gen)}" if gen is not None else name
+    if kind == "run_start":
+        verb = "resumed" if e.get("resumed") else "started"
+        return f"{name} {verb} seed {e.get('seed')} on {e.get('host') or '-'} {e.get('device') or ''} pid {e.get('pid')}"
+    if kind == "gen_start":
+        teacher = e.get("teacher")
+        taught = f" teacher {gen_label(teacher)}" if teacher is not None else ""
+        return (f"{who} start {e.get('objective')} {e.get('model')} {params_str(e.get('params'))} params "
+                f"{e.get('epochs')} epochs{taught}")
+    if kind == "epoch":
+        key = "test_ppl" if "test_ppl" in e else "test_err"
+        test = metric_str(e.get(key), "ppl" if key == "test_ppl" else "err")
+        return (f"{who} epoch {e.get('epoch')}/{e.get('epochs')} train_loss {num(e.get('train_loss'))} "
+                f"{key} {test} lr {num(e.get('lr'))} {duration(e.get('seconds'))}")
+    if kind == "gen_end":
+        final, best = e.get("final") or {}, e.get("best") or {}
+        key = "test_ppl" if "test_ppl" in final else "test_err"
+        metric = "ppl" if key == "test_ppl" else "err"
+        return f"{who} done {key} {metric_str(final.get(key), metric)} best {metric_str(best.get(key), metric)}"
+    if kind == "ensemble":
+        key = "test_ppl" if "test_ppl" in e else "test_err"
+        return f"{name} Ens*{e.get('k')} {key} {metric_str(e.get(key), 'ppl' if key == 'test_ppl' else 'err')}"
+    if kind == "log":
+        return f"{who} {e.get('level', 'info')}: {e.get('message', '')}"
+    if kind == "error":
+        return f"{who} error: {e.get('message', '')}"
+    if kind == "run_end":
+        err = e.get("error")
+        return f"{name} ended {e.get('status')}" + (f": {err}" if err else "")
+    return None
+
+
+# ---- plain text -----------------------------------------------------------------------------
+
+def render_plain(columns: list[tuple[str, str]], rows: list[dict]) -> str:
+    """Rows as left-aligned columns separated by two spaces (for pipes and files)."""
+    heads = [h for _, h in columns]
+    cells = [[str(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(heads, *cells)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in [heads] + cells]
+    return "\n".join(lines)

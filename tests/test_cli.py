@@ -1,0 +1,312 @@
+"""`ban` commands on recorded runs (events written with the real EventWriter), through typer's
+CliRunner: validate, run (config errors, dry run), ls, show, follow, report, cancel errors."""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from engine.events import EventWriter, dumps_events, read_events
+from engine.runs import RunPaths, process_start_time
+from engine.spec import SpecError, loads
+from ban_tui.cli import app
+
+runner = CliRunner()
+
+DIGITS = """
+[[experiment]]
+name = "{name}"
+dataset = {{ name = "digits" }}
+model = "cnn-small"
+epochs = 2
+batch_size = 128
+generations = 2
+ensembles = [2]
+seeds = [0, 1]
+"""
+
+
+def dead_pid():
+    """(pid, start time) of a process that has exited and been reaped."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_time(p.pid)
+    p.wait()
+    return p.pid, start
+
+
+def record_run(runs_dir, experiment, run_id, finals, ens=None, status="ok", epochs=3, seed=0,
+               pid=None, pid_start=None, stderr=""):
+    """A run directory whose events say: generation g ends with test error finals[g] after
+    `epochs` epochs (each epoch's error falls linearly to it); Ens*k errors from `ens`.
+    status None leaves the run without run_end (running, stale or dead)."""
+    root = Path(runs_dir) / experiment / run_id
+    root.mkdir(parents=True)
+    RunPaths(root).snapshot.write_text(f'[[experiment]]\nname = "{experiment}"\n')
+    RunPaths(root).stderr.write_text(stderr)
+    w = EventWriter(RunPaths(root).events, run_id)
+    w.emit("run_start", experiment=experiment, config_hash="x", host="box", pid=pid, pid_start=pid_start,
+           versions={}, device="cpu", seed=seed)
+    for g, final in enumerate(finals):
+        w.emit("gen_start", gen=g, role="teacher" if g == 0 else "student", objective="ce" if g == 0 else "ban",
+               model="cnn-small", params=23456, teacher=None if g == 0 else g - 1, epochs=epochs)
+        for e in range(1, epochs + 1):
+            err = final + 0.01 * (epochs - e)
+            w.emit("epoch", gen=g, epoch=e, epochs=epochs, train_loss=1.0 / e + g, train_err=err, test_loss=0.5,
+                   test_err=err, lr=0.1 / e, seconds=2.0, samples_per_s=700.0,
+                   diagnostics={"grad_correct": 0.5 + g, "grad_dark": 0.25 * g, "conf_w_mean": 1.0,
+                                "conf_w_std": 0.125 * g})
+        w.emit("gen_end", gen=g, final={"test_err": final, "train_loss": 1.0 / epochs + g},
+               best={"test_err": final}, checkpoint=f"checkpoints/gen-{g}.pt")
+    for k, v in (ens or {}).items():
+        w.emit("ensemble", k=k, members=list(range(1, k + 1)), test_err=v, test_loss=0.3)
+    if status:
+        w.emit("run_end", status=status, error="loss became nan" if status == "failed" else None)
+    w.close()
+    return root
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Three ok seeds of `quick`, one failed and one cancelled run, and one ok run of `other`."""
+    runs_dir = tmp_path / "runs"
+    finals = {0: [0.05, 0.04, 0.035], 1: [0.06, 0.045, 0.03], 2: [0.055, 0.05, 0.04]}
+    ens = {0: {2: 0.03}, 1: {2: 0.028}, 2: {2: 0.033}}
+    for s in finals:
+        record_run(runs_dir, "quick", f"20250101-00000{s}-s{s}-aaaa", finals[s], ens[s], seed=s)
+    record_run(runs_dir, "quick", "20250101-000010-s3-bbbb", [0.9, 0.9], status="failed", seed=3,
+               stderr="Traceback\nRuntimeError: generation 1 (BAN-1): loss became nan at epoch 2 step 3\n")
+    record_run(runs_dir, "quick", "20250101-000011-s4-cccc", [0.01], status="cancelled", seed=4)
+    record_run(runs_dir, "other", "20250101-000012-s0-dddd", [0.2, 0.1], {1: 0.09})
+    return runs_dir, finals, ens
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("run", "validate", "ls", "show", "follow", "resume", "cancel", "report", "models"):
+        assert cmd in result.output
+
+
+def test_validate_summarises_good_config(tmp_path):
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(DIGITS.format(name="a") + DIGITS.format(name="b"))
+    result = runner.invoke(app, ["validate", str(cfg)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("a: digits, 3 generations (ce -> ban -> ban)")
+    assert "Ens*2" in lines[0] and "seeds [0, 1]" in lines[0]
+
+
+def test_validate_prints_every_problem(tmp_path):
+    text = DIGITS.format(name="a").replace('"cnn-small"', '"cnn-smal"').replace("epochs = 2", "epochs = -1")
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(text)
+    with pytest.raises(SpecError) as err:
+        loads(text, str(cfg))
+    result = runner.invoke(app, ["validate", str(cfg)])
+    assert result.exit_code == 2
+    for p in err.value.problems:
+        assert str(p) in result.output
+    assert "did you mean 'cnn-small'" in result.output
+
+
+def test_run_with_broken_config_launches_nothing(tmp_path):
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(DIGITS.format(name="a").replace("generations = 2", "generations = 2\nobjectiv = 'ban'"))
+    result = runner.invoke(app, ["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "objectiv" in result.output and "nothing launched" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_only_unknown_name_suggests(tmp_path):
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(DIGITS.format(name="quickstart") + DIGITS.format(name="wide"))
+    result = runner.invoke(app, ["run", str(cfg), "--only", "quikstart", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "did you mean 'quickstart'" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_resolved_chain(tmp_path):
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(DIGITS.format(name="first") + DIGITS.format(name="quickstart").replace("epochs = 2", "epochs = 7"))
+    result = runner.invoke(app, ["run", str(cfg), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "quickstart" in out and "first:" not in out        # quickstart is the default experiment
+    assert "Teacher" in out and "BAN-2" in out and "BAN-3" not in out
+    assert " 7 " in out                                          # its epochs, not the other's
+    assert "Ens*2 = mean of the softmax of BAN-1, BAN-2" in out
+    assert out.count("would run: python -m engine run") == 2     # one per seed
+    assert "--seed 1" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_only_selects_in_order(tmp_path):
+    cfg = tmp_path / "e.toml"
+    cfg.write_text(DIGITS.format(name="a") + DIGITS.format(name="b") + DIGITS.format(name="c"))
+    result = runner.invoke(app, ["run", str(cfg), "--dry-run", "--only", "c", "--only", "a"])
+    assert result.exit_code == 0, result.output
+    assert result.output.index("c: data set") < result.output.index("a: data set")
+    assert "b: data set" not in result.output
+    # without quickstart, the first experiment is the default
+    result = runner.invoke(app, ["run", str(cfg), "--dry-run"])
+    assert "a: data set" in result.output and "b: data set" not in result.output
+
+
+def test_ls_shows_every_status_plainly(runs, monkeypatch):
+    runs_dir, _, _ = runs
+    now = time.time()
+    me = os.getpid()
+    record_run(runs_dir, "live", "20250101-000020-s0-eeee", [0.1], status=None, pid=me,
+               pid_start=process_start_time(me))
+    pid, start = dead_pid()
+    record_run(runs_dir, "live", "20250101-000021-s0-ffff", [0.1], status=None, pid=pid, pid_start=start)
+    stale = record_run(runs_dir, "live", "20250101-000022-s0-gggg", [0.1], status=None)
+    events = read_events(RunPaths(stale).events)
+    for e in events:
+        e["ts"] = now - 3600
+    RunPaths(stale).events.write_text(dumps_events(events))
+
+    result = runner.invoke(app, ["ls", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert len(lines) == 9
+    expect = {"quick/20250101-000000-s0-aaaa": "ok", "quick/20250101-000010-s3-bbbb": "failed",
+              "quick/20250101-000011-s4-cccc": "cancelled", "live/20250101-000020-s0-eeee": "running",
+              "live/20250101-000021-s0-ffff": "dead", "live/20250101-000022-s0-gggg": "stale"}
+    for run, status in expect.items():
+        assert lines[run].split()[1] == status, lines[run]
+    # epochs done/planned, current generation, best test error
+    assert lines["quick/20250101-000000-s0-aaaa"].split()[2:6] == ["9/9", "BAN-2", "3/3", "3.50%"]
+    assert "\x1b[" not in result.output and "│" not in result.output    # plain: no colour, no boxes
+
+
+def test_ls_empty_and_env_runs_dir(tmp_path, runs):
+    result = runner.invoke(app, ["ls", "--runs-dir", str(tmp_path / "nothing")])
+    assert result.exit_code == 0 and "no runs under" in result.output
+    result = runner.invoke(app, ["ls"], env={"BAN_RUNS_DIR": str(runs[0])})
+    assert "quick/20250101-000001-s1-aaaa" in result.output
+
+
+def test_show_tables_and_diagnostics(runs):
+    runs_dir, finals, ens = runs
+    result = runner.invoke(app, ["show", "20250101-000001", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    out = result.output.splitlines()
+    rows = {line.split()[0]: line.split() for line in out if len(line.split()) == 9}  # the generation table
+    # generation table: objective, model, params, epochs, final train loss, final test, best test, time
+    assert rows["BAN-1"][:8] == ["BAN-1", "ban", "cnn-small", "23.5k", "3/3", f"{1 / 3 + 1:.4f}",
+                                 f"{100 * finals[1][1]:.2f}%", f"{100 * finals[1][1]:.2f}%"]
+    assert rows["BAN-2"][8] == "6.0s"
+    ens_line = next(line for line in out if line.startswith("Ens*2"))
+    assert f"{100 * ens[1][2]:.2f}%" in ens_line
+    assert f"{100 * (ens[1][2] - finals[1][2]):+.2f} vs BAN-2" in ens_line  # against the best single gen
+    diag = [line.split() for line in out if line.startswith("BAN-2 ") and len(line.split()) == 5]
+    assert diag == [["BAN-2", "2.5000", "0.5000", "1.0000", "0.2500"]]
+    assert "stderr" not in result.output
+
+
+def test_show_failed_run_has_stderr_tail(runs):
+    runs_dir = runs[0]
+    result = runner.invoke(app, ["show", "quick/20250101-000010-s3-bbbb", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0
+    assert "status failed" in result.output
+    assert "loss became nan at epoch 2 step 3" in result.output
+
+
+def test_show_unknown_run(runs):
+    result = runner.invoke(app, ["show", "nope", "--runs-dir", str(runs[0])])
+    assert result.exit_code == 2 and "no run matches 'nope'" in result.output
+    result = runner.invoke(app, ["show", "2025", "--runs-dir", str(runs[0])])
+    assert result.exit_code == 2 and "matches 6 runs" in result.output
+
+
+def test_report_json_is_mean_and_std_over_ok_seeds(runs):
+    runs_dir, finals, ens = runs
+    result = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rep = {e["name"]: e for e in json.loads(result.output)["experiments"]}
+    quick = rep["quick"]
+    assert quick["n"] == 3 and quick["metric"] == "test_err"     # the failed and cancelled runs are out
+    assert list(quick["columns"]) == ["Teacher", "BAN-1", "BAN-2", "Ens*2"]
+    for g, label in enumerate(["Teacher", "BAN-1", "BAN-2"]):
+        values = [finals[s][g] for s in sorted(finals)]
+        col = quick["columns"][label]
+        assert col["values"] == values
+        assert col["mean"] == pytest.approx(sum(values) / 3)
+        assert col["std"] == pytest.approx(statistics.stdev(values))
+    assert quick["columns"]["Ens*2"]["values"] == [ens[s][2] for s in sorted(ens)]
+    other = rep["other"]
+    assert other["n"] == 1 and other["columns"]["BAN-1"] == {"mean": 0.1, "std": 0.0, "values": [0.1]}
+
+
+def test_report_human_formats_in_percent(runs):
+    runs_dir, finals, _ = runs
+    teacher = [100 * finals[s][0] for s in sorted(finals)]
+    cell = f"{statistics.mean(teacher):.2f} ± {statistics.stdev(teacher):.2f}"
+    for fmt in ("table", "md"):
+        result = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        assert cell in result.output
+    md = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "md"]).output.splitlines()
+    assert md[0].startswith("| experiment | metric | n | Teacher | BAN-1 | BAN-2 | Ens*1 | Ens*2 |")
+    assert md[2].startswith("| quick | err % | 3 |")
+    csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).output.splitlines()
+    assert csv_out[0].startswith("experiment,metric,n,Teacher,Teacher std,BAN-1")
+    assert csv_out[1].startswith(f"quick,test_err %,3,{statistics.mean(teacher):.4f},{statistics.stdev(teacher):.4f}")
+
+
+def test_report_selects_runs_and_experiments(runs):
+    runs_dir, finals, _ = runs
+    result = runner.invoke(app, ["report", "other", "quick/20250101-000002-s2-aaaa", "--runs-dir", str(runs_dir),
+                                 "--format", "json"])
+    rep = {e["name"]: e for e in json.loads(result.output)["experiments"]}
+    assert rep["quick"]["n"] == 1 and rep["quick"]["columns"]["Teacher"]["values"] == [finals[2][0]]
+    assert rep["other"]["n"] == 1
+    bad = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "xml"])
+    assert bad.exit_code == 2 and "expected one of table, md, csv, json" in bad.output
+
+
+def test_follow_finished_run_prints_history_then_exits(runs):
+    runs_dir, finals, _ = runs
+    result = runner.invoke(app, ["follow", "quick/20250101-000000-s0-aaaa", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    epochs = [line for line in lines if " epoch " in line]
+    assert len(epochs) == 9
+    assert epochs[3] == ("quick/20250101-000000-s0-aaaa BAN-1 epoch 1/3 train_loss 2.0000 test_err "
+                         f"{100 * (finals[0][1] + 0.02):.2f}% lr 0.1000 2.0s")
+    assert any(line.endswith("ended ok") for line in lines)
+    assert "Ens*2 test_err 3.00%" in result.output
+
+
+def test_follow_exit_status_of_failed_and_cancelled(runs):
+    runs_dir = runs[0]
+    failed = runner.invoke(app, ["follow", "20250101-000010", "--runs-dir", str(runs_dir)])
+    assert failed.exit_code == 1 and "ended failed: loss became nan" in failed.output
+    cancelled = runner.invoke(app, ["follow", "20250101-000011", "20250101-000000", "--runs-dir", str(runs_dir)])
+    assert cancelled.exit_code == 130
+
+
+def test_cancel_and_resume_refuse_without_live_engine(runs):
+    runs_dir = runs[0]
+    result = runner.invoke(app, ["cancel", "20250101-000000", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 1 and "already ended ok; nothing to cancel" in result.output
+    result = runner.invoke(app, ["resume", "20250101-000000", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 1 and "already finished ok; nothing to resume" in result.output
+
+
+def test_cli_import_and_ls_leave_torch_out(runs):
+    code = ("import sys; from typer.testing import CliRunner; from ban_tui.cli import app; "
+            f"r = CliRunner().invoke(app, ['ls', '--runs-dir', {str(runs[0])!r}]); "
+            "assert r.exit_code == 0 and 'quick/' in r.output, r.output; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
