@@ -48,7 +48,7 @@ def duration(seconds) -> str:
 def params_str(n) -> str:
     if n is None:
         return "-"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def clock(ts, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -164,7 +164,7 @@ def event_line(name: str, e: dict) -> str | None:
     who = f"{name} {gen_label(gen)}" if gen is not None else name
     if kind == "run_start":
         verb = "resumed" if e.get("resumed") else "started"
-        return f"{name} {verb} seed {e.get('seed')} on {e.get('host') or '-'} {e.get('device') or ''} pid {e.get('pid')}"
+        return f"{name} {verb} seed {e.get('seed')} on {e.get('host') or '-'} device {e.get('device') or '-'} pid {e.get('pid')}"
     if kind == "gen_start":
         teacher = e.get("teacher")
         taught = f" teacher {gen_label(teacher)}" if teacher is not None else ""
