@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass
 
 OBJECTIVES = ("ce", "ban", "ban+l", "cwtm", "dkpp")
+# Options a config may set per objective (dkpp's generator is supplied by the training loop).
+OBJECTIVE_OPTIONS = {"ce": (), "ban": ("temperature",), "ban+l": ("temperature", "teacher_weight", "label_weight"),
+                     "cwtm": (), "dkpp": ()}
 DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
 LM_DATASETS = ("ptb",)
 
@@ -39,6 +42,18 @@ FAMILIES: list[ModelFamily] = [
     ModelFamily("preact-resnet", r"preact-resnet-(?P<depth>\d+)", "image",
                 ("preact-resnet-18", "preact-resnet-20", "preact-resnet-56"),
                 "pre-activation ResNet (He et al. 2016)"),
+    # Paper Tables 4-5 (issue 9): students that keep a DenseNet-BC teacher's stem and head widths.
+    ModelFamily("densenet-bc-match", r"densenet-bc-(?P<depth>\d+)-(?P<growth>\d+)-(?:depth(?P<depth_factor>\d+(?:\.\d+)?)"
+                r"|comp(?P<compression_factor>\d+(?:\.\d+)?))", "image",
+                tuple(f"densenet-bc-90-60-{v}" for v in ("depth0.5", "depth2", "depth3", "depth4",
+                                                         "comp0.5", "comp0.75", "comp1.5")),
+                "Table 4 student of densenet-bc-D-G: depth or compression x f, teacher's transition widths"),
+    ModelFamily("ban-wrn", r"ban-wrn-(?P<units>\d+)-(?P<ratio>\d+(?:\.\d+)?)", "image",
+                ("ban-wrn-1-1", "ban-wrn-2-1", "ban-wrn-4-0.5", "ban-wrn-4-1"),
+                "Table 5 Wide-ResNet-units-ratio mirroring a DenseNet teacher (option teacher)"),
+    ModelFamily("ban-preresnet", r"ban-preresnet-(?P<units>\d+)-(?P<ratio>\d+(?:\.\d+)?)", "image",
+                ("ban-preresnet-14-0.5", "ban-preresnet-14-1"),
+                "Table 5 bottleneck Pre-ResNet-units-ratio mirroring a DenseNet teacher (option teacher)"),
 ]
 
 

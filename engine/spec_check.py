@@ -368,6 +368,12 @@ class Checker:
         model = self.model(where("model"), merged["model"]) if "model" in merged else "cnn-small"
         model_options = self.options(where("model_options"), merged.get("model_options", {}))
         objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
+        every_option = sorted({o for opts in catalog.OBJECTIVE_OPTIONS.values() for o in opts})
+        if "generation" in raw:
+            for k in objective_options:
+                if k not in every_option:
+                    self.bad(where("objective_options") + (k,), "unknown objective option"
+                             + did_you_mean(k, every_option) + "; expected one of: " + ", ".join(every_option))
         gens: list[Generation] = []
         if "generation" in raw:
             if "generations" in raw or "objective" in raw:
@@ -385,8 +391,9 @@ class Checker:
             obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
             if n is not None and obj is not None:
                 gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
+                opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
                 for j in range(1, n + 1):
-                    gens.append(Generation(j, obj, model, dict(model_options), dict(objective_options), j - 1,
+                    gens.append(Generation(j, obj, model, dict(model_options), dict(opts), j - 1,
                                            training=training))
         gens = [g for g in gens if g is not None]
         n_students = len(gens) - 1
@@ -480,7 +487,22 @@ class Checker:
         t = self.training(p, raw, training)
         if obj is None or m is None:
             return None
-        return Generation(j, obj, m,
-                          {**model_options, **self.options(p + ("model_options",), raw.get("model_options", {}))} if "model" not in raw else self.options(p + ("model_options",), raw.get("model_options", {})),
-                          {**objective_options, **self.options(p + ("objective_options",), raw.get("objective_options", {}))},
+        own_model_options = self.options(p + ("model_options",), raw.get("model_options", {}))
+        return Generation(j, obj, m, own_model_options if "model" in raw else {**model_options, **own_model_options},
+                          self.objective_options(p, obj, objective_options, raw.get("objective_options", {})),
                           teacher, seed, lists["inherit"], lists["freeze"], t)
+
+    def objective_options(self, p, obj, shared: dict, own) -> dict:
+        """The experiment's options apply where the objective takes them; a generation's own
+        options must all be ones its objective takes."""
+        own = self.options(p + ("objective_options",), own)
+        allowed = catalog.OBJECTIVE_OPTIONS[obj]
+        for k, v in own.items():
+            if k not in allowed:
+                self.bad(p + ("objective_options", k), f"unknown option for objective {obj!r}"
+                         + did_you_mean(k, allowed) + "; expected one of: " + (", ".join(allowed) or "none"))
+        merged = {**{k: v for k, v in shared.items() if k in allowed}, **own}
+        for k, v in merged.items():
+            if k in allowed:
+                self.num(p + ("objective_options", k), v, 0, lo_open=True)
+        return merged
