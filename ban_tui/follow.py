@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from engine.runs import STALE_AFTER, RunFollower, pid_alive, process_start_time
+from ban_tui.launch import engine_pids
 
 
 class LocalSource:
@@ -43,12 +44,13 @@ class LocalSource:
         if self.pid is not None:
             return pid_alive(self.pid, self.pid_start) is False
         s = self.state
-        if s.end is not None:
+        pids = engine_pids(self.run_dir, s)
+        if any(pid_alive(pid, start) for pid, start in pids):
+            return False  # (a run resumed by someone else is running again despite its old run_end)
+        if s.end is not None or pids:
             return True
-        alive = pid_alive(s.pid, s.pid_start)
-        if alive is None:  # no process known yet: give a starting engine time to say hello
-            return time.time() - (s.last_ts or self.opened) > STALE_AFTER
-        return not alive
+        # no process known yet: give a starting engine time to say hello
+        return time.time() - (s.last_ts or self.opened) > STALE_AFTER
 
 
 def follow(sources, on_events, stop_when_all_ended: bool = True, interval: float = 0.2) -> None:

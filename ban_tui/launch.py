@@ -78,7 +78,7 @@ def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=
     return LaunchedRun(exp.name, run_id, root, pid, start)
 
 
-def _engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
+def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
     """Candidate (pid, start time) of a run's engine: its pid file first (written at every
     start and resume), then the pid of its latest run_start event."""
     found = []
@@ -105,7 +105,7 @@ def running_pid(run) -> int | None:
     """The pid of a run's engine if it is alive (same start time), else None."""
     root = Path(run)
     state = load_state(root)
-    for pid, start in _engine_pids(root, state):
+    for pid, start in engine_pids(root, state):
         if pid_alive(pid, start):
             return pid
     return None
@@ -157,7 +157,7 @@ def cancel(run) -> str:
     root = Path(run)
     state = load_state(root)
     name = f"{state.experiment}/{state.run_id}"
-    for pid, start in _engine_pids(root, state):
+    for pid, start in engine_pids(root, state):
         if terminate(pid, start):
             return f"sent SIGTERM to {name} (pid {pid})"
     if state.end is not None:
