@@ -1,0 +1,60 @@
+"""Where the remote GPU boxes are: `[hosts.NAME]` tables of experiments.toml and of a user file.
+
+The user file `$XDG_CONFIG_HOME/ban/hosts.toml` (default ~/.config/ban/hosts.toml) has the same
+table shape as the config file, so a box described once serves every project; a host of the same
+name in the project's config wins. Both go through the config validator (engine.spec_check).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from engine.spec import Config, Host, Problem, SpecError
+from engine.spec_check import Checker
+
+
+def user_hosts_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "ban" / "hosts.toml"
+
+
+def load_user_hosts(path: Path | None = None) -> dict[str, Host]:
+    """The hosts of the user file ({} when there is none); SpecError naming file:line on bad input."""
+    path = Path(path) if path is not None else user_hosts_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise SpecError([Problem(str(path), None, None, "", f"cannot read the file: {exc.strerror}")])
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError([Problem(str(path), None, None, "", f"TOML syntax error: {exc}")])
+    checker = Checker(str(path), text)
+    checker.unknown_keys((), doc, ("hosts",))
+    hosts = checker.hosts(doc.get("hosts", {}))
+    if checker.problems:
+        raise SpecError(checker.problems)
+    return hosts
+
+
+def all_hosts(config: Config | None = None, user_path: Path | None = None) -> dict[str, Host]:
+    """User hosts overridden by the config's hosts of the same name."""
+    return {**load_user_hosts(user_path), **(config.hosts if config else {})}
+
+
+def get_host(name: str, config: Config | None = None, user_path: Path | None = None) -> Host:
+    hosts = all_hosts(config, user_path)
+    if name not in hosts:
+        where = f"{config.path} [hosts] or " if config else ""
+        known = ", ".join(sorted(hosts)) or "none"
+        raise LookupError(f"unknown host {name!r}: expected one defined in {where}"
+                          f"{user_hosts_path() if user_path is None else user_path} (known: {known})")
+    return hosts[name]

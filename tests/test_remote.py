@@ -1,0 +1,229 @@
+"""Remote boxes over SSH, against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ban_tui import hosts, remote
+from engine.events import read_events
+from engine.spec import Host, SpecError, loads
+from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ---- hosts ----------------------------------------------------------------------------------
+
+CONFIG = """
+[[experiment]]
+name = "a"
+[hosts.gpu1]
+ssh = "gpu1-from-config"
+workdir = "/srv/ban"
+"""
+
+
+def test_user_hosts_file_merges_under_the_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = tmp_path / "ban" / "hosts.toml"
+    assert hosts.user_hosts_path() == path
+    assert hosts.load_user_hosts() == {}
+    path.parent.mkdir()
+    path.write_text('[hosts.gpu1]\nssh = "gpu1-from-user"\n[hosts.gpu2]\nssh = "me@gpu2"\npython = "py"\n')
+    merged = hosts.all_hosts(loads(CONFIG))
+    assert merged["gpu1"].ssh == "gpu1-from-config" and merged["gpu1"].workdir == "/srv/ban"
+    assert merged["gpu2"] == Host("gpu2", "me@gpu2", python="py")
+    assert hosts.get_host("gpu2").ssh == "me@gpu2"
+    with pytest.raises(LookupError, match=r"unknown host 'gpu3'.*known: gpu1, gpu2"):
+        hosts.get_host("gpu3", loads(CONFIG))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[hosts.gpu1]\nssh = "-oProxyCommand=touch x"\n', r"hosts.toml:2:\d+: hosts.gpu1.ssh: expected an ssh destination"),
+    ('[hosts.gpu1]\nssh = "a"\nworkdri = "/x"\n', r"hosts.toml:3:\d+: hosts.gpu1.workdri: unknown key \(did you mean 'workdir'\?\)"),
+    ('[hosts.gpu1]\nworkdir = "/x"\n', r"hosts.toml:1:\d+: hosts.gpu1: expected key 'ssh'"),
+    ('[hosts.gpu1\n', r"hosts.toml: TOML syntax error"),
+    ('[defaults]\nepochs = 1\n', r"hosts.toml:1:\d+: defaults: unknown key; expected one of: hosts"),
+])
+def test_bad_user_hosts_file_names_file_key_and_expectation(tmp_path, text, expected):
+    path = tmp_path / "hosts.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=expected):
+        hosts.load_user_hosts(path)
+
+
+# ---- quoting and hostile values -------------------------------------------------------------
+
+def test_rpath_keeps_home_and_quotes_everything_else():
+    assert remote.rpath("~/ban/runs") == '"$HOME"/ban/runs'
+    assert remote.rpath("/a b/c") == "'/a b/c'"
+    out = subprocess.run(["sh", "-c", "printf %s " + remote.rpath("~/x $(y) `z`;'q'\n")],
+                         capture_output=True, text=True, env={**os.environ, "HOME": "/h"}).stdout
+    assert out == "/h/x $(y) `z`;'q'\n"
+
+
+HOSTILE = ["x'; touch {canary}; '$(touch {canary})`touch {canary}`",
+           'a b;touch {canary}\ntouch {canary} && "; touch {canary}; "']
+
+
+def test_hostile_host_values_never_run_anything(sshd, tmp_path):
+    canary = tmp_path / "canary"
+    exp = loads('[[experiment]]\nname = "e"\nmodel = "cnn-small"\n').experiments["e"]
+    # A python that runs the real one, except for `-m engine`, whose argv it records and drops.
+    argv_file = sshd.workdir / "engine-argv"
+    fake = sshd.workdir / "fake-python"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ]; then printf "%s\\0" "$@" > {argv_file}; exit 3; fi\n'
+                    f'exec {shlex.quote(sys.executable)} "$@"\n')
+    fake.chmod(0o755)
+    for bad in HOSTILE:
+        bad = bad.format(canary=canary)
+        for key in ("workdir", "python", "runs_dir"):
+            value = str(sshd.workdir / bad) if key == "workdir" else bad
+            host = sshd.host(**{"python": str(fake), key: value})
+            runs = remote.remote_runs_dir(host)
+            with pytest.raises(remote.RemoteError, match="not found there" if key == "python" else "exited at once"):
+                remote.launch(host, exp, seed=0, run_id="r1", wait=5)
+            if key != "python":   # the engine got every word verbatim
+                argv = argv_file.read_bytes().decode().split("\0")[:-1]
+                assert argv == ["-m", "engine", "run", posixpath.join(runs, "e", "r1", "experiment.toml"),
+                                "--experiment", "e", "--seed", "0", "--runs-dir", runs, "--run-id", "r1"]
+                assert (Path(runs) / "e" / "r1" / "experiment.toml").exists()
+                assert [r.dir for r in remote.list_remote_runs(host)] == [posixpath.join(runs, "e", "r1")]
+                argv_file.unlink()
+            src = remote.RemoteSource(host, posixpath.join(runs, "e", bad))
+            assert src.poll() == [] and src.connected
+            with pytest.raises((remote.RemoteError, ValueError)):
+                remote.pull(host, posixpath.join(runs, "e", bad), tmp_path / "pulled")
+    with pytest.raises(remote.RemoteError, match="expected an ssh destination"):
+        remote.gpu_status(sshd.host(ssh=f"-oProxyCommand=touch {canary}"))
+    with pytest.raises(ValueError, match="invalid experiment name"):
+        remote.remote_run_dir(sshd.host(), f"e;touch {canary}", "r")
+    assert not canary.exists()
+
+
+def test_odd_but_legal_paths_are_used_verbatim(sshd):
+    odd = "we ird'dir $(x) ;"
+    host = sshd.host(workdir=str(sshd.workdir / odd), runs_dir="r uns")
+    assert remote.check_engine(host)["schema"] == 1
+    remote.run_checked(host, f"mkdir -p {remote.rpath(remote.remote_runs_dir(host))}", "mkdir")
+    assert (sshd.workdir / odd / "r uns").is_dir()
+    assert remote.list_remote_runs(host) == []
+
+
+# ---- engine check and GPU status --------------------------------------------------------------
+
+def test_check_engine_reports_missing_python_and_engine(sshd):
+    assert remote.check_engine(sshd.host()) == remote.local_versions()
+    with pytest.raises(remote.RemoteError, match=r"python '/nonexistent/python3' not found there"):
+        remote.check_engine(sshd.host(python="/nonexistent/python3"))
+    # A python that cannot import the engine: isolated mode ignores the venv's site-packages.
+    bare = sshd.workdir / "bare-python"
+    bare.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S \"$@\"\n")
+    bare.chmod(0o755)
+    with pytest.raises(remote.RemoteError, match=r"engine is not importable .*ModuleNotFoundError"):
+        remote.check_engine(sshd.host(python=str(bare)))
+
+
+def test_gpu_status_of_a_box_without_gpus_and_of_one_with(sshd):
+    plain = remote.gpu_status(sshd.host("loop"))
+    assert plain.reachable and plain.gpus is None and plain.summary == "no NVIDIA GPU"
+    gpu = remote.gpu_status(sshd.host("loopgpu"))
+    assert gpu.reachable and gpu.error == "" and gpu.summary == "2 GPUs"
+    assert gpu.gpus == [remote.GpuRow(0, "NVIDIA H100 80GB HBM3", 37.0, 1024.0, 81559.0),
+                        remote.GpuRow(1, "NVIDIA H100 80GB HBM3", None, 80000.0, 81559.0)]
+
+
+def test_gpu_status_of_an_unreachable_box_shows_the_ssh_error(sshd, tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text(Path(os.environ["BAN_SSH_CONFIG"]).read_text()
+                      + "Host closed\n  HostName 127.0.0.1\n  Port 1\n")
+    old = os.environ["BAN_SSH_CONFIG"]
+    os.environ["BAN_SSH_CONFIG"] = str(config)
+    try:
+        status = remote.gpu_status(sshd.host("closed"))
+    finally:
+        os.environ["BAN_SSH_CONFIG"] = old
+    assert not status.reachable and "Connection refused" in status.error
+    assert status.summary.startswith("unreachable: ") and status.gpus is None
+
+
+# ---- following through dropped connections ----------------------------------------------------
+
+# A slow writer on the host: each event line goes out in two writes, so readers see partial lines.
+WRITER = """\
+import json, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+for seq in range(1, int(sys.argv[2]) + 1):
+    line = json.dumps({"v": 1, "seq": seq, "ts": time.time(), "run": "r", "kind": "heartbeat"}) + "\\n"
+    os.write(fd, line[:20].encode()); time.sleep(0.004); os.write(fd, line[20:].encode()); time.sleep(0.012)
+"""
+
+
+def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
+    host, n = sshd.host(), 400
+    rdir = posixpath.join(remote.remote_runs_dir(host), "drops", "r1")
+    events_file = Path(rdir) / "events.jsonl"
+    remote.run_checked(host, (
+        f"mkdir -p {remote.rpath(rdir)} || exit 1; setsid nohup {remote.rpath(host.python)} -c {shlex.quote(WRITER)} "
+        f"{remote.rpath(str(events_file))} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
+
+    source, seen, kills = remote.RemoteSource(host, rdir, timeout=5), [], []
+
+    def saboteur():  # drop every connection a few times, then take sshd down for a while
+        for _ in range(4):
+            time.sleep(0.6)
+            kills.append(sshd.kill_clients())
+        sshd.stop()
+        sshd.kill_clients()
+        time.sleep(1.5)
+        sshd.start()
+
+    thread = threading.Thread(target=saboteur)
+    thread.start()
+    disconnected_seen = False
+    deadline = time.monotonic() + 60
+    while (len(seen) < n or thread.is_alive() or not source.connected) and time.monotonic() < deadline:
+        seen += source.poll()
+        if source.connected is False:
+            disconnected_seen = True
+            assert source.error and source.since_last_event() is not None
+        time.sleep(0.02)
+    thread.join()
+    print(f"drops {source.drops}, kills {kills}, took {time.monotonic() - deadline + 60:.1f} s")
+    assert disconnected_seen and source.drops >= 1 and sum(kills) >= 1
+    assert source.connected
+    assert [e["seq"] for e in seen] == list(range(1, n + 1))   # none lost, none twice
+    assert seen == read_events(events_file)                    # exactly the file's events
+    assert source.state.n_events == n
+
+    again = remote.RemoteSource(host, rdir)                    # reattach: the whole history
+    assert again.poll() == seen and again.connected and again.drops == 0
+
+
+def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
+    host = sshd.host()
+    rdir = posixpath.join(remote.remote_runs_dir(host), "late", "r1")
+    source = remote.RemoteSource(host, rdir)
+    assert source.poll() == [] and source.connected and source.decoder.offset == 0
+    Path(rdir).mkdir(parents=True)
+    (Path(rdir) / "events.jsonl").write_text('{"v":1,"seq":1,"ts":1.0,"run":"r","kind":"heartbeat"}\n{"v":1,"se')
+    assert [e["seq"] for e in source.poll()] == [1]
+    with open(Path(rdir) / "events.jsonl", "a") as f:
+        f.write('q":2,"ts":2.0,"run":"r","kind":"heartbeat"}\n')
+    assert [e["seq"] for e in source.poll()] == [2]
