@@ -348,31 +348,41 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
 
 
 @app.command()
-def models(classes: int = typer.Option(10, help="Number of classes of the head."),
+def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]",
+                                                      help="Only these models (any registry name)."),
+           classes: Optional[int] = typer.Option(None, help="Classes of the head (default: the paper's "
+                                                             "for models it reports, else 10)."),
            in_channels: int = typer.Option(3, "--in-channels")):
-    """The model registry with parameter counts (and the paper's count where it gives one)."""
+    """The model registry with parameter counts, beside the paper's where it gives one."""
     import torch  # only this command needs torch
     from engine import catalog
     from engine import models as registry
     paper = getattr(registry, "PAPER_PARAMS", {})
-    names = list(dict.fromkeys(catalog.model_examples() + list(paper)))
-    rows = []
-    for name in names:
+    paper_classes = getattr(registry, "PAPER_NUM_CLASSES", {})
+    rows, notes = [], []
+    for name in names or dict.fromkeys(catalog.model_examples() + list(paper)):
         try:
             family = catalog.resolve_model(name)[0]
         except KeyError:
             family = None
+        lm = family is not None and family.kind == "lm"
+        n_classes = classes or paper_classes.get(name, 10000 if lm else 10)  # PTB's vocabulary for LMs
         try:
             with torch.device("meta"):  # count without allocating weights
-                ours = params_str(registry.count_params(registry.build(name, num_classes=classes,
-                                                                       in_channels=in_channels)))
-        except Exception as exc:  # a name the registry cannot build: say why, keep listing
-            ours = f"cannot build: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                model = registry.build(name, num_classes=n_classes, in_channels=in_channels)
+            ours = params_str(registry.count_params(model))
+        except Exception as exc:  # a name the registry cannot build alone: say why below, keep listing
+            ours = "n/a"
+            notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         p = paper.get(name)
-        rows.append({"name": name, "family": family.family if family else "-", "params": ours,
-                     "paper": f"{p:.2f}M" if p is not None else "-", "about": family.doc if family else ""})
-    print_table(out(), [("name", "name"), ("family", "family"), ("params", f"params ({classes} classes)"),
+        at = paper_classes.get(name, n_classes)
+        rows.append({"name": name, "family": family.family if family else "-", "classes": n_classes,
+                     "params": ours, "paper": "-" if p is None else f"{p:.2f}M" + (f" ({at} classes)" if at != n_classes else ""),
+                     "about": family.doc if family else ""})
+    print_table(out(), [("name", "name"), ("family", "family"), ("classes", "classes"), ("params", "params"),
                         ("paper", "paper"), ("about", "")], rows)
+    for note in notes:
+        say(out(), note)
 
 
 def main():

@@ -310,3 +310,15 @@ def test_cli_import_and_ls_leave_torch_out(runs):
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_models_lists_the_registry_with_counts():
+    from engine import models
+    result = runner.invoke(app, ["models", "wrn-16-2", "wrn-28-10", "wrn-28-3", "--classes", "10"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    assert list(rows) == ["name", "wrn-16-2", "wrn-28-10", "wrn-28-3"]  # any registry name, not only examples
+    n = models.count_params(models.build("wrn-16-2", num_classes=10))
+    assert rows["wrn-16-2"][2:4] == ["10", f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"]
+    if getattr(models, "PAPER_PARAMS", {}).get("wrn-28-10") is not None:
+        assert rows["wrn-28-10"][4] == f"{models.PAPER_PARAMS['wrn-28-10']:.2f}M"
