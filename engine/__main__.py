@@ -1,0 +1,235 @@
+"""The engine process: `python -m engine run CONFIG --experiment NAME [--seed S] [--runs-dir DIR]
+[--run-id ID] [--device D]` and `python -m engine resume RUN_DIR [--device D]`.
+
+`run` makes `<runs_dir>/<experiment>/<run_id>/` with the resolved snapshot (experiment.toml, the
+seed recorded), the pid file and events.jsonl, then trains the chain. `resume` continues a run
+directory from its snapshot, checkpoints and events (`seq` continues). The launcher redirects
+stdout/stderr; this process writes only what a view reads: events, checkpoints, results.json.
+
+Signals: SIGTERM/SIGINT finish the current step, write checkpoints/last.pt, end the run with
+`run_end cancelled` and exit 0. Errors: an `error` event, `run_end failed`, ONE line on stderr
+(the traceback too with BAN_DEBUG=1), exit 2 for a config error (spec, model, data, checkpoint
+shapes) and 1 for a failed run. Under torchrun (RANK/WORLD_SIZE set) rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from engine import runs, spec
+from engine.runs import HEARTBEAT_SECONDS, RunPaths
+
+EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+
+class AlreadyRunning(Exception):
+    """Another engine process owns the run directory: say so and touch nothing in it."""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m engine", description="Born-Again Networks training engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="start a run of one experiment of a config file")
+    r.add_argument("config")
+    r.add_argument("--experiment", required=True)
+    r.add_argument("--seed", type=int)
+    r.add_argument("--runs-dir")
+    r.add_argument("--run-id")
+    r.add_argument("--device")
+    s = sub.add_parser("resume", help="continue a run directory")
+    s.add_argument("run_dir")
+    s.add_argument("--device")
+    return p.parse_args(argv)
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, spec.SpecError):
+        return "; ".join(str(p) for p in exc.problems)
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def load_experiment(args):
+    """(experiment, seed, run directory or None) from the command line, validated."""
+    from engine.train import ConfigError
+    if args.command == "resume":
+        root = Path(args.run_dir)
+        if not RunPaths(root).snapshot.is_file():
+            raise ConfigError(f"{root}: expected a run directory with experiment.toml, found none")
+        exps = list(spec.load(RunPaths(root).snapshot).experiments.values())
+        if len(exps) != 1:
+            raise ConfigError(f"{RunPaths(root).snapshot}: expected one experiment, found {len(exps)}")
+        exp = exps[0]
+        seed = exp.seeds[0]
+    else:
+        cfg = spec.load(args.config)
+        if args.experiment not in cfg.experiments:
+            close = difflib.get_close_matches(args.experiment, list(cfg.experiments), n=1)
+            raise ConfigError(f"{args.config}: --experiment: expected one of {', '.join(cfg.experiments)}, found "
+                              f"{args.experiment!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        exp = cfg.experiments[args.experiment]
+        seed = exp.seeds[0] if args.seed is None else args.seed
+        if seed < 0:
+            raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
+        exp.seeds = [seed]
+        root = None
+    if args.device:
+        exp.device = args.device
+    return exp, seed, root
+
+
+def resolve_device(name: str, local_rank: int):
+    import torch
+    from engine.train import ConfigError
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: expected a CUDA GPU for {name!r}, found none; use device = \"cpu\" or \"auto\"")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: expected Apple MPS for {name!r}, found none; use device = \"cpu\" or \"auto\"")
+    return device
+
+
+def check_not_running(root: Path) -> None:
+    state = runs.load_state(root)
+    try:
+        pid, start = (int(x) for x in RunPaths(root).pid.read_text().split()[:2])
+    except (OSError, ValueError):
+        pid, start = state.pid, state.pid_start
+    if pid and pid != os.getpid() and runs.pid_alive(pid, start):
+        raise AlreadyRunning(f"{root}: still running (pid {pid}); nothing to resume")
+    if state.end is not None and state.end.get("status") == "ok":
+        raise AlreadyRunning(f"{root}: finished ok; nothing to resume")
+
+
+class Heartbeat(threading.Thread):
+    """A heartbeat event every HEARTBEAT_SECONDS, so views can tell a live run from a dead one."""
+
+    def __init__(self, writer):
+        super().__init__(daemon=True)
+        self.writer, self.done = writer, threading.Event()
+
+    def run(self):
+        while not self.done.wait(HEARTBEAT_SECONDS):
+            self.writer.emit("heartbeat")
+
+    def stop(self):
+        self.done.set()
+        if self.is_alive():
+            self.join()
+
+
+def versions() -> dict:
+    import importlib.metadata
+    import torch
+    try:
+        ban = importlib.metadata.version("ban")
+    except importlib.metadata.PackageNotFoundError:
+        ban = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__, "ban": ban}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
+        signal.signal(sig, lambda *_: stop.set())
+
+    from engine import chain, checkpoint, ddp
+    from engine.events import EventWriter
+    from engine.train import Cancelled, ConfigError, Context, RunError
+
+    rank, world_size, local_rank = ddp.from_env()
+    root = Path(args.run_dir) if args.command == "resume" else None
+    if args.command == "run" and args.run_id:   # a launcher made the directory: report errors there
+        try:
+            root = runs.run_dir(args.runs_dir or "runs", args.experiment, args.run_id)
+        except ValueError:
+            root = None
+    writer = beat = None
+    status, error, code = "ok", None, 0
+    try:
+        exp, seed, _ = load_experiment(args)
+        device = resolve_device(exp.device, local_rank)
+        ddp.init(device)
+        if args.command == "run":
+            run_id = ddp.broadcast_object(args.run_id or runs.new_run_id(seed))
+            try:
+                root = runs.run_dir(args.runs_dir or exp.runs_dir, exp.name, run_id)
+            except ValueError as exc:
+                raise ConfigError(f"--run-id: {exc}") from None
+        paths = RunPaths(root)
+        if rank == 0:
+            if args.command == "resume":
+                check_not_running(root)
+            elif runs.load_state(root).n_events:
+                raise ConfigError(f"{root}: already holds a run; continue it with `python -m engine resume {root}`")
+            root.mkdir(parents=True, exist_ok=True)
+            if args.command == "run":
+                checkpoint.write_text(paths.snapshot, spec.dumps_experiment(exp))
+            checkpoint.write_text(paths.pid, f"{os.getpid()} {runs.process_start_time(os.getpid())}\n")
+            writer = EventWriter(paths.events, root.name)
+        ddp.barrier()
+
+        import torch
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
+        ctx = Context(exp=exp, seed=seed, paths=paths, device=device, events=writer, stop=stop,
+                      rank=rank, world_size=world_size)
+        ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
+                 pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
+                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size)
+        if exp.gpus > 1 and world_size == 1:
+            ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
+                    "(start it with `ban run` or torchrun for DDP)", "warning")
+        if writer is not None:
+            beat = Heartbeat(writer)
+            beat.start()
+        chain.run_chain(ctx)
+    except AlreadyRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Cancelled:
+        status = "cancelled"
+    except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
+        config = isinstance(exc, (spec.SpecError, ConfigError))
+        status, error = "failed", one_line(exc)
+        if not config and not isinstance(exc, (RunError, KeyboardInterrupt)):
+            error = f"{type(exc).__name__}: {error}"
+        code = EXIT_CONFIG if config else EXIT_FAILED
+        if rank == 0 or not (config or isinstance(exc, RunError)):
+            print(f"error: {error}" if rank == 0 else f"rank {rank}: error: {error}", file=sys.stderr)
+        if os.environ.get("BAN_DEBUG") == "1":
+            traceback.print_exc()
+    finally:
+        if beat is not None:
+            beat.stop()
+    if rank == 0:
+        if writer is None and root is not None and root.is_dir():
+            writer = EventWriter(RunPaths(root).events, root.name)
+        if writer is not None:
+            if error is not None:
+                writer.emit("error", message=error)
+            writer.emit("run_end", status=status, error=error)
+            writer.close()
+            chain.write_results(RunPaths(root))
+    ddp.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
