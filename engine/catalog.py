@@ -54,6 +54,15 @@ FAMILIES: list[ModelFamily] = [
     ModelFamily("ban-preresnet", r"ban-preresnet-(?P<units>\d+)-(?P<ratio>\d+(?:\.\d+)?)", "image",
                 ("ban-preresnet-14-0.5", "ban-preresnet-14-1"),
                 "Table 5 bottleneck Pre-ResNet-units-ratio mirroring a DenseNet teacher (option teacher)"),
+    # language models (engine/models/lm.py)
+    ModelFamily("lstm", r"lstm-(?P<layers>\d+)x(?P<hidden>\d+)", "lm",
+                ("lstm-2x200", "lstm-2x650", "lstm-2x1500"),
+                "word LSTM LM, layers x units (Zaremba et al. 2014; dropout 0/0.5/0.65 for 200/650/1500)"),
+    ModelFamily("lstm-tied", r"lstm-tied-(?P<layers>\d+)x(?P<hidden>\d+)", "lm", ("lstm-tied-2x1500",),
+                "word LSTM LM with tied input/output embeddings (2x1500: the BAN paper's 52 M PTB model)"),
+    ModelFamily("char-cnn-lstm", r"char-cnn-lstm-(?P<layers>\d+)x(?P<hidden>\d+)", "lm",
+                ("char-cnn-lstm-2x650", "char-cnn-lstm-2x300"),
+                "character-aware CNN-LSTM LM (Kim et al. 2016): 2x650 large (19 M), 2x300 small"),
 ]
 
 
