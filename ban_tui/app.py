@@ -1,0 +1,252 @@
+"""`ban-tui [CONFIG] [--runs-dir DIR]`: the terminal experiment manager (Textual).
+
+A thread worker (ban_tui.watch.Watcher) follows every run of the runs directory and posts typed
+messages; the app collects which runs changed and redraws them on a timer (at most
+1 / FLUSH_SECONDS times a second). Runs are launched detached (ban_tui.launch): quitting leaves
+them running, and reopening follows every run again from the start of its events.
+Never imports torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Provider
+from textual.widgets import TabbedContent
+from textual.worker import get_current_worker
+
+from ban_tui import launch
+from ban_tui.follow import LocalSource
+from ban_tui.messages import RunAdded, RunEvents, RunStderr
+from ban_tui.screens.compare import CompareScreen
+from ban_tui.screens.experiments import ExperimentsPane
+from ban_tui.screens.main import PANELS, MainScreen
+from ban_tui.screens.monitor import RunMonitor
+from ban_tui.screens.runs import RunsPane, RunsTable
+from ban_tui.watch import POLL_SECONDS, Watcher
+from engine import spec
+
+FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
+STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
+RUNS_DIR_ENV = "BAN_RUNS_DIR"
+
+
+def default_runs_dir(config_path: Path) -> Path:
+    """$BAN_RUNS_DIR, else the config's [defaults] runs_dir (even if the rest is broken), else ./runs."""
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    try:
+        value = tomllib.loads(Path(config_path).read_text()).get("defaults", {}).get("runs_dir")
+    except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        value = None
+    return Path(value) if isinstance(value, str) else Path("runs")
+
+
+class BanCommands(Provider):
+    """Command palette: launch an experiment, open a run, and the app's actions."""
+
+    def commands(self) -> list[tuple[str, object, str]]:
+        app = self.app
+        found = [("Save config", app.save_config, "write the edited chain to the config file"),
+                 ("Reload config", app.reload_config, "read the config file again (drops unsaved edits)"),
+                 ("Compare marked runs", app.compare_marked, "the marked runs side by side")]
+        found += [(f"Show {p.title.lower()}", lambda p=p: app.show_panel(p.id), f"switch to the {p.title} tab")
+                  for p in PANELS]
+        found += [(f"Launch {name}", lambda n=name: app.launch_experiment(n), "start it detached, one run per seed")
+                  for name in app.experiment_names()]
+        with app.watcher.lock:
+            runs = [(d, m.state) for d, m in app.watcher.models.items()]
+        found += [(f"Open run {s.experiment or d.parent.name}/{s.run_id or d.name}",
+                   lambda d=d: app.open_run(str(d)), "the run monitor") for d, s in runs]
+        return found
+
+    async def search(self, query: str):
+        matcher = self.matcher(query)
+        for name, callback, help_text in self.commands():
+            if (score := matcher.match(name)) > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+    async def discover(self):
+        for name, callback, help_text in self.commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+
+class BanApp(App):
+    CSS_PATH = Path(__file__).with_name("app.tcss")   # absolute: subclasses live elsewhere
+    TITLE = "ban"
+    COMMANDS = App.COMMANDS | {BanCommands}
+    BINDINGS = [
+        Binding("f2", "show_panel('experiments')", "Experiments"),
+        Binding("f3", "show_panel('runs')", "Runs"),
+        Binding("f4", "show_panel('hosts')", "Hosts"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, config_path: Path | str = "experiments.toml", runs_dir: Path | str | None = None,
+                 poll_interval: float = POLL_SECONDS, initial: str = "experiments"):
+        super().__init__()
+        self.config_path = Path(config_path)
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(self.config_path)
+        self.watcher = Watcher(self.runs_dir, self.post_message, poll_interval)
+        self.initial = initial
+        self.dirty: set[Path] = set()
+        self._next_status = 0.0
+        self.sub_title = str(self.config_path)
+
+    def get_default_screen(self) -> MainScreen:
+        return MainScreen(self.initial)
+
+    def on_mount(self) -> None:
+        self.follow_runs()
+        self.set_interval(FLUSH_SECONDS, self.flush)
+
+    @work(thread=True, exclusive=True, group="watch")
+    def follow_runs(self) -> None:
+        worker = get_current_worker()
+        self.watcher.run(lambda: worker.is_cancelled)
+
+    # ---- messages from the watcher: note what changed, draw on the next flush ----
+    def on_run_added(self, message: RunAdded) -> None:
+        self.dirty.add(message.run_dir)
+
+    def on_run_events(self, message: RunEvents) -> None:
+        self.dirty.add(message.run_dir)
+
+    def on_run_stderr(self, message: RunStderr) -> None:
+        self.dirty.add(message.run_dir)
+
+    def refresh_run(self, run_dir) -> None:
+        self.dirty.add(Path(run_dir))
+
+    def flush(self) -> None:
+        now = time.time()
+        tick = now >= self._next_status
+        if not self.dirty and not tick:
+            return
+        if tick:
+            self._next_status = now + STATUS_SECONDS
+        dirty, self.dirty = self.dirty, set()
+        with self.watcher.lock:
+            models = self.watcher.models
+            self.main_screen.query_one(RunsPane).show(models, now)
+            screen = self.screen
+            if not getattr(screen, "ready", True):
+                return
+            if isinstance(screen, RunMonitor) and screen.run_dir in models and (tick or screen.run_dir in dirty):
+                model = models[screen.run_dir]
+                screen.show(model, model.status(now))
+            elif isinstance(screen, CompareScreen):
+                for d in screen.run_dirs:
+                    if d in models and (tick or d in dirty):
+                        screen.show(d, models[d], models[d].status(now))
+
+    # ---- the main screen's panels ----
+    @property
+    def main_screen(self) -> MainScreen:
+        return next(s for s in self.screen_stack if isinstance(s, MainScreen))
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "show_panel" and parameters and all(p.id != parameters[0] for p in PANELS):
+            return False   # hidden: no such panel registered
+        return True
+
+    def action_show_panel(self, panel: str) -> None:
+        self.show_panel(panel)
+
+    def show_panel(self, panel: str) -> None:
+        while not isinstance(self.screen, MainScreen):
+            self.pop_screen()
+        self.main_screen.query_one("#panels", TabbedContent).active = panel
+        pane = self.main_screen.query_one(f"TabPane#{panel}")
+        focusable = [w for w in pane.query("*") if w.focusable]
+        if focusable:
+            focusable[0].focus()
+
+    @property
+    def experiments(self) -> ExperimentsPane:
+        return self.main_screen.query_one(ExperimentsPane)
+
+    def experiment_names(self) -> list[str]:
+        from ban_tui.config_edit import experiment_names, parse
+        try:
+            return experiment_names(parse(self.experiments.text))
+        except Exception:
+            return []
+
+    def save_config(self) -> None:
+        self.experiments.save()
+
+    def reload_config(self) -> None:
+        self.experiments.reload()
+
+    # ---- runs: open, compare, launch, cancel, resume ----
+    def open_run(self, run_dir: str) -> None:
+        self.push_screen(RunMonitor(Path(run_dir)))
+
+    def compare_runs(self, run_dirs: list[str]) -> None:
+        self.push_screen(CompareScreen([Path(d) for d in run_dirs]))
+
+    def compare_marked(self) -> None:
+        self.main_screen.query_one(RunsTable).action_compare()
+
+    def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
+        """Start one detached engine per seed of a saved experiment; follow them at once."""
+        try:
+            exp = spec.load(self.config_path).experiments[name]
+        except spec.SpecError as exc:
+            self.notify(f"not launched: {exc.problems[0]}", severity="error")
+            return []
+        except KeyError:
+            self.notify(f"not launched: no experiment {name!r} in {self.config_path} (save it first)", severity="error")
+            return []
+        launched = []
+        for seed in exp.seeds:
+            try:
+                run = launch.launch_local(self.config_path, exp, seed, self.runs_dir)
+            except (OSError, ValueError, launch.LaunchError) as exc:
+                self.notify(f"not launched: {name} seed {seed}: {exc}", severity="error")
+                continue
+            self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
+            self.notify(f"launched {run.name} (pid {run.pid})")
+            launched.append(run)
+        if launched:
+            self.show_panel("runs")
+        return launched
+
+    def cancel_run(self, run_dir: str) -> None:
+        try:
+            self.notify(launch.cancel(Path(run_dir)))
+        except launch.LaunchError as exc:
+            self.notify(str(exc), severity="error")
+
+    def resume_run(self, run_dir: str) -> None:
+        try:
+            run = launch.resume_local(Path(run_dir))
+        except launch.LaunchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
+        self.notify(f"resumed {run.name} (pid {run.pid})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ban-tui", description="Define, launch and follow Born-Again Network chains.")
+    parser.add_argument("config", nargs="?", default="experiments.toml", help="the config file (default ./experiments.toml)")
+    parser.add_argument("--runs-dir", default=None, help="runs directory (default: $BAN_RUNS_DIR, the config's runs_dir, or ./runs)")
+    args = parser.parse_args(argv)
+    BanApp(args.config, args.runs_dir).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The experiments tab: the experiments of the config, the chain form, live validation, save and
+launch. The file on disk changes only on save, through ban_tui.config_edit (comments kept)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from ban_tui import config_edit as ce
+from ban_tui.messages import ConfigChanged
+from ban_tui.widgets.chain_form import ChainForm
+
+NEW = "+ new chain"
+
+
+class ExperimentsPane(Horizontal):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+r", "launch", "Launch"),
+        Binding("ctrl+n", "new", "New chain"),
+        Binding("ctrl+g", "add_generation", "Add generation"),
+    ]
+    DEFAULT_CSS = """
+    ExperimentsPane #experiment-list { width: 34; }
+    ExperimentsPane #experiment-list OptionList { height: 1fr; }
+    ExperimentsPane #editor { width: 1fr; }
+    ExperimentsPane #problems { height: auto; max-height: 8; padding: 0 1; }
+    ExperimentsPane #actions { height: auto; }
+    ExperimentsPane #save-state { padding: 1 2; }
+    """
+
+    def __init__(self, config_path: Path, **kwargs):
+        super().__init__(**kwargs)
+        self.config_path = Path(config_path)
+        self.text = self._read()          # the file as last read or saved
+        self.edited = self.text           # the text with the form's draft applied
+        self.problems: list = []
+        self.field_errors: dict[str, str] = {}
+        names = ce.experiment_names(self._doc())
+        self.draft = ce.draft_of(self._doc(), names[0]) if names else ce.new_draft(self._doc())
+
+    # ---- the file ----
+    def _read(self) -> str:
+        try:
+            return self.config_path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def _doc(self):
+        try:
+            return ce.parse(self.text)
+        except Exception:   # tomlkit's parse errors: the problems panel shows the validator's message
+            return ce.parse("")
+
+    @property
+    def dirty(self) -> bool:
+        return self.edited != self.text
+
+    # ---- layout ----
+    def compose(self) -> ComposeResult:
+        with Vertical(id="experiment-list"):
+            yield Label(f"experiments in {self.config_path}")
+            yield OptionList(*self._options(), id="experiments")
+        with Vertical(id="editor"):
+            yield ChainForm(self.draft, id="form")
+            yield Static("", id="problems")
+            with Horizontal(id="actions"):
+                yield Button("Save", id="save", variant="primary", tooltip="ctrl+s")
+                yield Button("Launch", id="launch", variant="success", tooltip="ctrl+r")
+                yield Static("", id="save-state")
+
+    def _options(self) -> list[Option]:
+        return [Option(n, id=n) for n in ce.experiment_names(self._doc())] + [Option(NEW, id=NEW)]
+
+    def on_mount(self) -> None:
+        self._validate()
+        self.query_one("#experiments", OptionList).focus()
+
+    # ---- validation ----
+    @on(ChainForm.Changed)
+    def _form_changed(self, event: ChainForm.Changed) -> None:
+        self.draft, self.field_errors = event.draft, event.errors
+        self._validate()
+
+    def _validate(self) -> None:
+        try:
+            self.edited = ce.with_draft(self.text, self.draft) if not self.field_errors else self.edited
+            self.problems = ce.problems(self.edited, self.config_path)
+        except Exception as exc:   # the file itself does not parse: nothing can be applied to it
+            self.problems = ce.problems(self.text, self.config_path) or [f"{self.config_path}: {exc}"]
+        lines = list(self.field_errors.values()) + [str(p) for p in self.problems]
+        text = Text("\n".join(lines), style="red") if lines else Text("✓ valid (same checks as `ban validate`)", style="green")
+        self.query_one("#problems", Static).update(text)
+        self.query_one("#save-state", Static).update("unsaved changes" if self.dirty else "saved")
+        self.post_message(ConfigChanged(self.edited, list(self.problems)))
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems and not self.field_errors
+
+    # ---- choosing an experiment ----
+    @on(OptionList.OptionSelected, "#experiments")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.open(event.option.id)
+
+    def open(self, name: str) -> None:
+        if self.dirty:
+            self.app.notify(f"unsaved changes to {self.draft.name!r} discarded", severity="warning")
+        self.draft = ce.new_draft(self._doc()) if name == NEW else ce.draft_of(self._doc(), name)
+        self.field_errors = {}
+        self.query_one(ChainForm).load(self.draft)
+        self._validate()
+
+    def action_new(self) -> None:
+        self.open(NEW)
+
+    async def action_add_generation(self) -> None:
+        await self.query_one(ChainForm).add_generation()
+
+    # ---- save and launch ----
+    def save(self) -> bool:
+        """Write the edited text (when valid and the file did not change on disk meanwhile)."""
+        if not self.valid:
+            n = len(self.problems) + len(self.field_errors)
+            self.app.notify(f"not saved: {n} problem{'s' * (n != 1)} to fix first", severity="error")
+            return False
+        if self._read() != self.text:
+            self.app.notify(f"not saved: {self.config_path} changed on disk since it was read; "
+                            "reload it from the command palette", severity="error")
+            return False
+        if self.dirty:
+            ce.save(self.edited, self.config_path)
+            self.text = self.edited
+            self.app.notify(f"saved {self.draft.name!r} to {self.config_path}")
+        # the saved file now holds the draft under its name (and its generation tables' order)
+        self.draft = ce.draft_of(self._doc(), self.draft.name)
+        self.query_one(ChainForm).draft = self.draft
+        self.query_one("#experiments", OptionList).set_options(self._options())
+        self._validate()
+        return True
+
+    def reload(self) -> None:
+        self.text = self._read()
+        names = ce.experiment_names(self._doc())
+        self.edited = self.text
+        self.draft = ce.draft_of(self._doc(), self.draft.source) if self.draft.source in names else (
+            ce.draft_of(self._doc(), names[0]) if names else ce.new_draft(self._doc()))
+        self.query_one("#experiments", OptionList).set_options(self._options())
+        self.query_one(ChainForm).load(self.draft)
+        self._validate()
+
+    def action_save(self) -> None:
+        self.save()
+
+    def action_launch(self) -> None:
+        if self.save():
+            self.app.launch_experiment(self.draft.name)
+
+    @on(Button.Pressed, "#save")
+    def _save_pressed(self) -> None:
+        self.action_save()
+
+    @on(Button.Pressed, "#launch")
+    def _launch_pressed(self) -> None:
+        self.action_launch()

@@ -1,0 +1,82 @@
+"""The runs tab: every run of the runs directory with its status, progress and best error,
+updated live; open one (enter), mark several (space) and compare them (c), cancel (x), resume (r)."""
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Label
+
+from ban_tui.tables import RUN_COLUMNS, run_row
+from ban_tui.widgets.rows import RowsTable
+
+COLUMNS = [("mark", "")] + RUN_COLUMNS
+
+
+class RunsTable(RowsTable):
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Open"),   # DataTable posts RowSelected (so does a click)
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare marked"),
+        Binding("x", "cancel", "Cancel run"),
+        Binding("r", "resume", "Resume run"),
+    ]
+
+    def __init__(self, **kwargs):
+        super().__init__(COLUMNS, **kwargs)
+        self.marked: set[str] = set()
+
+    def action_mark(self) -> None:
+        key = self.cursor_key
+        if key is None:
+            return
+        self.marked.symmetric_difference_update({key})
+        self.update_cell(key, "mark", "*" if key in self.marked else "")
+
+    def action_compare(self) -> None:
+        keys = [k for k in self.row_keys() if k in self.marked]
+        if len(keys) < 2:
+            self.app.notify("mark two or more runs with space to compare them", severity="warning")
+            return
+        self.app.compare_runs(keys)
+
+    def action_cancel(self) -> None:
+        if self.cursor_key:
+            self.app.cancel_run(self.cursor_key)
+
+    def action_resume(self) -> None:
+        if self.cursor_key:
+            self.app.resume_run(self.cursor_key)
+
+
+class RunsPane(Vertical):
+    DEFAULT_CSS = "RunsPane RunsTable { height: 1fr; }"
+
+    def __init__(self, runs_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.runs_dir = runs_dir
+
+    def compose(self) -> ComposeResult:
+        yield Label(f"runs in {self.runs_dir}  (enter opens, space marks, c compares)", id="runs-title")
+        yield RunsTable(id="runs")
+
+    def show(self, models: dict, now: float | None = None) -> None:
+        """models: {run_dir: RunModel}; call under the watcher's lock."""
+        found = self.query(RunsTable)
+        if not found:   # not composed yet
+            return
+        table = found.first()
+        keys, rows = [], []
+        for run_dir in sorted(models, key=lambda d: (d.name[:15], str(d))):  # oldest first, as list_runs
+            model = models[run_dir]
+            row = run_row(run_dir, model.state, now)
+            row["status"] = model.status(now)
+            row["mark"] = "*" if str(run_dir) in table.marked else ""
+            keys.append(str(run_dir))
+            rows.append(row)
+        table.show(rows, keys)
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self.app.open_run(event.row_key.value)

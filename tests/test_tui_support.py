@@ -1,0 +1,63 @@
+"""Shared helpers of the TUI tests (no tests here): recorded runs and waiting on a live app."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from engine.runs import process_start_time
+
+FIXTURES = Path(__file__).parent / "fixtures" / "events" / "runs"
+OK = "tiny/20251129-013320-s0-0k01"
+CANCELLED = "tiny/20251129-020000-s0-0c01"
+FAILED = "broken-data/20251129-021500-s0-0f01"
+DEAD = "tiny/20251129-023000-s0-0d01"
+STALE = "tiny/20251129-024500-s0-0s01"
+
+CONFIG = """\
+# experiments for the TUI tests
+[defaults]
+runs_dir = "runs"   # kept where it is
+
+[[experiment]]
+name = "tiny"
+dataset = { name = "digits" }
+model = "cnn-small"
+epochs = 2
+generations = 2
+objective = "ban"
+ensembles = [2]
+"""
+
+
+def copy_runs(dest: Path, stale: bool = False) -> Path:
+    """The recorded runs under dest/runs; with stale=True also a run whose engine is alive (this
+    test process) but wrote nothing for a long time: the dead run pointed at our pid."""
+    runs = Path(dest) / "runs"
+    shutil.copytree(FIXTURES, runs)
+    if stale:
+        lines = (runs / DEAD / "events.jsonl").read_text().splitlines()
+        start = json.loads(lines[0])
+        start.update(pid=os.getpid(), pid_start=process_start_time(os.getpid()))
+        (runs / STALE).mkdir(parents=True)
+        (runs / STALE / "events.jsonl").write_text("\n".join([json.dumps(start)] + lines[1:]) + "\n")
+    return runs
+
+
+def cells(table) -> list[list[str]]:
+    """A DataTable's rows as plain strings."""
+    return [[str(getattr(c, "plain", c)) for c in table.get_row(key)] for key in table.rows]
+
+
+async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05):
+    """Pause the app until predicate() is truthy; its value, or AssertionError after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        await pilot.pause(step)
