@@ -29,8 +29,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from engine.events import EventDecoder
-from engine.runs import GenState, RunState, check_name, new_run_id, run_dir
+from engine.runs import STALE_AFTER, GenState, RunState, check_name, new_run_id, run_dir
 from engine.spec import Experiment, Host, dumps_experiment
+from ban_tui.launch import engine_command
 
 NO_CONNECTION = 255       # ssh's own exit status: the connection failed, not the remote command
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0   # seconds between reconnects after a drop, doubling
@@ -196,6 +197,10 @@ class RemoteLaunch:
     run_dir: str          # on the host
     pid: int | None
 
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.run_id}"
+
 
 def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
            device: str | None = None, wait: float = 30.0) -> RemoteLaunch:
@@ -209,16 +214,14 @@ def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
     run_checked(host, f"mkdir -p {rpath(host.workdir)} {rpath(rdir)} && cat > {rpath(tmp)} && "
                       f"mv {rpath(tmp)} {rpath(snap)}",
                 "copying the experiment snapshot", input=dumps_experiment(exp).encode())
-    engine = " ".join([rpath(host.python), "-m", "engine", "run", rpath(snap),
-                       "--experiment", shlex.quote(exp.name), "--seed", str(int(seed)),
-                       "--runs-dir", rpath(remote_runs_dir(host)), "--run-id", shlex.quote(run_id)]
-                      + (["--device", shlex.quote(device)] if device else []))
+    argv = engine_command(snap, exp.name, int(seed), remote_runs_dir(host), run_id, device, exp.gpus, host.python)
+    engine = " ".join(rpath(word) for word in argv)   # names are check_name'd: only paths start with ~/
     events, stderr = rpath(posixpath.join(rdir, "events.jsonl")), rpath(posixpath.join(rdir, "stderr.log"))
     ticks = max(1, int(wait / 0.2))
     # `cd X || exit; cmd &` rather than `cd X && cmd &`: the latter backgrounds a subshell that
     # keeps the connection's stdout open until the engine ends.
     out = run_checked(host, (
-        f"cd {rpath(host.workdir)} || exit 1; setsid nohup {engine} < /dev/null "
+        f"cd {rpath(host.workdir)} || exit 1; PYTHONUNBUFFERED=1 setsid nohup {engine} < /dev/null "
         f"> {rpath(posixpath.join(rdir, 'stdout.log'))} 2> {stderr} & pid=$!; i=0; "
         f"while [ $i -lt {ticks} ] && [ ! -s {events} ] && kill -0 $pid 2>/dev/null; "
         f"do sleep 0.2; i=$((i+1)); done; echo $pid; "
@@ -233,20 +236,32 @@ def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
     return RemoteLaunch(host.name, exp.name, run_id, int(seed), rdir, pid)
 
 
+def find_remote_run(host: Host, ref: str, timeout: float = 60.0) -> str:
+    """A run directory on the host by `experiment/run-id`, run id, unique prefix or path
+    (engine.runs.find_run, run there)."""
+    code = "import sys\nfrom engine.runs import find_run\nprint(find_run(sys.argv[1], sys.argv[2]))"
+    out = run_checked(host, f"{rpath(host.python)} -c {shlex.quote(code)} "
+                            f"{rpath(remote_runs_dir(host))} {shlex.quote(ref)}", "finding the run", timeout=timeout)
+    return out.rstrip("\n")
+
+
 # ---- follow ---------------------------------------------------------------------------------
 
 class RemoteSource:
-    """Follows a run's events.jsonl on a host by byte offset: the remote twin of LocalSource.
+    """Follows a run's events.jsonl on a host by byte offset: the remote twin of LocalSource
+    (`name`, `state`, `poll()`, `ended()`).
 
     `poll()` fetches the bytes past the last complete line seen and returns the new events (each
     seq once). When the connection drops, `connected` turns False, `error` holds ssh's line and
     polls wait a back-off (0.5 s doubling to 10 s) before trying again from the same offset, so a
-    drop loses no event and shows none twice.
+    drop loses no event and shows none twice. `on_connection(source)` is called when `connected`
+    changes. Give `pid` when this process launched the run: it then lasts as long as that pid.
     """
 
-    def __init__(self, host: Host, run_dir: str, timeout: float = 15.0, max_bytes: int = 1 << 22):
-        self.host, self.run_dir = host, run_dir
-        self.events_path = posixpath.join(run_dir, "events.jsonl")
+    def __init__(self, host: Host, run_dir: str, pid: int | None = None, timeout: float = 15.0,
+                 max_bytes: int = 1 << 22):
+        self.host, self.run_dir, self.pid = host, run_dir.rstrip("/"), pid
+        self.events_path = posixpath.join(self.run_dir, "events.jsonl")
         self.timeout, self.max_bytes = timeout, max_bytes
         self.decoder = EventDecoder()
         self.state = RunState()
@@ -254,15 +269,30 @@ class RemoteSource:
         self.error = ""
         self.drops = 0
         self.alive: bool | None = None       # the engine's pid on the host, once known
+        self.more = False                    # the last poll stopped at max_bytes
         self.backoff = 0.0
         self.next_try = 0.0
+        self.opened = time.time()
+        self.on_connection = None
+
+    @property
+    def name(self) -> str:
+        parts = ["", *self.run_dir.split("/")]
+        return f"{self.state.experiment or parts[-2]}/{self.state.run_id or parts[-1]}"
 
     def _command(self) -> str:
         f, offset = rpath(self.events_path), self.decoder.offset
-        pid = f"kill -0 {int(self.state.pid)} 2>/dev/null && a=1 || a=0; " if self.state.pid else ""
+        pid = self.pid or self.state.pid
+        alive = f"kill -0 {int(pid)} 2>/dev/null && a=1 || a=0; " if pid else ""
         # First line "<size> <alive>", then the bytes from the offset on.
-        return (f"s=$(wc -c < {f}) 2>/dev/null || s=-1; a=-; {pid}echo $s $a; "
+        return (f"s=$(wc -c 2>/dev/null < {f}) || s=-1; a=-; {alive}echo $s $a; "
                 f"if [ $s -ge {offset} ]; then tail -c +{offset + 1} {f} | head -c {self.max_bytes}; fi")
+
+    def _set_connected(self, connected: bool) -> None:
+        changed = connected != self.connected
+        self.connected = connected
+        if changed and self.on_connection:
+            self.on_connection(self)
 
     def poll(self) -> list[dict]:
         now = time.monotonic()
@@ -276,15 +306,19 @@ class RemoteSource:
         except ValueError:
             size = None
         if proc.returncode != 0 or size is None:
-            self.connected, self.drops = False, self.drops + 1
+            self.drops += 1
             self.error = error_line(proc)
             self.backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, 2 * self.backoff))
             self.next_try = now + self.backoff
+            self._set_connected(False)
             return []
-        self.connected, self.error, self.backoff = True, "", 0.0
+        self.error, self.backoff = "", 0.0
+        self._set_connected(True)
         self.alive = {"1": True, "0": False}.get(alive)
+        self.more = len(data) >= self.max_bytes
         if 0 <= size < self.decoder.offset:   # the file shrank or was replaced: read it again
             self.decoder.reset()
+            self.more = True
             return []
         # A fresh decoder from the last complete line: a partial line is fetched again in full.
         self.decoder = EventDecoder(self.decoder.offset, self.decoder.last_seq)
@@ -292,8 +326,20 @@ class RemoteSource:
         self.state.extend(events)
         return events
 
+    def ended(self) -> bool:
+        """True once the run will write nothing more: its pid is gone on the host (or, for a run
+        this process did not launch, run_end seen). Never while the host is unreachable."""
+        if not self.connected or self.more:
+            return False
+        if self.pid is not None:
+            return self.alive is False
+        if self.state.end is not None or self.alive is False:
+            return True
+        return self.alive is None and time.time() - (self.state.last_ts or self.opened) > STALE_AFTER
+
     def since_last_event(self) -> float | None:
-        """Seconds since the newest event was written (host clock), for "disconnected 42 s"."""
+        """Seconds since the newest event was written (host clock), for "disconnected, last event
+        42 s ago"."""
         return None if self.state.last_ts is None else max(0.0, time.time() - self.state.last_ts)
 
     def status(self) -> str:
@@ -349,15 +395,18 @@ def _home_relative(path: str) -> str:
     return path[2:] if path.startswith("~/") else path
 
 
-def pull(host: Host, remote_dir: str, local_runs_dir: Path, timeout: float = 3600.0) -> Path:
+def pull(host: Host, remote_dir: str, local_runs_dir: Path, timeout: float = 3600.0,
+         use_rsync: bool | None = None) -> Path:
     """Copy a run directory to <local_runs_dir>/<experiment>/<run-id> and return that path.
     rsync where both ends have it (incremental: pulling a running run again fetches what is new),
-    else scp -r into a temp directory renamed into place."""
+    else scp -r into a temp directory renamed into place. `use_rsync=False` forces scp."""
     experiment, run_id = run_names(remote_dir)
     dest = run_dir(Path(local_runs_dir), experiment, run_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     src = f"{destination(host)}:{_home_relative(remote_dir.rstrip('/'))}"
-    if shutil.which("rsync") and ssh(host, "command -v rsync >/dev/null").returncode == 0:
+    if use_rsync is None:
+        use_rsync = bool(shutil.which("rsync")) and ssh(host, "command -v rsync >/dev/null").returncode == 0
+    if use_rsync:
         argv = ["rsync", "-a", "-s", "-e", shlex.join(["ssh", *ssh_options()]), src + "/", str(dest) + "/"]
         proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
         if proc.returncode != 0:

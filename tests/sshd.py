@@ -64,7 +64,7 @@ class Sshd:
             f"HostKey {r / 'hostkey'}", f"AuthorizedKeysFile {r / 'authorized_keys'}",
             f"PidFile {r / 'sshd.pid'}", "UsePAM no", "StrictModes no", "PermitRootLogin yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "MaxStartups 100",
-            "MaxSessions 100", f"Match LocalPort {self.ports['loopgpu']}",
+            "MaxSessions 100", "Subsystem sftp /usr/lib/openssh/sftp-server", f"Match LocalPort {self.ports['loopgpu']}",
             f"  SetEnv PATH={self.fakebin}:/usr/local/bin:/usr/bin:/bin", ""]))
         (r / "ssh_config").write_text("\n".join(
             [f"Host {name}\n  HostName 127.0.0.1\n  Port {port}" for name, port in self.ports.items()]

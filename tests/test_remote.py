@@ -14,6 +14,7 @@ import pytest
 
 from ban_tui import hosts, remote
 from engine.events import read_events
+from engine.runs import load_state
 from engine.spec import Host, SpecError, loads
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
@@ -227,3 +228,77 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
     with open(Path(rdir) / "events.jsonl", "a") as f:
         f.write('q":2,"ts":2.0,"run":"r","kind":"heartbeat"}\n')
     assert [e["seq"] for e in source.poll()] == [2]
+
+
+# ---- a real chain on "the remote" -------------------------------------------------------------
+
+TINY = """
+[[experiment]]
+name = "tiny"
+dataset = { name = "digits" }
+model = "cnn-small"
+epochs = 2
+batch_size = 128
+generations = 1
+ensembles = [1]
+seeds = [0]
+"""
+
+
+def test_launch_follow_through_drops_reattach_pull_and_report(sshd, tmp_path):
+    host = sshd.host()
+    exp = loads(TINY).experiments["tiny"]
+    run = remote.launch(host, exp, seed=0)
+    assert run.run_dir == posixpath.join(str(sshd.workdir), "runs", "tiny", run.run_id)
+    assert remote.find_remote_run(host, run.run_id[:15]) == run.run_dir
+
+    source, seen, kills = remote.RemoteSource(host, run.run_dir, pid=run.pid, timeout=5), [], []
+    flips = []
+    source.on_connection = lambda s: flips.append(s.connected)
+    busy = remote.gpu_status(host)      # the running run shows on the host's status
+    assert busy.gpus is None and [r.dir for r in busy.runs] == [run.run_dir]
+
+    def saboteur():
+        for _ in range(3):
+            time.sleep(0.8)
+            kills.append(sshd.kill_clients())
+        sshd.stop()
+        sshd.kill_clients()
+        time.sleep(1.0)
+        sshd.start()
+
+    thread = threading.Thread(target=saboteur)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not source.ended() and time.monotonic() < deadline:
+        seen += source.poll()
+        time.sleep(0.05)
+    thread.join()
+    seen += source.poll()
+    events_file = Path(run.run_dir) / "events.jsonl"
+    assert source.ended() and sum(kills) >= 1 and source.drops >= 1 and False in flips
+    assert seen == read_events(events_file)                        # each event once, none lost
+    assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1]["kind"] == "run_end" and seen[-1]["status"] == "ok"   # the run went on
+    assert source.status() == "ok" and sorted(source.state.gens) == [0, 1]
+
+    again = remote.RemoteSource(host, run.run_dir)                 # reattach: the whole history
+    assert again.poll() == seen and again.ended()
+
+    [listed] = [r for r in remote.list_remote_runs(host) if r.dir == run.run_dir]
+    assert listed.status == "ok" and listed.state.gens[1].final == source.state.gens[1].final
+
+    pulled = remote.pull(host, run.run_dir, tmp_path / "runs")
+    assert pulled == tmp_path / "runs" / "tiny" / run.run_id
+    assert read_events(pulled / "events.jsonl") == seen
+    assert (pulled / "checkpoints" / "gen-1.pt").read_bytes() == (Path(run.run_dir) / "checkpoints" / "gen-1.pt").read_bytes()
+    state = load_state(pulled)
+    assert state.status() == "ok" and state.ensembles[1]["test_err"] == source.state.ensembles[1]["test_err"]
+    by_scp = remote.pull(host, run.run_dir, tmp_path / "scp-runs", use_rsync=False)
+    assert sorted(p.relative_to(by_scp) for p in by_scp.rglob("*")) == sorted(p.relative_to(pulled) for p in pulled.rglob("*"))
+    assert not list((tmp_path / "scp-runs" / "tiny").glob(".pull-*"))
+
+    report = subprocess.run([str(Path(sys.executable).parent / "ban"), "report", "--runs-dir", str(tmp_path / "runs"),
+                             "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert report.returncode == 0, report.stderr
+    assert f"{source.state.gens[1].final['test_err']}" in report.stdout.replace(" ", "")
