@@ -21,7 +21,7 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, find_run, gen_label, list_runs, load_state
 from engine.spec_check import did_you_mean
-from ban_tui import launch, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
@@ -32,6 +32,8 @@ app = typer.Typer(help="Born-Again Networks: run, follow and report experiment c
 
 RUNS_DIR_ENV = "BAN_RUNS_DIR"
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+HOST_HELP = "Act on this [hosts.NAME] over ssh (from the config or ~/.config/ban/hosts.toml)."
+CONFIG_HELP = "Config file whose [hosts] to use (default: ./experiments.toml when there is one)."
 
 
 def out() -> Console:
@@ -95,8 +97,8 @@ def chain_summary(exp: spec.Experiment) -> str:
             f"seeds {exp.seeds}")
 
 
-def exit_code(states) -> int:
-    statuses = [s.end.get("status") if s.end else s.status() for s in states]
+def exit_code(sources) -> int:
+    statuses = [s.status() for s in sources]
     if any(st in ("failed", "dead", "stale") for st in statuses):
         return EXIT_FAILED
     return EXIT_CANCELLED if "cancelled" in statuses else 0
@@ -111,7 +113,7 @@ def watch(console: Console, sources, on_interrupt) -> int:
     except KeyboardInterrupt:
         return on_interrupt()
     print_summary(console, sources)
-    return exit_code([s.state for s in sources])
+    return exit_code(sources)
 
 
 def wait_stopped(runs, timeout: float) -> bool:
@@ -160,10 +162,12 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (overrides the config)."),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where runs go (default: the config's runs_dir)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved chains; launch nothing."),
-        detach: bool = typer.Option(False, "--detach", help="Return at once; follow later with `ban follow`.")):
+        detach: bool = typer.Option(False, "--detach", help="Return at once; follow later with `ban follow`."),
+        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP + " (default: the experiment's host)")):
     """Validate FILE, start one engine per (experiment, seed) and follow them live.
 
-    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them).
+    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them); runs on a
+    host keep going there (`ban follow RUN --host NAME` follows them again).
     Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
     config = load_config(file)
     exps = pick_experiments(config, only or [], every)
@@ -176,16 +180,30 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
     for exp in exps:
         for seed in exp.seeds:
             try:
-                launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
-            except (OSError, ValueError) as exc:
+                if host or exp.host:
+                    launched.append(remote.launch(host_named(host or exp.host, config=config), exp, seed, device=device))
+                else:
+                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
+            except (OSError, ValueError, remote.RemoteError) as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
+    local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
+    remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
     for r in launched:
-        say(console, f"started {r.name} (pid {r.pid}) in {r.run_dir}")
+        where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
+        say(console, f"started {r.name} (pid {r.pid}) in {where}")
     if detach:
-        say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in launched]))
+        if local:
+            say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
+        say_follow_remote(console, remotes)
         return
-    sources = [LocalSource(r.run_dir, r.pid, r.pid_start) for r in launched]
-    raise typer.Exit(watch(console, sources, lambda: cancel_and_explain(console, [r.run_dir for r in launched])))
+    sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
+               + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
+
+    def on_interrupt() -> int:
+        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ")
+        return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
+
+    raise typer.Exit(watch(console, sources, on_interrupt))
 
 
 def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
@@ -209,8 +227,12 @@ def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Pa
 
 @app.command("ls")
 def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs directory (default ./runs or $BAN_RUNS_DIR)."),
-       every: bool = typer.Option(False, "--all", help="Show every run, not only the 20 latest.")):
+       every: bool = typer.Option(False, "--all", help="Show every run, not only the 20 latest."),
+       host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+       config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """List runs with their status, progress, best test error and start time."""
+    if host:
+        raise typer.Exit(ls_remote(host_named(host, config_file), every))
     runs_dir = runs_dir_of(runs_dir)
     runs = list_runs(runs_dir)
     console = out()
@@ -262,10 +284,14 @@ def stderr_tail(root: Path, lines: int = 20) -> str:
 
 @app.command()
 def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs to follow."),
-           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+           host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+           config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """Follow runs live until they end (a finished run: print its history and exit).
 
     Ctrl-C stops following; the runs keep going."""
+    if host:
+        raise typer.Exit(follow_remote(host_named(host, config_file), run_refs))
     roots = [find(runs_dir_of(runs_dir), ref) for ref in run_refs]
     console = out()
 
@@ -383,6 +409,122 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                         ("paper", "paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
+
+
+# ---- remote hosts (ban_tui.remote) ----------------------------------------------------------
+
+def host_named(name: str, config_file: Path | None = None, config: spec.Config | None = None) -> spec.Host:
+    """A host of the config (FILE, --config or ./experiments.toml) or of the user hosts file."""
+    if config is None:
+        path = config_file or Path("experiments.toml")
+        config = load_config(path) if config_file or path.exists() else None
+    try:
+        return hosts_mod.get_host(name, config)
+    except (LookupError, spec.SpecError) as exc:
+        fail(str(exc))
+
+
+def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> remote.RemoteSource:
+    """A RemoteSource that says when its connection drops and when it is back."""
+    source = remote.RemoteSource(host, run_dir, pid)
+
+    def tell(s: remote.RemoteSource) -> None:
+        if not s.connected:
+            ago = s.since_last_event()
+            say(console, f"{s.name}: lost the connection to {host.name} ({s.error}); retrying"
+                         + (f" (last event {ago:.0f} s ago)" if ago is not None else ""))
+        elif s.drops:
+            say(console, f"{s.name}: reconnected to {host.name}")
+
+    source.on_connection = tell
+    return source
+
+
+def say_follow_remote(console: Console, runs, prefix: str = "follow with: ") -> None:
+    for name in dict.fromkeys(r.host for r in runs):
+        say(console, prefix + shlex.join(["ban", "follow"] + [r.name for r in runs if r.host == name] + ["--host", name]))
+
+
+def ls_remote(host: spec.Host, every: bool) -> int:
+    console = out()
+    try:
+        runs = remote.list_remote_runs(host)
+    except remote.RemoteError as exc:
+        fail(str(exc), EXIT_FAILED)
+    if not runs:
+        say(console, f"no runs on {host.name} under {remote.remote_runs_dir(host)}")
+        return 0
+    shown = runs if every else runs[-20:]
+    now = time.time()
+    # the status comes from the host, where the engine's pid can be checked
+    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status} for r in shown])
+    if len(shown) < len(runs):
+        say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
+    return 0
+
+
+def find_remote(host: spec.Host, ref: str) -> str:
+    try:
+        return remote.find_remote_run(host, ref)
+    except remote.RemoteError as exc:
+        fail(str(exc))
+
+
+def follow_remote(host: spec.Host, refs: list[str]) -> int:
+    console = out()
+    dirs = [find_remote(host, ref) for ref in refs]
+
+    def detach_msg() -> int:
+        say(console, "stopped following; the runs keep going. Again: "
+                     + shlex.join(["ban", "follow", *refs, "--host", host.name]))
+        return EXIT_CANCELLED
+
+    return watch(console, [remote_source(console, host, d) for d in dirs], detach_msg)
+
+
+@app.command()
+def pull(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs on the host (experiment/run-id, run id or its prefix)."),
+         host: str = typer.Option(..., "--host", help=HOST_HELP),
+         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where they go (default ./runs or $BAN_RUNS_DIR)."),
+         config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
+    """Copy runs from a host (rsync, else scp) so that show and report work offline."""
+    h = host_named(host, config_file)
+    target = runs_dir_of(runs_dir)
+    console = out()
+    for ref in run_refs:
+        try:
+            say(console, f"pulled {ref} from {h.name} to {remote.pull(h, find_remote(h, ref), target)}")
+        except remote.RemoteError as exc:
+            fail(str(exc), EXIT_FAILED)
+
+
+def gpu_cell(g: remote.GpuRow) -> str:
+    util = "-" if g.util is None else f"{g.util:.0f}%"
+    mem = "-" if g.mem_used is None or g.mem_total is None else f"{g.mem_used / 1024:.1f}/{g.mem_total / 1024:.1f} GiB"
+    return f"{g.index} {g.name} {util} {mem}"
+
+
+@app.command("hosts")
+def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
+    """The known hosts, each with its GPUs (nvidia-smi) and the runs running there."""
+    from concurrent.futures import ThreadPoolExecutor
+    path = config_file or Path("experiments.toml")
+    try:
+        known = hosts_mod.all_hosts(load_config(path) if config_file or path.exists() else None)
+    except spec.SpecError as exc:
+        fail(str(exc))
+    console = out()
+    if not known:
+        say(console, f"no hosts: add [hosts.NAME] tables to {path} or {hosts_mod.user_hosts_path()}")
+        return
+    with ThreadPoolExecutor(max_workers=8) as pool:   # one slow box does not hold up the others
+        statuses = list(pool.map(remote.gpu_status, known.values()))
+    rows = [{"host": h.name, "ssh": h.ssh, "status": st.summary,
+             "gpus": "; ".join(gpu_cell(g) for g in st.gpus or []) or "-",
+             "runs": ", ".join(r.state.experiment + "/" + r.state.run_id for r in st.runs) or "-"}
+            for h, st in zip(known.values(), statuses)]
+    print_table(console, [("host", "host"), ("ssh", "ssh"), ("status", "status"), ("gpus", "GPUs"),
+                          ("runs", "running")], rows)
 
 
 def main():

@@ -5,6 +5,7 @@ A source is anything with
     .state     the engine.runs.RunState folded from the events seen so far
     .poll()    -> the new events (a list of dicts), each once, in order
     .ended()   -> True once the run will write nothing more (run_end seen, or its process gone)
+    .status()  -> ok / failed / cancelled / running / stale / dead, liveness told where it runs
 `LocalSource` follows a run directory on this machine; a remote source (ban_tui.remote) follows
 one over ssh with the same interface, so `follow()` and every view work on both.
 """
@@ -39,6 +40,9 @@ class LocalSource:
 
     def poll(self) -> list[dict]:
         return self.follower.poll()
+
+    def status(self) -> str:
+        return self.state.status()
 
     def ended(self) -> bool:
         if self.pid is not None:

@@ -90,11 +90,15 @@ def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
         pass
     if state.pid:
         found.append((state.pid, state.pid_start))
-    return [(pid, start) for pid, start in found if start is not None or _runs_engine(pid)]
+    return trusted(found)
+
+
+def trusted(pids: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    """Without a start time a pid may have been recycled: trust it only if it runs the engine."""
+    return [(pid, start) for pid, start in pids if start is not None or _runs_engine(pid)]
 
 
 def _runs_engine(pid: int) -> bool:
-    """Without a start time a pid may have been recycled: trust it only if it runs the engine."""
     try:
         return b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -148,16 +152,19 @@ def terminate(pid: int, pid_start: int | None) -> bool:
 def cancel(run) -> str:
     """Ask a run's engine to stop (it finishes the step, checkpoints, writes run_end cancelled).
 
-    `run` is a run directory or a LaunchedRun. Returns what was done; raises LaunchError with
-    the reason when there is no live engine to stop."""
+    `run` is a run directory, a LaunchedRun or a RunState (a local run's folded events). Returns
+    what was done; raises LaunchError with the reason when there is no live engine to stop."""
     if isinstance(run, LaunchedRun):
         if terminate(run.pid, run.pid_start):
             return f"sent SIGTERM to {run.name} (pid {run.pid})"
         run = run.run_dir
-    root = Path(run)
-    state = load_state(root)
+    if isinstance(run, RunState):
+        state, pids = run, trusted([(run.pid, run.pid_start)] if run.pid else [])
+    else:
+        state = load_state(Path(run))
+        pids = engine_pids(Path(run), state)
     name = f"{state.experiment}/{state.run_id}"
-    for pid, start in engine_pids(root, state):
+    for pid, start in pids:
         if terminate(pid, start):
             return f"sent SIGTERM to {name} (pid {pid})"
     if state.end is not None:

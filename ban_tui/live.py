@@ -55,8 +55,7 @@ def print_summary(console: Console, sources) -> None:
     """Per run: the generation table and, when there are ensembles, the ensemble table."""
     for s in sources:
         state = s.state
-        status = state.status() if state.end is None else state.end.get("status")
-        print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), f"{s.name} ({status})")
+        print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), f"{s.name} ({s.status()})")
         if state.ensembles:
             print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state))
 

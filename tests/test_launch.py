@@ -11,7 +11,7 @@ import time
 import pytest
 
 from engine.events import read_events
-from engine.runs import RunPaths, process_start_time
+from engine.runs import RunPaths, load_state, process_start_time
 from ban_tui import launch
 from ban_tui.follow import LocalSource, follow
 
@@ -100,7 +100,8 @@ def test_cancel_never_signals_a_process_that_is_not_the_engine(tmp_path):
         w = EventWriter(RunPaths(root).events, "r1")
         w.emit("run_start", experiment="exp", pid=sleeper.pid, pid_start=start, seed=0)
         w.close()
-        assert "sent SIGTERM" in launch.cancel(root)
+        assert launch.running_pid(root) == sleeper.pid
+        assert "sent SIGTERM" in launch.cancel(load_state(root))  # a view's RunState works too
         assert sleeper.wait(timeout=10) == -signal.SIGTERM
     finally:
         if sleeper.poll() is None:
