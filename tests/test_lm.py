@@ -2,7 +2,10 @@
 import copy
 import gzip
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import catalog
+from engine import catalog, checkpoint, runs, spec, train_lm
 from engine.data import ptb
+from engine.events import read_events
 from engine.models import lm
 from engine.objectives import OBJECTIVES
 from engine.spec import Dataset
+from engine.train import Cancelled, Context
 from engine.train_lm import ensemble_metrics, evaluate, ppl, train_epoch
 
 WORDS = [f"w{i}" for i in range(24)] + ["<unk>", "N"]
@@ -241,8 +246,88 @@ def test_a_tiny_lstm_beats_the_unigram_baseline_quickly(corpus):
 def test_ensemble_perplexity_averages_next_word_probabilities():
     a = np.array([0.5, 0.1, 0.2], dtype=np.float32)
     b = np.array([0.1, 0.3, 0.2], dtype=np.float32)
-    m = ensemble_metrics([a, b])
+    m = ensemble_metrics(None, [a, b])
     assert m["test_ppl"] == pytest.approx(math.exp(-(math.log(0.3) + math.log(0.2) + math.log(0.2)) / 3), rel=1e-6)
-    assert ensemble_metrics([a])["test_ppl"] == pytest.approx(float(np.exp(-np.log(a).mean())), rel=1e-6)
-    with pytest.raises(ValueError, match="different test positions"):
-        ensemble_metrics([a, b[:2]])
+    assert ensemble_metrics(None, [a])["test_ppl"] == pytest.approx(float(np.exp(-np.log(a).mean())), rel=1e-6)
+    with pytest.raises(ValueError, match="same test tokens"):
+        ensemble_metrics(None, [a, b[:2]])
+
+
+# ---- the chain ------------------------------------------------------------------------------
+
+CHAIN = """
+[[experiment]]
+name = "ptb-tiny"
+dataset = {{ name = "ptb", root = "{root}", options = {{ bptt = 7 }} }}
+model = "lstm-2x24"
+model_options = {{ init_range = 0.3, dropout = 0.1 }}
+epochs = {epochs}
+batch_size = 8
+eval_batch_size = 4
+optimizer = {{ lr = 1.0, momentum = 0.0, nesterov = false, weight_decay = 0.0 }}
+schedule = {{ name = "plateau", gamma = 0.25, threshold = 0.0 }}
+grad_clip = 5.0
+generations = 1
+objective = "ban+l"
+ensembles = [1]
+ensemble_include_teacher = true
+device = "cpu"
+"""
+
+
+def test_teacher_to_ban_l_chain_through_the_engine(tmp_path, corpus_dir, corpus):
+    config = tmp_path / "c.toml"
+    config.write_text(CHAIN.format(root=corpus_dir, epochs=3))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", str(config), "--experiment", "ptb-tiny",
+                           "--runs-dir", str(tmp_path / "runs")], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    (root,) = runs.list_runs(tmp_path / "runs")
+    events = read_events(root / "events.jsonl")
+    state = runs.load_state(root)
+    assert state.status() == "ok" and state.metric == "ppl"
+    assert [(g.gen, g.role, g.objective, g.epoch, g.done) for g in state.gens.values()] == \
+        [(0, "teacher", "ce", 3, True), (1, "student", "ban+l", 3, True)]
+    epochs = [e for e in events if e["kind"] == "epoch"]
+    assert [(e["gen"], e["epoch"]) for e in epochs] == [(g, k) for g in (0, 1) for k in (1, 2, 3)]
+    for e in epochs:
+        assert e["test_ppl"] == pytest.approx(math.exp(e["test_loss"]))
+        assert e["val_ppl"] == pytest.approx(math.exp(e["val_loss"]))
+        assert e["tokens_per_s"] > 0 and e["lr"] > 0
+    # the stored probabilities are those of the test tokens, and give each generation's test ppl
+    paths = runs.RunPaths(root)
+    n_test = (corpus.test.numel() // 4 - 1) * 4
+    probs = [np.load(paths.gen_probs(g)) for g in (0, 1)]
+    for g, p in enumerate(probs):
+        assert p.shape == (n_test,) and p.dtype == np.float32
+        assert float(np.exp(-np.log(p).mean())) == pytest.approx(state.gens[g].test, rel=1e-5)
+    (ens,) = [e for e in events if e["kind"] == "ensemble"]
+    assert ens["members"] == [0, 1]
+    assert ens["test_ppl"] == pytest.approx(float(np.exp(-np.log((probs[0] + probs[1]) / 2).mean())), rel=1e-6)
+    assert state.gens[1].test < unigram_ppl(corpus)   # it learnt something
+
+
+def test_a_stopped_generation_resumes_with_its_hidden_state(tmp_path, corpus_dir):
+    """Stopped after the first window, then continued from last.pt: the same model and numbers
+    as an uninterrupted run (which needs both hidden states and the dropout RNG restored)."""
+    exp = spec.loads(CHAIN.format(root=corpus_dir, epochs=1)).experiments["ptb-tiny"]
+
+    def context(name):
+        paths = runs.RunPaths(tmp_path / name)
+        ctx = Context(exp=exp, seed=0, paths=paths, device=torch.device("cpu"))
+        ctx.data = ptb.load(exp.dataset)
+        return ctx
+
+    gen = exp.generations[1]
+    teacher = train_lm.build_model(context("t"), exp.generations[0]).eval()
+    whole = train_lm.train_generation(context("a"), gen, teacher)
+    ctx = context("b")
+    ctx.stop.set()
+    with pytest.raises(Cancelled):
+        train_lm.train_generation(ctx, gen, teacher)
+    ctx.resume = checkpoint.load(ctx.paths.last_checkpoint)
+    assert (ctx.resume["epoch"], ctx.resume["step"]) == (0, 1)
+    ctx.stop.clear()
+    resumed = train_lm.train_generation(ctx, gen, teacher)
+    assert resumed.final == pytest.approx(whole.final, rel=1e-6)
+    np.testing.assert_allclose(resumed.test_probs, whole.test_probs, rtol=1e-6)

@@ -58,10 +58,10 @@ def spell(vocab: list[str], max_len: int | None = None, min_len: int = 0) -> tor
     chars = {c: i + 3 for i, c in enumerate(sorted({c for w in words for c in w}))}
     length = max(len(w) for w in words) + 2
     length = max(min_len, length if max_len is None else min(length, max_len))
-    out = torch.zeros(len(words), length, dtype=torch.long)
+    out = torch.zeros(len(words), length, dtype=torch.long, device="cpu")   # real, even under a meta device
     for i, w in enumerate(words):
         ids = [1] + [chars[c] for c in w][:length - 2] + [2]
-        out[i, :len(ids)] = torch.tensor(ids)
+        out[i, :len(ids)] = torch.tensor(ids, device="cpu")
     return out
 
 
