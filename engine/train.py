@@ -200,12 +200,13 @@ def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, 
                          "history": history, "best": best, **extra}, ctx.paths.last_checkpoint)
 
 
-def check_finite(ctx: Context, stop: bool, value: float, where: str) -> bool:
-    """Raise RunError when the loss is nan/inf on any rank; return the agreed stop flag."""
+def check_finite(ctx: Context, stop: bool, value: float, where: str, epoch: int, step: int) -> bool:
+    """Raise RunError when the loss is nan/inf on any rank; return the agreed stop flag.
+    `epoch` and `step` count from 1 (as the message shows them)."""
     stop, bad = ctx.agree(stop, not math.isfinite(value))
     if bad:
-        what = "nan" if math.isnan(value) else "inf" if math.isinf(value) else "non-finite on another rank"
-        raise RunError(f"{where}: loss became {what}")
+        what = "nan" if math.isnan(value) else "inf" if math.isinf(value) else "non-finite (on another rank)"
+        raise RunError(f"{where}: loss became {what} at epoch {epoch} step {step}")
     return stop
 
 
@@ -410,7 +411,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             with torch.no_grad():
                 loss_value, errors = torch.stack([loss.detach().float(), (logits.argmax(1) != labels).sum().float()]).tolist()
                 diag = diagnostics(logits.detach().float(), t_logits, labels, gen.objective, **options)
-            stop = check_finite(ctx, ctx.stop.is_set(), loss_value, f"{where}: epoch {epoch + 1} step {step + 1}")
+            stop = check_finite(ctx, ctx.stop.is_set(), loss_value, where, epoch + 1, step + 1)
             sums["loss"] += loss_value * len(labels)
             sums["err"] += errors
             sums["n"] += len(labels)
