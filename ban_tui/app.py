@@ -139,7 +139,8 @@ class BanApp(App):
         dirty, self.dirty = self.dirty, set()
         with self.watcher.lock:
             models = self.watcher.models
-            self.main_screen.query_one(RunsPane).show(models, now)
+            for pane in self.main_screen.query(RunsPane):   # none while the app starts or closes
+                pane.show(models, now)
             screen = self.screen
             if not getattr(screen, "ready", True):
                 return

@@ -1,0 +1,82 @@
+"""End to end with the real engine: define a tiny digits chain in the form, save and launch it,
+quit while it runs (it keeps running, detached), reopen and watch it fill in until it finishes."""
+from __future__ import annotations
+
+import os
+import signal
+
+from ban_tui.app import BanApp
+from ban_tui.screens.monitor import RunMonitor
+from ban_tui.tables import ensemble_rows, gen_rows
+from ban_tui.widgets.curves import CurvePlot
+from ban_tui.widgets.rows import RowsTable
+from engine import spec
+from engine.runs import load_state, pid_alive
+from test_tui_form import type_into
+from test_tui_support import CONFIG, cells, wait_for
+
+DEADLINE = 240   # seconds for the whole tiny chain on a busy 2-core machine
+
+
+async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
+    config = tmp_path / "experiments.toml"
+    config.write_text(CONFIG)
+    runs = tmp_path / "runs"
+    app = BanApp(config, runs, poll_interval=0.1)
+    engines = []   # (pid, pid start) of what the app launched, to clean up if the test fails
+    try:
+        async with app.run_test(size=(140, 50)) as pilot:
+            await pilot.press("ctrl+n")
+            await wait_for(pilot, lambda: app.experiments.draft.source is None and app.query("#model-1"))
+            await type_into(pilot, "#name", "e2e")
+            await type_into(pilot, "#epochs", "1")
+            await type_into(pilot, "#batch_size", "128")
+            await type_into(pilot, "#ensembles", "1")
+            await wait_for(pilot, lambda: "✓ valid" in str(app.experiments.query_one("#problems").render()))
+            await pilot.press("ctrl+r")                       # saves, then launches one run per seed
+            model = await wait_for(pilot, lambda: next(iter(app.watcher.models.values()), None))
+            source = model.source                             # a LocalSource following the launched pid
+            engines.append((source.pid, source.pid_start))
+            assert spec.load(config).experiments["e2e"].generations[1].objective == "ban"
+            assert model.run_dir.parent == (runs / "e2e").resolve()
+            await pilot.press("enter")                        # the runs tab has focus: open the run
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            assert screen.run_dir == model.run_dir
+            await wait_for(pilot, lambda: "RUNNING" in str(screen.query_one("#status").render()) and model.state.pid,
+                           DEADLINE)                          # the engine said hello (run_start)
+        # the TUI is gone; the engine is not
+        assert pid_alive(source.pid, source.pid_start)
+        app = BanApp(config, runs, poll_interval=0.1, initial="runs")
+        async with app.run_test(size=(140, 50)) as pilot:
+            await wait_for(pilot, lambda: len(app.watcher.models) == 1)
+            app.open_run(str(model.run_dir))
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            gens = screen.query_one("#gens", RowsTable)
+            ens = screen.query_one("#ensembles", RowsTable)
+            seen_rows = set()   # the generation table fills in as generations start
+
+            def finished():
+                seen_rows.add(gens.row_count)
+                with app.watcher.lock:
+                    return app.watcher.models[screen.run_dir].status() == "ok" and ens.row_count == 1
+
+            await wait_for(pilot, finished, DEADLINE)
+            await pilot.pause(0.3)
+            state = load_state(model.run_dir)
+            assert cells(gens) == [[r[k] for k, _ in gens.spec] for r in gen_rows(state)]
+            assert [row[0] for row in cells(gens)] == ["Teacher", "BAN-1"] and {1, 2} <= seen_rows
+            assert cells(ens) == [[r[k] for k, _ in ens.spec] for r in ensemble_rows(state)]
+            assert screen.query_one("#error", CurvePlot).plotted["BAN-1 test_err"] == 1
+            assert "OK" in str(screen.query_one("#status").render())
+        # quit and reopen once more: the finished run shows its whole history
+        app = BanApp(config, runs, poll_interval=0.1, initial="runs")
+        async with app.run_test(size=(140, 50)) as pilot:
+            await wait_for(pilot, lambda: len(app.watcher.models) == 1)
+            app.open_run(str(model.run_dir))
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            gens = screen.query_one("#gens", RowsTable)
+            assert await wait_for(pilot, lambda: cells(gens) == [[r[k] for k, _ in gens.spec] for r in gen_rows(state)])
+    finally:
+        for pid, start in engines:
+            if pid_alive(pid, start):
+                os.killpg(pid, signal.SIGKILL)
