@@ -110,7 +110,7 @@ def test_run_to_completion_then_ls_show_report(tmp_path):
 
 
 def test_detach_cancel_resume(tmp_path):
-    write_config(tmp_path, epochs=4, generations=1)
+    write_config(tmp_path, epochs=5, generations=1)  # enough left after the first epoch to cancel in
     result = ban("run", "experiments.toml", "--detach", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     root = Path(re.search(r"^started tiny/\S+ \(pid \d+\) in (\S+)$", result.stdout, re.M).group(1))
@@ -134,7 +134,7 @@ def test_detach_cancel_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "ended ok" in resumed.stdout
     state = load_state(root)
-    assert state.status() == "ok" and [(g.gen, g.epoch) for g in state.gens.values()] == [(0, 4), (1, 4)]
+    assert state.status() == "ok" and [(g.gen, g.epoch) for g in state.gens.values()] == [(0, 5), (1, 5)]
 
 
 def test_ctrl_c_in_run_cancels_gracefully(tmp_path):
@@ -153,6 +153,19 @@ def test_ctrl_c_in_run_cancels_gracefully(tmp_path):
     (root,) = list_runs(tmp_path / "runs")
     assert load_state(root).end["status"] == "cancelled"
     assert f"resume with: ban resume {root}" in out
+
+
+def test_failing_engine_exits_1_and_show_has_its_stderr(tmp_path):
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace('{ name = "digits" }', f'{{ name = "npz", root = "{tmp_path / "no-data"}" }}'))
+    result = ban("run", "experiments.toml", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^tiny/\S+ ended failed: .*no-data", result.stdout, re.M)
+    (root,) = list_runs(tmp_path / "runs")
+    show = ban("show", root.name, cwd=tmp_path)
+    assert "status failed" in show.stdout
+    stderr_lines = RunPaths(root).stderr.read_text().strip().splitlines()
+    assert stderr_lines and "stderr (last lines):\n" + stderr_lines[-1] in show.stdout
 
 
 def test_broken_config_exits_2_and_creates_nothing(tmp_path):
