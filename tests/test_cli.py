@@ -40,7 +40,7 @@ def dead_pid():
 
 
 def record_run(runs_dir, experiment, run_id, finals, ens=None, status="ok", epochs=3, seed=0,
-               pid=None, pid_start=None, stderr=""):
+               pid=None, pid_start=None, stderr="", key="test_err"):
     """A run directory whose events say: generation g ends with test error finals[g] after
     `epochs` epochs (each epoch's error falls linearly to it); Ens*k errors from `ens`.
     status None leaves the run without run_end (running, stale or dead)."""
@@ -57,13 +57,13 @@ def record_run(runs_dir, experiment, run_id, finals, ens=None, status="ok", epoc
         for e in range(1, epochs + 1):
             err = final + 0.01 * (epochs - e)
             w.emit("epoch", gen=g, epoch=e, epochs=epochs, train_loss=1.0 / e + g, train_err=err, test_loss=0.5,
-                   test_err=err, lr=0.1 / e, seconds=2.0, samples_per_s=700.0,
+                   **{key: err}, lr=0.1 / e, seconds=2.0, samples_per_s=700.0,
                    diagnostics={"grad_correct": 0.5 + g, "grad_dark": 0.25 * g, "conf_w_mean": 1.0,
                                 "conf_w_std": 0.125 * g})
-        w.emit("gen_end", gen=g, final={"test_err": final, "train_loss": 1.0 / epochs + g},
-               best={"test_err": final}, checkpoint=f"checkpoints/gen-{g}.pt")
+        w.emit("gen_end", gen=g, final={key: final, "train_loss": 1.0 / epochs + g},
+               best={key: final}, checkpoint=f"checkpoints/gen-{g}.pt")
     for k, v in (ens or {}).items():
-        w.emit("ensemble", k=k, members=list(range(1, k + 1)), test_err=v, test_loss=0.3)
+        w.emit("ensemble", k=k, members=list(range(1, k + 1)), **{key: v}, test_loss=0.3)
     if status:
         w.emit("run_end", status=status, error="loss became nan" if status == "failed" else None)
     w.close()
@@ -272,6 +272,22 @@ def test_report_selects_runs_and_experiments(runs):
     assert rep["other"]["n"] == 1
     bad = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "xml"])
     assert bad.exit_code == 2 and "expected one of table, md, csv, json" in bad.output
+
+
+def test_perplexity_runs_are_shown_and_reported_unscaled(tmp_path):
+    runs_dir = tmp_path / "runs"
+    record_run(runs_dir, "lm", "20250101-000000-s0-aaaa", [120.5, 98.25], {1: 97.0}, key="test_ppl")
+    record_run(runs_dir, "lm", "20250101-000001-s1-aaaa", [121.5, 99.75], {1: 96.0}, key="test_ppl", seed=1)
+    show = runner.invoke(app, ["show", "20250101-000000", "--runs-dir", str(runs_dir)]).output
+    assert "test ppl" in show and "98.25" in show and "%" not in show
+    assert "-1.25 vs BAN-1" in show                       # Ens*1 against the best generation, in ppl
+    rep = json.loads(runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "json"]).output)
+    (lm,) = rep["experiments"]
+    assert lm["metric"] == "test_ppl" and lm["columns"]["BAN-1"]["values"] == [98.25, 99.75]
+    table = runner.invoke(app, ["report", "--runs-dir", str(runs_dir)]).output
+    assert f"99.00 ± {statistics.stdev([98.25, 99.75]):.2f}" in table and "ppl" in table
+    follow = runner.invoke(app, ["follow", "20250101-000000", "--runs-dir", str(runs_dir)]).output
+    assert "BAN-1 epoch 3/3 train_loss 1.3333 test_ppl 98.25 lr" in follow
 
 
 def test_follow_finished_run_prints_history_then_exits(runs):
