@@ -1,0 +1,216 @@
+"""engine/train.py in-process: schedules, the optimizer's view of frozen parts, the teacher cache,
+NaN detection and determinism, with real training of cnn-small on sklearn's digits."""
+import contextlib
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from engine import spec, train
+from engine.data import load
+from engine.events import EventWriter, read_events
+from engine.models import build
+from engine.runs import RunPaths
+from engine.train import Context, LRSchedule, RunError, train_generation
+
+CONFIG = """
+[[experiment]]
+name = "t"
+dataset = { name = "digits" }
+model = "cnn-small"
+epochs = 1
+batch_size = 64
+optimizer = { lr = 0.05 }
+generations = 1
+objective = "ban"
+device = "cpu"
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load(spec.Dataset("digits"), 0)
+
+
+def context(tmp_path, data, text=CONFIG, seed=0) -> Context:
+    exp = spec.loads(text).experiments["t"]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ctx = Context(exp=exp, seed=seed, paths=RunPaths(tmp_path), device=torch.device("cpu"), data=data)
+    ctx.events = EventWriter(tmp_path / "events.jsonl", "r")
+    return ctx
+
+
+def frozen_teacher(ctx) -> torch.nn.Module:
+    teacher = train_generation(ctx, ctx.exp.generations[0], None).model
+    return teacher.eval().requires_grad_(False)
+
+
+# ---- schedules ------------------------------------------------------------------------------
+
+def lrs(schedule: spec.Schedule, epochs=10, steps=10, lr=1.0):
+    s = LRSchedule(schedule, lr, epochs, steps)
+    return [s(i) for i in range(epochs * steps)]
+
+
+def test_constant_and_multistep():
+    assert set(lrs(spec.Schedule("constant"))) == {1.0}
+    m = lrs(spec.Schedule("multistep", milestones=[2, 5], gamma=0.1))
+    assert m[19] == 1.0 and m[20] == pytest.approx(0.1) and m[49] == pytest.approx(0.1) and m[50] == pytest.approx(0.01)
+
+
+def test_cosine_with_warmup():
+    c = lrs(spec.Schedule("cosine", warmup_epochs=1))
+    assert c[0] == pytest.approx(0.1) and c[9] == pytest.approx(1.0)        # linear warmup over 10 steps
+    assert c[10] == pytest.approx(1.0) and c[55] == pytest.approx(0.5)       # then cosine from the top
+    assert all(a >= b for a, b in zip(c[10:], c[11:])) and 0 < c[-1] < 1e-3
+    plain = lrs(spec.Schedule("cosine"))
+    assert plain[0] == 1.0 and plain[50] == pytest.approx(0.5)
+
+
+def test_onecycle_rises_for_30_percent_then_anneals():
+    o = lrs(spec.Schedule("onecycle"))
+    assert o[0] == pytest.approx(1 / 25 + (1 - 1 / 25) / 30)
+    assert max(o) == pytest.approx(1.0) and int(np.argmax(o)) in (29, 30)
+    assert o[-1] < 1e-3
+
+
+def test_plateau_decays_when_the_metric_improves_too_little():
+    s = LRSchedule(spec.Schedule("plateau", gamma=0.5, threshold=0.01), 0.4, 10, 10)
+    s.epoch_end(1.0)
+    s.epoch_end(0.95)            # improved by 0.05 >= 0.01: keep
+    assert s(0) == pytest.approx(0.4)
+    s.epoch_end(0.945)           # improved by 0.005 < 0.01: halve
+    assert s(0) == pytest.approx(0.2)
+    restored = LRSchedule(spec.Schedule("plateau", gamma=0.5, threshold=0.01), 0.4, 10, 10)
+    restored.load_state_dict(s.state_dict())
+    restored.epoch_end(0.944)
+    assert restored(0) == pytest.approx(0.1)
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def test_a_generation_trains_and_reports(tmp_path, digits):
+    ctx = context(tmp_path, digits, CONFIG.replace("epochs = 1", "epochs = 3"))
+    result = train_generation(ctx, ctx.exp.generations[0], None)
+    epochs = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[-1]["test_err"] < 0.3 and epochs[-1]["test_err"] < epochs[0]["test_err"]
+    assert result.final == {k: epochs[-1][k] for k in ("train_loss", "train_err", "test_loss", "test_err")}
+    assert result.best["test_err"] == min(e["test_err"] for e in epochs)
+    assert result.test_probs.dtype == np.float32 and result.test_probs.shape == (len(digits.test_y), 10)
+    assert np.mean(result.test_probs.argmax(1) != digits.test_y.numpy()) == result.final["test_err"]
+    assert {"grad_correct", "grad_dark"} <= set(epochs[-1]["diagnostics"])
+    assert epochs[-1]["samples_per_s"] > 0 and epochs[0]["lr"] > epochs[-1]["lr"]    # cosine
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and last["step"] == 0 and len(last["history"]) == 3
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, digits):
+    def final(seed, sub):
+        ctx = context(tmp_path / sub, digits, seed=seed)
+        return train_generation(ctx, ctx.exp.generations[0], None).final
+    a, b, c = final(0, "a"), final(0, "b"), final(1, "c")
+    assert a == b and a != c
+
+
+def test_frozen_inherited_parts_get_no_update_and_no_weight_decay(tmp_path, digits):
+    text = CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + """
+[[experiment.generation]]
+objective = "ce"
+[[experiment.generation]]
+objective = "ban"
+inherit = ["stem", "head"]
+freeze = ["stem"]
+optimizer = { lr = 0.05, weight_decay = 0.1 }
+"""
+    ctx = context(tmp_path, digits, text)
+    teacher = frozen_teacher(ctx)
+    stem, head = teacher.stem.weight.clone(), teacher.head.weight.clone()
+    student = train_generation(ctx, ctx.exp.generations[1], teacher).model
+    assert torch.equal(student.stem.weight, stem)              # inherited and frozen: untouched
+    assert not torch.equal(student.head.weight, head)          # inherited, trainable: trained
+    assert not student.stem.weight.requires_grad
+    opt = train.make_optimizer(student, ctx.exp.generations[1].training.optimizer, ctx.device)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(student.stem.weight) not in in_opt and id(student.head.weight) in in_opt
+
+
+def test_teacher_cache_gives_the_losses_of_recomputation(tmp_path, digits):
+    text = CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + """
+[[experiment.generation]]
+objective = "ce"
+[[experiment.generation]]
+objective = "ban+l"
+epochs = 2
+teacher_cache = {cache}
+"""
+    ctx = context(tmp_path / "t", digits, text.replace("{cache}", "false"))
+    teacher = frozen_teacher(ctx)
+    runs, calls = {}, {}
+    for cache in ("false", "true"):
+        ctx = context(tmp_path / cache, digits, text.replace("{cache}", cache))
+        calls[cache] = 0
+        hook = teacher.register_forward_hook(lambda *_, c=cache: calls.__setitem__(c, calls[c] + 1))
+        train_generation(ctx, ctx.exp.generations[1], teacher)
+        hook.remove()
+        runs[cache] = [e for e in read_events(tmp_path / cache / "events.jsonl") if e["kind"] == "epoch"]
+    steps = -(-len(digits.train_x) // 64)
+    assert calls == {"false": 2 * steps, "true": -(-len(digits.train_x) // 512)}   # the cache: one pass
+    for plain, cached in zip(runs["false"], runs["true"]):
+        for key in ("train_loss", "train_err", "test_loss", "test_err"):
+            assert cached[key] == pytest.approx(plain[key], rel=1e-5, abs=1e-6), key
+        assert cached["diagnostics"]["teacher_acc"] == plain["diagnostics"]["teacher_acc"]
+
+
+def test_teacher_cache_is_not_used_with_augmentation(tmp_path):
+    """On 32x32 images with augmentation every epoch crops anew: the loop recomputes, and says so."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 32, 32, 3), generator=g, dtype=torch.uint8).numpy()
+    y = (np.arange(40) % 4)
+    np.savez(tmp_path / "train.npz", x=x[:32], y=y[:32])
+    np.savez(tmp_path / "test.npz", x=x[32:], y=y[32:])
+    text = CONFIG.replace('{ name = "digits" }', f'{{ name = "npz", root = "{tmp_path}", augment = true }}')
+    text = text.replace("batch_size = 64", "batch_size = 16\nteacher_cache = true")
+    data = load(spec.loads(text).experiments["t"].dataset, 0)
+    ctx = context(tmp_path, data, text)
+    teacher = frozen_teacher(ctx)
+    train_generation(ctx, ctx.exp.generations[1], teacher)
+    logs = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "log"]
+    assert any(e["level"] == "warning" and "teacher_cache has no effect" in e["message"] for e in logs)
+
+
+def test_teacher_outputs_are_the_teachers_logits_by_sample(digits):
+    from engine.data import Batches
+    teacher = build("cnn-small", 10, 1).eval()
+    n = len(digits.train_x)
+    batches = Batches(digits.train_x, torch.arange(n), 100, digits.mean, digits.std, shuffle=False,
+                      augment=False, seed=0, device="cpu")
+    cache = train.teacher_outputs(teacher, batches, n, contextlib.nullcontext)
+    shuffled = Batches(digits.train_x, torch.arange(n), 64, digits.mean, digits.std, shuffle=True,
+                       augment=False, seed=5, device="cpu")
+    x, idx = next(iter(shuffled))
+    with torch.no_grad():
+        torch.testing.assert_close(cache[idx], teacher(x), rtol=1e-5, atol=1e-5)
+    assert not cache.is_inference()
+
+
+def test_nan_loss_names_generation_epoch_and_step(tmp_path, digits):
+    ctx = context(tmp_path, digits, CONFIG.replace("lr = 0.05", "lr = 1e30"))
+    with pytest.raises(RunError) as info:
+        train_generation(ctx, ctx.exp.generations[0], None)
+    assert re.fullmatch(r"generation 0 \(Teacher\): loss became (nan|inf) at epoch 1 step \d+", str(info.value))
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_derive_seed_is_stable():
+    assert train.derive_seed(0, "gen", 1) == train.derive_seed(0, "gen", 1) != train.derive_seed(0, "gen", 2)
+    assert 0 <= train.derive_seed(2**40, "x") < 2**63
