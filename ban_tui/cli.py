@@ -126,7 +126,7 @@ def wait_stopped(runs, timeout: float) -> bool:
     return True
 
 
-def cancel_and_explain(console: Console, run_dirs, relaunch_hint: bool = True) -> int:
+def cancel_and_explain(console: Console, run_dirs) -> int:
     """Ctrl-C while watching runs we started: SIGTERM them, wait for their checkpoints, say how
     to resume. A second Ctrl-C stops waiting (the engines still stop on their own)."""
     say(console, "cancelling: the engines finish their step, checkpoint and stop ...")

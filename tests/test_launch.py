@@ -1,7 +1,6 @@
 """The launcher and the followers with real processes: argv building, following a run that a
 separate process is writing (each event once, in order), a writer that dies without run_end,
 and cancel never signalling a process that is not the run's engine."""
-import os
 import signal
 import subprocess
 import sys
