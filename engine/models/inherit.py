@@ -1,0 +1,44 @@
+"""Inheriting a teacher's stem and head (paper Tables 3-5, issue 9).
+
+The paper's BAN-ResNets "share the first and last layer with the teacher". `inherit` copies
+those parts by value (a state_dict copy: later training of either model leaves the other's
+untouched) and can freeze them: a frozen part gets requires_grad=False, and the training loop
+builds its optimizer from the parameters that still require grad, so neither the gradient nor
+weight decay ever moves a frozen part.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+PARTS = ("stem", "head")
+
+
+def _label(model: nn.Module) -> str:
+    name = getattr(model, "model_name", None)
+    return f"{name!r} ({type(model).__name__})" if name else type(model).__name__
+
+
+def inherit(student: nn.Module, teacher: nn.Module, parts: list[str], freeze: list[str] = ()) -> nn.Module:
+    """Copy `parts` (of "stem", "head") from teacher into student, then freeze `freeze` (a subset
+    of `parts`). ValueError, naming both models, the layer and both shapes, if a part does not fit."""
+    for part in list(parts) + list(freeze):
+        if part not in PARTS:
+            raise ValueError(f"inherit: expected parts among {', '.join(PARTS)}, found {part!r}")
+    for part in freeze:
+        if part not in parts:
+            raise ValueError(f"inherit: expected frozen parts to be inherited too, found {part!r} not in {list(parts)}")
+    for part in parts:
+        src, dst = getattr(teacher, part), getattr(student, part)
+        src_state, dst_state = src.state_dict(), dst.state_dict()
+        for key in dict.fromkeys([*src_state, *dst_state]):   # in layer order
+            a, b = src_state.get(key), dst_state.get(key)
+            if a is None or b is None or a.shape != b.shape:
+                shape = lambda t: "missing" if t is None else f"shape {list(t.shape)}"  # noqa: E731
+                raise ValueError(f"cannot inherit the {part} of teacher {_label(teacher)} into student "
+                                 f"{_label(student)}: {part}.{key} has {shape(a)} in the teacher and "
+                                 f"{shape(b)} in the student")
+        dst.load_state_dict(src_state)
+    for part in freeze:
+        for p in getattr(student, part).parameters():
+            p.requires_grad_(False)
+    return student
