@@ -338,3 +338,30 @@ def test_models_lists_the_registry_with_counts():
     assert rows["wrn-16-2"][2:4] == ["10", f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"]
     if getattr(models, "PAPER_PARAMS", {}).get("wrn-28-10") is not None:
         assert rows["wrn-28-10"][4] == f"{models.PAPER_PARAMS['wrn-28-10']:.2f}M"
+
+
+def test_live_view_on_a_terminal_draws_a_bar_per_generation(runs):
+    import io
+    from rich.console import Console
+    from ban_tui.follow import LocalSource
+    from ban_tui.live import LiveView, PlainView, open_view
+    runs_dir, finals, _ = runs
+    console = Console(file=io.StringIO(), force_terminal=True, width=140)
+    source = LocalSource(runs_dir / "quick" / "20250101-000000-s0-aaaa")
+    with open_view(console) as view:
+        assert isinstance(view, LiveView)
+        view(source, source.poll())
+    bars = [(t.description.split()[-1], t.completed, t.total) for t in view.progress.tasks]
+    assert bars == [("Teacher", 3, 3), ("BAN-1", 3, 3), ("BAN-2", 3, 3)]
+    text = console.file.getvalue()
+    assert f"epoch 3/3  loss {1 / 3 + 2:.4f}  err {100 * finals[0][2]:.2f}%  ETA 0.0s" in text
+    assert "ended ok" in text                                   # other events print above the bars
+    assert isinstance(open_view(Console(file=io.StringIO())), PlainView)   # not a terminal: plain lines
+
+
+def test_eta_is_mean_epoch_time_times_epochs_left():
+    from engine.runs import GenState
+    from ban_tui.tables import gen_eta
+    assert gen_eta(GenState(gen=1, epoch=2, epochs=5, seconds=8.0)) == 12.0
+    assert gen_eta(GenState(gen=1, epoch=0, epochs=5)) is None          # nothing to estimate from yet
+    assert gen_eta(GenState(gen=1, epoch=5, epochs=5, seconds=9.0, done=True)) == 0.0
