@@ -436,7 +436,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
         seconds = train_seconds + time.perf_counter() - t1
         schedule.epoch_end(metrics.get("val_loss", metrics["train_loss"]))
         record = {"gen": gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
-                  "seconds": round(seconds, 3), "samples_per_s": round(n / max(train_seconds, 1e-9), 1),
+                  "seconds": round(seconds, 3), "samples": n, "samples_per_s": round(n / max(train_seconds, 1e-9), 1),
                   "diagnostics": summarize_diagnostics(sums["diag"])}
         history.append(record)
         best = {k: min(v, best.get(k, v)) for k, v in metrics.items()}
