@@ -110,6 +110,7 @@ class BanApp(App):
     def on_mount(self) -> None:
         self.follow_runs()
         self.set_interval(FLUSH_SECONDS, self.flush)
+        self.call_after_refresh(self._activate, self.initial)   # and focus it: keys work at once
 
     @work(thread=True, exclusive=True, group="watch")
     def follow_runs(self) -> None:
@@ -168,10 +169,13 @@ class BanApp(App):
     def show_panel(self, panel: str) -> None:
         while not isinstance(self.screen, MainScreen):
             self.pop_screen()
+        self._activate(panel)
+
+    def _activate(self, panel: str) -> None:
         self.main_screen.query_one("#panels", TabbedContent).active = panel
         pane = self.main_screen.query_one(f"TabPane#{panel}")
         focusable = [w for w in pane.query("*") if w.focusable]
-        if focusable:
+        if focusable and self.screen is self.main_screen:
             focusable[0].focus()
 
     @property

@@ -80,7 +80,6 @@ class ExperimentsPane(Horizontal):
 
     def on_mount(self) -> None:
         self._validate()
-        self.query_one("#experiments", OptionList).focus()
 
     # ---- validation ----
     @on(ChainForm.Changed)

@@ -59,7 +59,7 @@ class RunsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label(f"runs in {self.runs_dir}  (enter opens, space marks, c compares)", id="runs-title")
-        yield RunsTable(id="runs")
+        yield RunsTable(id="runs-table")
 
     def show(self, models: dict, now: float | None = None) -> None:
         """models: {run_dir: RunModel}; call under the watcher's lock."""
