@@ -16,6 +16,7 @@ or starting with `~/` (the remote home; `rpath` keeps that meaning when quoting)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -213,7 +214,9 @@ def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
     snap, tmp = posixpath.join(rdir, SNAPSHOT), posixpath.join(rdir, f".{SNAPSHOT}.tmp")
     run_checked(host, f"mkdir -p {rpath(host.workdir)} {rpath(rdir)} && cat > {rpath(tmp)} && "
                       f"mv {rpath(tmp)} {rpath(snap)}",
-                "copying the experiment snapshot", input=dumps_experiment(exp).encode())
+                "copying the experiment snapshot",
+                # On the host the run is local: a `host` key would name a [hosts] table it lacks.
+                input=dumps_experiment(dataclasses.replace(exp, host=None)).encode())
     argv = engine_command(snap, exp.name, int(seed), remote_runs_dir(host), run_id, device, exp.gpus, host.python)
     engine = " ".join(rpath(word) for word in argv)   # names are check_name'd: only paths start with ~/
     events, stderr = rpath(posixpath.join(rdir, "events.jsonl")), rpath(posixpath.join(rdir, "stderr.log"))
@@ -256,13 +259,14 @@ class RemoteSource:
     polls wait a back-off (0.5 s doubling to 10 s) before trying again from the same offset, so a
     drop loses no event and shows none twice. `on_connection(source)` is called when `connected`
     changes. Give `pid` when this process launched the run: it then lasts as long as that pid.
+    Polls closer than `interval` seconds apart return [] without asking the host.
     """
 
-    def __init__(self, host: Host, run_dir: str, pid: int | None = None, timeout: float = 15.0,
-                 max_bytes: int = 1 << 22):
+    def __init__(self, host: Host, run_dir: str, pid: int | None = None, interval: float = 0.5,
+                 timeout: float = 15.0, max_bytes: int = 1 << 22):
         self.host, self.run_dir, self.pid = host, run_dir.rstrip("/"), pid
         self.events_path = posixpath.join(self.run_dir, "events.jsonl")
-        self.timeout, self.max_bytes = timeout, max_bytes
+        self.interval, self.timeout, self.max_bytes = interval, timeout, max_bytes
         self.decoder = EventDecoder()
         self.state = RunState()
         self.connected: bool | None = None   # None until the first poll
@@ -315,11 +319,12 @@ class RemoteSource:
         self.error, self.backoff = "", 0.0
         self._set_connected(True)
         self.alive = {"1": True, "0": False}.get(alive)
-        self.more = len(data) >= self.max_bytes
         if 0 <= size < self.decoder.offset:   # the file shrank or was replaced: read it again
             self.decoder.reset()
-            self.more = True
+            self.more, self.next_try = True, now
             return []
+        self.more = len(data) >= self.max_bytes
+        self.next_try = now + (0.0 if self.more else self.interval)
         # A fresh decoder from the last complete line: a partial line is fetched again in full.
         self.decoder = EventDecoder(self.decoder.offset, self.decoder.last_seq)
         events = self.decoder.feed(data)

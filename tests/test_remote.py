@@ -1,8 +1,10 @@
 """Remote boxes over SSH, against a real OpenSSH server on 127.0.0.1 (tests/sshd.py)."""
 from __future__ import annotations
 
+import json
 import os
 import posixpath
+import re
 import shlex
 import subprocess
 import sys
@@ -220,7 +222,7 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
 def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
     host = sshd.host()
     rdir = posixpath.join(remote.remote_runs_dir(host), "late", "r1")
-    source = remote.RemoteSource(host, rdir)
+    source = remote.RemoteSource(host, rdir, interval=0)
     assert source.poll() == [] and source.connected and source.decoder.offset == 0
     Path(rdir).mkdir(parents=True)
     (Path(rdir) / "events.jsonl").write_text('{"v":1,"seq":1,"ts":1.0,"run":"r","kind":"heartbeat"}\n{"v":1,"se')
@@ -230,33 +232,68 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
     assert [e["seq"] for e in source.poll()] == [2]
 
 
-# ---- a real chain on "the remote" -------------------------------------------------------------
+def test_follow_in_chunks_and_after_the_file_is_replaced(sshd):
+    host = sshd.host()
+    rdir = Path(remote.remote_runs_dir(host)) / "chunks" / "r1"
+    rdir.mkdir(parents=True)
+    line = '{{"v":1,"seq":{},"ts":1.0,"run":"r","kind":"heartbeat"}}\n'
+    (rdir / "events.jsonl").write_text("".join(line.format(i) for i in range(1, 21)))
+    source = remote.RemoteSource(host, str(rdir), interval=30, max_bytes=150)   # ~2.5 lines a fetch
+    seen = []
+    for _ in range(30):
+        seen += source.poll()       # a full chunk asks again at once, despite the interval
+    assert [e["seq"] for e in seen] == list(range(1, 21)) and not source.more
+    assert source.poll() == []      # now the interval holds
+    # Replaced by a shorter file (a run restarted by hand): read again from 0, seen seqs dropped.
+    (rdir / "events.jsonl").write_text("".join(line.format(i) for i in (19, 20, 21)))
+    source.next_try = 0
+    seen = [e for _ in range(5) for e in source.poll()]
+    assert [e["seq"] for e in seen] == [21]
+
+
+# ---- a real chain on "the remote", through the CLI and the API ----------------------------------
+
+BAN = str(Path(sys.executable).parent / "ban")
 
 TINY = """
 [[experiment]]
 name = "tiny"
-dataset = { name = "digits" }
+dataset = {{ name = "digits" }}
 model = "cnn-small"
 epochs = 2
 batch_size = 128
 generations = 1
 ensembles = [1]
 seeds = [0]
+host = "loop"
+
+[hosts.loop]
+ssh = "loop"
+workdir = "{workdir}"
+python = "{python}"
 """
 
 
-def test_launch_follow_through_drops_reattach_pull_and_report(sshd, tmp_path):
-    host = sshd.host()
-    exp = loads(TINY).experiments["tiny"]
-    run = remote.launch(host, exp, seed=0)
-    assert run.run_dir == posixpath.join(str(sshd.workdir), "runs", "tiny", run.run_id)
-    assert remote.find_remote_run(host, run.run_id[:15]) == run.run_dir
+def ban(*args, cwd, timeout=120):
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
-    source, seen, kills = remote.RemoteSource(host, run.run_dir, pid=run.pid, timeout=5), [], []
-    flips = []
+
+def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tmp_path):
+    host = sshd.host()
+    (tmp_path / "tiny.toml").write_text(TINY.format(workdir=sshd.workdir, python=sys.executable))
+    started = ban("run", "tiny.toml", "--detach", cwd=tmp_path)    # the experiment's host = "loop"
+    assert started.returncode == 0, started.stderr
+    match = re.search(r"started tiny/(\S+) \(pid (\d+)\) in loop:(\S+)", started.stdout)
+    run_id, pid, run_dir = match.group(1), int(match.group(2)), match.group(3)
+    assert run_dir == posixpath.join(str(sshd.workdir), "runs", "tiny", run_id)
+    assert f"ban follow tiny/{run_id} --host loop" in started.stdout
+    assert remote.find_remote_run(host, run_id[:15]) == run_dir
+
+    source, seen, kills, flips = remote.RemoteSource(host, run_dir, pid=pid, timeout=5), [], [], []
     source.on_connection = lambda s: flips.append(s.connected)
-    busy = remote.gpu_status(host)      # the running run shows on the host's status
-    assert busy.gpus is None and [r.dir for r in busy.runs] == [run.run_dir]
+    busy = remote.gpu_status(host)      # the running run shows in the host's status
+    assert busy.gpus is None and run_dir in [r.dir for r in busy.runs]
 
     def saboteur():
         for _ in range(3):
@@ -275,30 +312,52 @@ def test_launch_follow_through_drops_reattach_pull_and_report(sshd, tmp_path):
         time.sleep(0.05)
     thread.join()
     seen += source.poll()
-    events_file = Path(run.run_dir) / "events.jsonl"
+    events_file = Path(run_dir) / "events.jsonl"
     assert source.ended() and sum(kills) >= 1 and source.drops >= 1 and False in flips
     assert seen == read_events(events_file)                        # each event once, none lost
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
     assert seen[-1]["kind"] == "run_end" and seen[-1]["status"] == "ok"   # the run went on
     assert source.status() == "ok" and sorted(source.state.gens) == [0, 1]
 
-    again = remote.RemoteSource(host, run.run_dir)                 # reattach: the whole history
+    again = remote.RemoteSource(host, run_dir)                     # reattach: the whole history
     assert again.poll() == seen and again.ended()
+    followed = ban("follow", run_id, "--host", "loop", "--config", "tiny.toml", cwd=tmp_path)
+    assert followed.returncode == 0, followed.stderr
+    assert f"tiny/{run_id} ended ok" in followed.stdout and f"tiny/{run_id} BAN-1 done" in followed.stdout
 
-    [listed] = [r for r in remote.list_remote_runs(host) if r.dir == run.run_dir]
+    [listed] = [r for r in remote.list_remote_runs(host) if r.dir == run_dir]
     assert listed.status == "ok" and listed.state.gens[1].final == source.state.gens[1].final
+    ls = ban("ls", "--host", "loop", "--config", "tiny.toml", cwd=tmp_path)
+    assert ls.returncode == 0 and re.search(rf"tiny/{run_id}\s+ok\s+4/4", ls.stdout), ls.stdout + ls.stderr
 
-    pulled = remote.pull(host, run.run_dir, tmp_path / "runs")
-    assert pulled == tmp_path / "runs" / "tiny" / run.run_id
-    assert read_events(pulled / "events.jsonl") == seen
-    assert (pulled / "checkpoints" / "gen-1.pt").read_bytes() == (Path(run.run_dir) / "checkpoints" / "gen-1.pt").read_bytes()
-    state = load_state(pulled)
+    pulled = ban("pull", run_id[:15], "--host", "loop", "--config", "tiny.toml", "--runs-dir", "local", cwd=tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    local = tmp_path / "local" / "tiny" / run_id
+    assert read_events(local / "events.jsonl") == seen
+    assert (local / "checkpoints" / "gen-1.pt").read_bytes() == (Path(run_dir) / "checkpoints" / "gen-1.pt").read_bytes()
+    state = load_state(local)
     assert state.status() == "ok" and state.ensembles[1]["test_err"] == source.state.ensembles[1]["test_err"]
-    by_scp = remote.pull(host, run.run_dir, tmp_path / "scp-runs", use_rsync=False)
-    assert sorted(p.relative_to(by_scp) for p in by_scp.rglob("*")) == sorted(p.relative_to(pulled) for p in pulled.rglob("*"))
+    by_scp = remote.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False)
+    assert sorted(p.relative_to(by_scp) for p in by_scp.rglob("*")) == sorted(p.relative_to(local) for p in local.rglob("*"))
     assert not list((tmp_path / "scp-runs" / "tiny").glob(".pull-*"))
 
-    report = subprocess.run([str(Path(sys.executable).parent / "ban"), "report", "--runs-dir", str(tmp_path / "runs"),
-                             "--format", "json"], capture_output=True, text=True, timeout=60)
+    report = ban("report", "--runs-dir", "local", "--format", "json", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert f"{source.state.gens[1].final['test_err']}" in report.stdout.replace(" ", "")
+    assert json.loads(report.stdout)["experiments"], report.stdout
+
+
+def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
+    (tmp_path / "ban").mkdir()
+    (tmp_path / "ban" / "hosts.toml").write_text(
+        f'[hosts.loop]\nssh = "loop"\npython = "{sys.executable}"\n'
+        f'[hosts.loopgpu]\nssh = "loopgpu"\n[hosts.closed]\nssh = "closed"\n')
+    config = tmp_path / "ssh_config"
+    config.write_text(Path(os.environ["BAN_SSH_CONFIG"]).read_text() + "Host closed\n  HostName 127.0.0.1\n  Port 1\n")
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", "XDG_CONFIG_HOME": str(tmp_path),
+           "BAN_SSH_CONFIG": str(config)}
+    result = subprocess.run([BAN, "hosts"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "no NVIDIA GPU" in lines["loop"]
+    assert "2 GPUs" in lines["loopgpu"] and "0 NVIDIA H100 80GB HBM3 37% 1.0/79.6 GiB" in lines["loopgpu"]
+    assert "unreachable" in lines["closed"] and "Connection refused" in lines["closed"]
