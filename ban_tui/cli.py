@@ -18,6 +18,11 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from engine import spec
 from engine.runs import RunPaths, find_run, gen_label, list_runs, load_state
 from engine.spec_check import did_you_mean
@@ -47,7 +52,13 @@ def fail(message: str, code: int = EXIT_USAGE):
 
 
 def runs_dir_of(option: Path | None) -> Path:
-    return option or Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+    """--runs-dir, else $BAN_RUNS_DIR, else ./experiments.toml's [defaults] runs_dir, else ./runs."""
+    if option or os.environ.get(RUNS_DIR_ENV):
+        return option or Path(os.environ[RUNS_DIR_ENV])
+    try:
+        return Path(tomllib.loads(Path("experiments.toml").read_text())["defaults"]["runs_dir"])
+    except (OSError, KeyError, TypeError, ValueError):  # no file, no such key, or not TOML
+        return Path("runs")
 
 
 def load_config(file: Path) -> spec.Config:
@@ -226,7 +237,7 @@ def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Pa
 
 
 @app.command("ls")
-def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs directory (default ./runs or $BAN_RUNS_DIR)."),
+def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs directory (default: $BAN_RUNS_DIR, else experiments.toml's runs_dir, else ./runs)."),
        every: bool = typer.Option(False, "--all", help="Show every run, not only the 20 latest."),
        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
        config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):

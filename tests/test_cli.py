@@ -365,3 +365,13 @@ def test_eta_is_mean_epoch_time_times_epochs_left():
     assert gen_eta(GenState(gen=1, epoch=2, epochs=5, seconds=8.0)) == 12.0
     assert gen_eta(GenState(gen=1, epoch=0, epochs=5)) is None          # nothing to estimate from yet
     assert gen_eta(GenState(gen=1, epoch=5, epochs=5, seconds=9.0, done=True)) == 0.0
+
+
+def test_default_runs_dir_comes_from_the_config_in_the_current_directory(runs, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("BAN_RUNS_DIR", raising=False)
+    assert "no runs under runs" in runner.invoke(app, ["ls"]).output
+    (work / "experiments.toml").write_text(f'[defaults]\nruns_dir = "{runs[0]}"\n')
+    assert "quick/20250101-000001-s1-aaaa" in runner.invoke(app, ["ls"]).output
