@@ -37,18 +37,22 @@ class LaunchedRun:
         return f"{self.experiment}/{self.run_id}"
 
 
+def python_m(python: str, gpus: int) -> list[str]:
+    """`python` or, for more than one GPU, `python -m torch.distributed.run` (torchrun): what
+    precedes `-m engine ...`."""
+    return [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
+
+
 def engine_command(config_path, experiment: str, seed: int, runs_dir, run_id: str, device=None,
                    gpus: int = 1, python: str = sys.executable) -> list[str]:
-    """The argv of `python -m engine run ...`; under torchrun when more than one GPU."""
-    head = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
-    argv = head + ["-m", "engine", "run", str(config_path), "--experiment", experiment, "--seed", str(seed),
+    """The argv of `python -m engine run ...`."""
+    argv = python_m(python, gpus) + ["-m", "engine", "run", str(config_path), "--experiment", experiment, "--seed", str(seed),
                    "--runs-dir", str(runs_dir), "--run-id", run_id]
     return argv + (["--device", device] if device else [])
 
 
 def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list[str]:
-    head = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
-    return head + ["-m", "engine", "resume", str(run_dir)]
+    return python_m(python, gpus) + ["-m", "engine", "resume", str(run_dir)]
 
 
 def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
