@@ -509,12 +509,6 @@ def pull(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs 
             fail(str(exc), EXIT_FAILED)
 
 
-def gpu_cell(g: remote.GpuRow) -> str:
-    util = "-" if g.util is None else f"{g.util:.0f}%"
-    mem = "-" if g.mem_used is None or g.mem_total is None else f"{g.mem_used / 1024:.1f}/{g.mem_total / 1024:.1f} GiB"
-    return f"{g.index} {g.name} {util} {mem}"
-
-
 @app.command("hosts")
 def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """The known hosts, each with its GPUs (nvidia-smi) and the runs running there."""
@@ -530,12 +524,8 @@ def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
         return
     with ThreadPoolExecutor(max_workers=8) as pool:   # one slow box does not hold up the others
         statuses = list(pool.map(remote.gpu_status, known.values()))
-    rows = [{"host": h.name, "ssh": h.ssh, "status": st.summary,
-             "gpus": "; ".join(gpu_cell(g) for g in st.gpus or []) or "-",
-             "runs": ", ".join(r.state.experiment + "/" + r.state.run_id for r in st.runs) or "-"}
-            for h, st in zip(known.values(), statuses)]
-    print_table(console, [("host", "host"), ("ssh", "ssh"), ("status", "status"), ("gpus", "GPUs"),
-                          ("runs", "running")], rows)
+    rows = [row for h, st in zip(known.values(), statuses) for row in remote.host_rows(h, st)]
+    print_table(console, remote.HOST_COLUMNS, rows)
 
 
 def main():

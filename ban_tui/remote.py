@@ -25,7 +25,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -250,34 +252,52 @@ def find_remote_run(host: Host, ref: str, timeout: float = 60.0) -> str:
 
 # ---- follow ---------------------------------------------------------------------------------
 
+@dataclass
+class Fetch:
+    """What one round trip learnt: new events and the state of the link."""
+    events: list
+    connected: bool
+    error: str = ""
+    alive: bool | None = None
+    more: bool = False
+
+
 class RemoteSource:
     """Follows a run's events.jsonl on a host by byte offset: the remote twin of LocalSource
-    (`name`, `state`, `poll()`, `ended()`).
+    (`name`, `state`, `poll()`, `ended()`, `status()`).
 
-    `poll()` fetches the bytes past the last complete line seen and returns the new events (each
-    seq once). When the connection drops, `connected` turns False, `error` holds ssh's line and
-    polls wait a back-off (0.5 s doubling to 10 s) before trying again from the same offset, so a
-    drop loses no event and shows none twice. `on_connection(source)` is called when `connected`
-    changes. Give `pid` when this process launched the run: it then lasts as long as that pid.
-    Polls closer than `interval` seconds apart return [] without asking the host.
+    Each fetch asks for the bytes past the last complete line seen and yields the new events
+    (each seq once). When the connection drops, `connected` turns False, `error` holds ssh's line
+    and fetches wait a back-off (0.5 s doubling to 10 s) before trying again from the same offset,
+    so a drop loses no event and shows none twice. `on_connection(source)` is called when
+    `connected` changes. Give `pid` when this process launched the run: it then lasts as long as
+    that pid. Fetches closer than `interval` seconds apart are skipped.
+
+    `poll()` fetches in the caller's thread (a round trip: fine for the CLI). After `start()` a
+    thread of its own fetches, and `poll()` only hands over what it found, so a UI thread that
+    polls never waits on the network.
     """
 
     def __init__(self, host: Host, run_dir: str, pid: int | None = None, interval: float = 0.5,
                  timeout: float = 15.0, max_bytes: int = 1 << 22):
-        self.host, self.run_dir, self.pid = host, run_dir.rstrip("/"), pid
+        self.host, self.run_dir, self.pid, self.pid_start = host, run_dir.rstrip("/"), pid, None
         self.events_path = posixpath.join(self.run_dir, "events.jsonl")
         self.interval, self.timeout, self.max_bytes = interval, timeout, max_bytes
-        self.decoder = EventDecoder()
         self.state = RunState()
-        self.connected: bool | None = None   # None until the first poll
+        self.connected: bool | None = None   # None until the first fetch
         self.error = ""
         self.drops = 0
         self.alive: bool | None = None       # the engine's pid on the host, once known
-        self.more = False                    # the last poll stopped at max_bytes
-        self.backoff = 0.0
-        self.next_try = 0.0
+        self.more = False                    # the last fetch stopped at max_bytes
         self.opened = time.time()
         self.on_connection = None
+        # the fetcher's own (in the fetch thread once started)
+        self.decoder = EventDecoder()
+        self.backoff = 0.0
+        self.next_try = 0.0
+        self._found: deque[Fetch] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @property
     def name(self) -> str:
@@ -292,16 +312,11 @@ class RemoteSource:
         return (f"s=$(wc -c 2>/dev/null < {f}) || s=-1; a=-; {alive}echo $s $a; "
                 f"if [ $s -ge {offset} ]; then tail -c +{offset + 1} {f} | head -c {self.max_bytes}; fi")
 
-    def _set_connected(self, connected: bool) -> None:
-        changed = connected != self.connected
-        self.connected = connected
-        if changed and self.on_connection:
-            self.on_connection(self)
-
-    def poll(self) -> list[dict]:
+    def fetch(self) -> Fetch | None:
+        """One round trip (None while waiting out the interval or a back-off)."""
         now = time.monotonic()
         if now < self.next_try:
-            return []
+            return None
         proc = ssh(self.host, self._command(), timeout=self.timeout)
         header, _, data = proc.stdout.partition(b"\n")
         try:
@@ -310,31 +325,62 @@ class RemoteSource:
         except ValueError:
             size = None
         if proc.returncode != 0 or size is None:
-            self.drops += 1
-            self.error = error_line(proc)
             self.backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, 2 * self.backoff))
             self.next_try = now + self.backoff
-            self._set_connected(False)
-            return []
-        self.error, self.backoff = "", 0.0
-        self._set_connected(True)
-        self.alive = {"1": True, "0": False}.get(alive)
+            return Fetch([], False, error_line(proc))
+        self.backoff = 0.0
+        alive = {"1": True, "0": False}.get(alive)
         if 0 <= size < self.decoder.offset:   # the file shrank or was replaced: read it again
             self.decoder.reset()
-            self.more, self.next_try = True, now
-            return []
-        self.more = len(data) >= self.max_bytes
-        self.next_try = now + (0.0 if self.more else self.interval)
+            return Fetch([], True, alive=alive, more=True)
+        more = len(data) >= self.max_bytes
+        self.next_try = now + (0.0 if more else self.interval)
         # A fresh decoder from the last complete line: a partial line is fetched again in full.
         self.decoder = EventDecoder(self.decoder.offset, self.decoder.last_seq)
-        events = self.decoder.feed(data)
-        self.state.extend(events)
+        return Fetch(self.decoder.feed(data), True, alive=alive, more=more)
+
+    def _apply(self, found: Fetch) -> list[dict]:
+        changed = found.connected != self.connected
+        self.drops += not found.connected
+        self.connected, self.error, self.more = found.connected, found.error, found.more
+        if found.connected:
+            self.alive = found.alive
+        self.state.extend(found.events)
+        if changed and self.on_connection:
+            self.on_connection(self)
+        return found.events
+
+    def poll(self) -> list[dict]:
+        if self._thread is None:
+            found = self.fetch()
+            return self._apply(found) if found else []
+        events = []
+        while self._found:
+            events += self._apply(self._found.popleft())
         return events
+
+    def start(self) -> "RemoteSource":
+        """Fetch in a daemon thread from now on (until `stop()`)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._fetch_loop, daemon=True,
+                                            name=f"ban-remote-{self.host.name}")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _fetch_loop(self) -> None:
+        while not self._stop.is_set():
+            found = self.fetch()
+            if found:
+                self._found.append(found)
+            self._stop.wait(max(0.01, self.next_try - time.monotonic()))
 
     def ended(self) -> bool:
         """True once the run will write nothing more: its pid is gone on the host (or, for a run
         this process did not launch, run_end seen). Never while the host is unreachable."""
-        if not self.connected or self.more:
+        if not self.connected or self.more or self._found:
             return False
         if self.pid is not None:
             return self.alive is False
@@ -347,9 +393,9 @@ class RemoteSource:
         42 s ago"."""
         return None if self.state.last_ts is None else max(0.0, time.time() - self.state.last_ts)
 
-    def status(self) -> str:
+    def status(self, now: float | None = None) -> str:
         """The run's status, with liveness told by the host rather than by a local pid."""
-        s = self.state.status(check_pid=False)
+        s = self.state.status(now, check_pid=False)
         return "dead" if s in ("running", "stale") and self.alive is False else s
 
 
@@ -465,6 +511,26 @@ class HostStatus:
         if self.gpus is None:
             return "no NVIDIA GPU"
         return f"{len(self.gpus)} GPU" + ("s" if len(self.gpus) != 1 else "")
+
+
+HOST_COLUMNS = [("host", "host"), ("ssh", "ssh"), ("state", "status"), ("gpu", "GPU"), ("util", "util"),
+                ("memory", "memory"), ("runs", "running")]
+
+
+def host_rows(host: Host, status: HostStatus) -> list[dict]:
+    """The lines of a host in `ban hosts` and the TUI's hosts tab: one per GPU (at least one)."""
+    first = {"host": host.name, "ssh": host.ssh, "state": status.summary,
+             "runs": ", ".join(f"{r.state.experiment}/{r.state.run_id}" for r in status.runs) or "-"}
+    rows = []
+    for g in status.gpus or [None]:
+        row = dict(first) if not rows else {}
+        if g is not None:
+            row["gpu"] = f"{g.index} {g.name}"
+            row["util"] = "-" if g.util is None else f"{g.util:.0f}%"
+            row["memory"] = ("-" if g.mem_used is None or g.mem_total is None
+                             else f"{g.mem_used / 1024:.1f}/{g.mem_total / 1024:.1f} GiB")
+        rows.append(row)
+    return rows
 
 
 def _number(text: str) -> float | None:

@@ -187,6 +187,7 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
         f"{remote.rpath(str(events_file))} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
 
     source, seen, kills = remote.RemoteSource(host, rdir, timeout=5), [], []
+    background, seen_bg = remote.RemoteSource(host, rdir, timeout=5).start(), []   # fetches in its thread
 
     def saboteur():  # drop every connection a few times, then take sshd down for a while
         for _ in range(4):
@@ -201,7 +202,11 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     thread.start()
     disconnected_seen = False
     deadline = time.monotonic() + 60
-    while (len(seen) < n or thread.is_alive() or not source.connected) and time.monotonic() < deadline:
+    while ((len(seen) < n or len(seen_bg) < n or thread.is_alive() or not source.connected)
+           and time.monotonic() < deadline):
+        t = time.monotonic()
+        seen_bg += background.poll()
+        assert time.monotonic() - t < 0.05          # handing over never waits on the network
         seen += source.poll()
         if source.connected is False:
             disconnected_seen = True
@@ -214,6 +219,8 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     assert [e["seq"] for e in seen] == list(range(1, n + 1))   # none lost, none twice
     assert seen == read_events(events_file)                    # exactly the file's events
     assert source.state.n_events == n
+    background.stop()
+    assert seen_bg == seen and background.drops >= 1
 
     again = remote.RemoteSource(host, rdir)                    # reattach: the whole history
     assert again.poll() == seen and again.connected and again.drops == 0
@@ -357,7 +364,9 @@ def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
            "BAN_SSH_CONFIG": str(config)}
     result = subprocess.run([BAN, "hosts"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
-    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
-    assert "no NVIDIA GPU" in lines["loop"]
-    assert "2 GPUs" in lines["loopgpu"] and "0 NVIDIA H100 80GB HBM3 37% 1.0/79.6 GiB" in lines["loopgpu"]
-    assert "unreachable" in lines["closed"] and "Connection refused" in lines["closed"]
+    lines = [" ".join(line.split()) for line in result.stdout.splitlines() if line.strip()]
+    at = {line.split()[0]: i for i, line in enumerate(lines)}
+    assert "no NVIDIA GPU" in lines[at["loop"]]
+    assert "2 GPUs 0 NVIDIA H100 80GB HBM3 37% 1.0/79.6 GiB" in lines[at["loopgpu"]]
+    assert lines[at["loopgpu"] + 1] == "1 NVIDIA H100 80GB HBM3 - 78.1/79.6 GiB"
+    assert "unreachable: ssh: connect to host 127.0.0.1 port 1: Connection refused" in lines[at["closed"]]
