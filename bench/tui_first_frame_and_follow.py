@@ -1,0 +1,167 @@
+"""Benchmark of ban-tui (not a test): time to the first frame, and the CPU the app uses while it
+follows 20 runs that each write 200 events a second for ~10 s.
+
+    .venv/bin/python bench/tui_first_frame_and_follow.py [--runs 20] [--rate 200] [--seconds 10]
+
+First frame: `ban-tui` is started in a real terminal (tmux) and the screen is read until the
+experiments tab is drawn; wall time from the spawn (Python start-up and imports included).
+Without tmux, a headless app measures from before its import to its first refresh.
+
+Following: the app runs headless in its own process (runs tab shown, or with --monitor a run
+monitor open as well), the writers are separate processes using engine.events.EventWriter; the
+app's CPU time (all its threads) over the writing window is reported with the events it folded.
+The machine may be shared: the load average is printed beside the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = '[[experiment]]\nname = "bench"\ndataset = { name = "digits" }\nepochs = 2\ngenerations = 1\n'
+
+
+def first_frame_tmux(work: Path) -> float | None:
+    if shutil.which("tmux") is None:
+        return None
+    entry = Path(sys.executable).with_name("ban-tui")
+    argv = [str(entry)] if entry.exists() else [sys.executable, "-m", "ban_tui.app"]
+    sock = f"ban-bench-{os.getpid()}"
+    tmux = ["tmux", "-L", sock]
+    t0 = time.perf_counter()
+    subprocess.run(tmux + ["new-session", "-d", "-s", "b", "-x", "120", "-y", "40", "-c", str(work)]
+                   + argv + ["experiments.toml", "--runs-dir", "runs"], check=True)
+    try:
+        while time.perf_counter() - t0 < 60:
+            screen = subprocess.run(tmux + ["capture-pane", "-p", "-t", "b"], capture_output=True, text=True).stdout
+            if "Experiments" in screen and "bench" in screen:
+                return time.perf_counter() - t0
+            time.sleep(0.01)
+        return None
+    finally:
+        subprocess.run(tmux + ["kill-server"], capture_output=True)
+
+
+def first_frame_headless(work: Path) -> float:
+    code = ("import time; t0 = time.perf_counter()\n"
+            "from ban_tui.app import BanApp\n"
+            "app = BanApp('experiments.toml', 'runs')\n"
+            "async def pilot(p):\n"
+            "    await p.pause()\n"
+            "    print(time.perf_counter() - t0)\n"
+            "    p.app.exit()\n"
+            "app.run(headless=True, auto_pilot=pilot)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+WRITER = """
+import sys, time
+from engine.events import EventWriter
+path, run_id, rate, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+w = EventWriter(path, run_id)
+w.emit("run_start", experiment="bench", seed=0, device="cpu")
+w.emit("gen_start", gen=0, role="teacher", objective="ce", model="cnn-small", epochs=10**6)
+t0, n = time.monotonic(), 0
+while time.monotonic() - t0 < seconds:
+    n += 1
+    if n % rate == 0:
+        w.emit("heartbeat")
+    else:
+        w.emit("epoch", gen=0, epoch=n, epochs=10**6, train_loss=1.0 / n, train_err=0.5, test_loss=1.1 / n,
+               test_err=0.4, lr=0.1, seconds=0.005, diagnostics={"grad_correct": 0.1, "grad_dark": 0.2})
+    time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+w.close()
+print(n)
+"""
+
+
+def follow_app(work: str, runs_dir: str, seconds: float, monitor: bool) -> None:
+    """The app process: print 'ready', then after `seconds` the CPU it used and the events it folded."""
+    sys.path.insert(0, str(ROOT))
+    from ban_tui.app import BanApp
+    app = BanApp(Path(work) / "experiments.toml", Path(runs_dir), initial="runs")
+    result = {}
+
+    async def pilot(p):
+        await p.pause(0.5)
+        print("ready", flush=True)
+        sys.stdin.readline()                      # the writers started
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        opened = False
+        while time.perf_counter() - t0 < seconds:
+            if monitor and not opened and app.watcher.models:
+                app.open_run(str(sorted(app.watcher.models)[0]))
+                opened = True
+            await p.pause(0.25)
+        result["cpu_s"] = time.process_time() - cpu0
+        result["wall_s"] = time.perf_counter() - t0
+        with app.watcher.lock:
+            result["runs"] = len(app.watcher.models)
+            result["events"] = sum(m.state.n_events for m in app.watcher.models.values())
+        p.app.exit()
+
+    app.run(headless=True, auto_pilot=pilot, size=(120, 40))
+    print(json.dumps(result), flush=True)
+
+
+def follow(work: Path, runs: int, rate: int, seconds: float, monitor: bool) -> dict:
+    runs_dir = work / f"runs-{'monitor' if monitor else 'table'}"
+    runs_dir.mkdir()
+    app = subprocess.Popen([sys.executable, __file__, "--app", str(work), str(runs_dir), str(seconds + 2),
+                            str(int(monitor))], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert app.stdout.readline().strip() == "ready"
+    writers = []
+    for i in range(runs):
+        d = runs_dir / "bench" / f"20260101-000000-s{i}-r{i:03d}"
+        d.mkdir(parents=True)
+        writers.append(subprocess.Popen([sys.executable, "-c", WRITER, str(d / "events.jsonl"), d.name,
+                                         str(rate), str(seconds)], cwd=ROOT, stdout=subprocess.PIPE, text=True))
+    app.stdin.write("go\n")
+    app.stdin.flush()
+    written = sum(int(w.communicate()[0]) + 2 for w in writers)
+    out = app.communicate(timeout=120)[0].strip().splitlines()
+    result = json.loads(out[-1])
+    result["written"] = written
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--app":
+        follow_app(sys.argv[2], sys.argv[3], float(sys.argv[4]), bool(int(sys.argv[5])))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--rate", type=int, default=200, help="events per second per run")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "experiments.toml").write_text(CONFIG)
+        (work / "runs").mkdir()
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+        frames = [first_frame_tmux(work) for _ in range(3)]
+        if None in frames:
+            frames = [first_frame_headless(work) for _ in range(3)]
+            how = "headless, import to first refresh"
+        else:
+            how = "tmux, spawn to experiments tab on screen"
+        print(f"first frame ({how}): best {min(frames):.2f} s, runs: " + ", ".join(f"{f:.2f}" for f in frames))
+        for monitor in (False, True):
+            r = follow(work, args.runs, args.rate, args.seconds, monitor)
+            view = "runs tab + run monitor" if monitor else "runs tab"
+            print(f"following {r['runs']} runs x {args.rate} events/s for {args.seconds:.0f} s ({view}): "
+                  f"app CPU {r['cpu_s']:.2f} s over {r['wall_s']:.1f} s wall = {100 * r['cpu_s'] / r['wall_s']:.0f}% "
+                  f"of one core; events folded {r['events']} of {r['written']} written")
+        print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
