@@ -130,6 +130,14 @@ def test_missing_split_names_the_path(tmp_path):
         ptb.load(Dataset(name="ptb", root=str(root)))
 
 
+@pytest.mark.parametrize("options,message", [({"bpt": 35}, r"dataset\.options\.bpt: unknown option .* bptt, train_tokens"),
+                                             ({"bptt": 0}, r"dataset\.options\.bptt: expected an integer >= 1, found 0"),
+                                             ({"train_tokens": "all"}, r"train_tokens: expected an integer >= 2, found 'all'")])
+def test_bad_options_are_named(corpus_dir, options, message):
+    with pytest.raises(ValueError, match=message):
+        ptb.load(Dataset(name="ptb", root=str(corpus_dir), options=options))
+
+
 def test_train_tokens_option_cuts_the_training_stream_only(corpus_dir, corpus):
     c = ptb.load(Dataset(name="ptb", root=str(corpus_dir), options={"train_tokens": 100}))
     assert c.vocab == corpus.vocab and c.train.tolist() == corpus.train[:100].tolist()

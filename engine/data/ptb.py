@@ -25,6 +25,7 @@ import torch
 
 SPLITS = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
 EOS, UNK = "<eos>", "<unk>"
+OPTIONS = {"bptt": 1, "train_tokens": 2}   # dataset.options and their least values
 
 
 @dataclass
@@ -80,9 +81,15 @@ def load(dataset, seed: int = 0) -> Corpus:
     if not dataset.root:
         raise ValueError(f"dataset.root: expected the directory holding {SPLITS['train']}, found none")
     opts = dict(dataset.options or {})
-    bptt = int(opts.get("bptt", 35))
-    if bptt < 1:
-        raise ValueError(f"dataset.options.bptt: expected an integer >= 1, found {bptt}")
+    for key in opts:
+        if key not in OPTIONS:
+            raise ValueError(f"dataset.options.{key}: unknown option for data set {dataset.name!r}; "
+                             f"expected one of: {', '.join(OPTIONS)}")
+    for key, lo in OPTIONS.items():
+        v = opts.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
+            raise ValueError(f"dataset.options.{key}: expected an integer >= {lo}, found {v!r}")
+    bptt = opts.get("bptt", 35)
     root = Path(dataset.root).expanduser()
     paths = {k: split_path(root, name) for k, name in SPLITS.items()}
     tokens = {k: read_tokens(p) for k, p in paths.items()}
@@ -90,7 +97,7 @@ def load(dataset, seed: int = 0) -> Corpus:
     index = {w: i for i, w in enumerate(vocab)}
     streams = {k: encode(t, index, paths[k]) for k, t in tokens.items()}
     if opts.get("train_tokens"):
-        streams["train"] = streams["train"][:int(opts["train_tokens"])]
+        streams["train"] = streams["train"][:opts["train_tokens"]]
     return Corpus(vocab, streams["train"], streams["val"], streams["test"], bptt)
 
 

@@ -131,6 +131,9 @@ KIM_LARGE = dict(widths=7, filters_per_width=50, highway=2)
 
 
 def build_char_cnn_lstm(num_classes, layers=2, hidden=650, vocab=None, **options):
+    if vocab is None and torch.empty(0).device.type == "meta":
+        # only counting parameters (`ban models`): any spelling of num_classes words will do
+        vocab = [f"w{i}" for i in range(num_classes)]
     if vocab is None or len(vocab) != num_classes:
         raise ValueError("char-cnn-lstm: expected the data set's vocabulary (vocab=...) to spell its "
                          f"words, found {'none' if vocab is None else f'{len(vocab)} words for {num_classes} classes'}")
