@@ -419,6 +419,11 @@ class RemoteRun:
     status: str
     state: RunState = field(repr=False)
 
+    @property
+    def name(self) -> str:
+        """experiment/run-id, as its directory says."""
+        return "/".join(self.dir.rstrip("/").split("/")[-2:])
+
 
 def _state(d: dict) -> RunState:
     known = {f.name for f in fields(RunState)}
@@ -520,7 +525,7 @@ HOST_COLUMNS = [("host", "host"), ("ssh", "ssh"), ("state", "status"), ("gpu", "
 def host_rows(host: Host, status: HostStatus) -> list[dict]:
     """The lines of a host in `ban hosts` and the TUI's hosts tab: one per GPU (at least one)."""
     first = {"host": host.name, "ssh": host.ssh, "state": status.summary,
-             "runs": ", ".join(f"{r.state.experiment}/{r.state.run_id}" for r in status.runs) or "-"}
+             "runs": ", ".join(r.name for r in status.runs) or "-"}
     rows = []
     for g in status.gpus or [None]:
         row = dict(first) if not rows else {}

@@ -370,3 +370,61 @@ def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
     assert "2 GPUs 0 NVIDIA H100 80GB HBM3 37% 1.0/79.6 GiB" in lines[at["loopgpu"]]
     assert lines[at["loopgpu"] + 1] == "1 NVIDIA H100 80GB HBM3 - 78.1/79.6 GiB"
     assert "unreachable: ssh: connect to host 127.0.0.1 port 1: Connection refused" in lines[at["closed"]]
+
+
+# ---- the TUI's hosts tab ----------------------------------------------------------------------
+
+@pytest.fixture
+def hosts_tab():
+    """The hosts tab, registered for one test unless the app registers it already."""
+    from ban_tui.screens.main import PANELS, register_panel
+    from ban_tui.widgets.hosts import HOSTS_PANEL
+    added = HOSTS_PANEL not in PANELS
+    register_panel(HOSTS_PANEL)
+    yield
+    if added:
+        PANELS.remove(HOSTS_PANEL)
+
+
+async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, hosts_tab, tmp_path, monkeypatch):
+    from ban_tui.app import BanApp
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))   # no user hosts file
+    config = tmp_path / "experiments.toml"
+    config.write_text(f'[[experiment]]\nname = "a"\n[hosts.loop]\nssh = "loop"\nworkdir = "{sshd.workdir}"\n'
+                      f'python = "{sys.executable}"\n[hosts.loopgpu]\nssh = "loopgpu"\n')
+    host, n = sshd.host(), 250
+    rdir = posixpath.join(remote.remote_runs_dir(host), "tui", "r1")
+    remote.run_checked(host, (
+        f"mkdir -p {remote.rpath(rdir)} || exit 1; setsid nohup {remote.rpath(host.python)} -c {shlex.quote(WRITER)} "
+        f"{remote.rpath(rdir + '/events.jsonl')} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
+
+    app = BanApp(config, tmp_path / "runs", initial="hosts")
+    async with app.run_test(size=(150, 30)) as pilot:
+        table = app.main_screen.query_one("#hosts-table")
+
+        async def until(predicate, what, timeout=30.0):
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}: {[cells(k) for k in table.row_keys()]}"
+                await pilot.pause(0.05)
+
+        def cells(key):
+            return [str(c) for c in table.get_row(key)] if key in table.row_keys() else []
+
+        await until(lambda: "tui/r1" in " ".join(cells("loop#0")), "the running run on loop")
+        assert cells("loop#0")[:3] == ["loop", "loop", "no NVIDIA GPU"]
+        assert cells("loopgpu#0")[2:6] == ["2 GPUs", "0 NVIDIA H100 80GB HBM3", "37%", "1.0/79.6 GiB"]
+        assert cells("loopgpu#1")[3:6] == ["1 NVIDIA H100 80GB HBM3", "-", "78.1/79.6 GiB"]
+
+        table.focus()
+        table.move_cursor(row=table.row_keys().index("loop#0"))
+        await pilot.press("enter")                            # follow loop's running runs
+        key = Path(rdir).resolve()
+        await until(lambda: key in app.watcher.models, "the run in the watcher")
+        model = app.watcher.models[key]
+        assert isinstance(model.source, remote.RemoteSource)
+        await until(lambda: model.state.n_events == n, "every event", timeout=60)
+        assert app.main_screen.query_one("#panels").active == "runs"
+        assert str(key) in app.main_screen.query_one("#runs-table").row_keys()
+    model.source.stop()
+    assert model.state.last_seq == n and model.state.n_events == len(read_events(Path(rdir) / "events.jsonl"))
