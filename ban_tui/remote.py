@@ -16,7 +16,6 @@ or starting with `~/` (the remote home; `rpath` keeps that meaning when quoting)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import json
 import os
@@ -28,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from engine.events import EventDecoder
@@ -218,7 +217,7 @@ def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
                       f"mv {rpath(tmp)} {rpath(snap)}",
                 "copying the experiment snapshot",
                 # On the host the run is local: a `host` key would name a [hosts] table it lacks.
-                input=dumps_experiment(dataclasses.replace(exp, host=None)).encode())
+                input=dumps_experiment(replace(exp, host=None)).encode())
     argv = engine_command(snap, exp.name, int(seed), remote_runs_dir(host), run_id, device, exp.gpus, host.python)
     engine = " ".join(rpath(word) for word in argv)   # names are check_name'd: only paths start with ~/
     events, stderr = rpath(posixpath.join(rdir, "events.jsonl")), rpath(posixpath.join(rdir, "stderr.log"))
@@ -474,9 +473,8 @@ def pull(host: Host, remote_dir: str, local_runs_dir: Path, timeout: float = 360
                               capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
         if proc.returncode != 0:
             raise RemoteError(f"host {host.name!r}: scp of {remote_dir} failed: {error_line(proc)}")
-        if dest.exists():
-            old = tmp / "old"
-            dest.rename(old)
+        if dest.exists():   # an older pull: move it aside, into the temp dir that goes away
+            dest.rename(tmp / "old")
         (tmp / "run").rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

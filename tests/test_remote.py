@@ -346,7 +346,10 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
     assert state.status() == "ok" and state.ensembles[1]["test_err"] == source.state.ensembles[1]["test_err"]
     by_scp = remote.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False)
     assert sorted(p.relative_to(by_scp) for p in by_scp.rglob("*")) == sorted(p.relative_to(local) for p in local.rglob("*"))
-    assert not list((tmp_path / "scp-runs" / "tiny").glob(".pull-*"))
+    (by_scp / "stale-file").write_text("from an older pull")
+    assert remote.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False) == by_scp   # replaces it
+    assert not (by_scp / "stale-file").exists() and (by_scp / "results.json").exists()
+    assert [p.name for p in (tmp_path / "scp-runs" / "tiny").iterdir()] == [run_id]      # no temp left
 
     report = ban("report", "--runs-dir", "local", "--format", "json", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
