@@ -62,9 +62,10 @@ def runs_dir_of(option: Path | None) -> Path:
 
 
 def load_config(file: Path) -> spec.Config:
-    """The config, or every problem on stderr and exit 2."""
+    """The config, or every problem on stderr and exit 2. An experiment's `host` may name a
+    host of the user's hosts file as well as one of the file's [hosts]."""
     try:
-        return spec.load(file)
+        return spec.load(file, extra_hosts=hosts_mod.load_user_hosts())
     except spec.SpecError as exc:
         for p in exc.problems:
             print(str(p), file=sys.stderr)

@@ -201,15 +201,16 @@ class SpecError(Exception):
 
 # ---- loading ------------------------------------------------------------------------------
 
-def load(path: str | Path) -> Config:
-    """Parse and validate a config file; raise SpecError listing every problem."""
+def load(path: str | Path, extra_hosts=()) -> Config:
+    """Parse and validate a config file; raise SpecError listing every problem.
+    `extra_hosts`: host names defined outside the file (the user's hosts file)."""
     from engine.spec_check import Checker  # the validator lives beside, this module holds the schema
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError([Problem(str(path), None, None, "", f"cannot read the file: {exc.strerror}")])
-    return Checker(str(path), text).check()
+    return Checker(str(path), text, extra_hosts).check()
 
 
 def loads(text: str, path: str = "<string>") -> Config:

@@ -133,8 +133,9 @@ class Locator:
 
 
 class Checker:
-    def __init__(self, file: str, text: str):
+    def __init__(self, file: str, text: str, extra_hosts=()):
         self.file, self.text = file, text
+        self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
         self.problems: list[Problem] = []
         self.loc = Locator(text)
 
@@ -418,9 +419,10 @@ class Checker:
         runs_dir = self.str_(where("runs_dir"), merged.get("runs_dir", "runs")) or "runs"
         gpus = self.int_(where("gpus"), merged.get("gpus", 1), 1) or 1
         host = merged.get("host")
-        if host is not None and self.str_(where("host"), host) is not None and host not in hosts:
+        if host is not None and self.str_(where("host"), host) is not None and host not in hosts \
+                and host not in self.extra_hosts:
             self.bad(where("host"), f"expected a host defined under [hosts], found {host!r}"
-                     + did_you_mean(host, list(hosts)))
+                     + did_you_mean(host, list(hosts) + sorted(self.extra_hosts)))
         include = merged.get("ensemble_include_teacher", False)
         include = self.bool_(where("ensemble_include_teacher"), include) or False
         if dataset and dataset.name in catalog.LM_DATASETS:

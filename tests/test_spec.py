@@ -116,3 +116,11 @@ def test_spec_imports_neither_torch_nor_textual():
             "bad = [m for m in ('torch', 'textual') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(ROOT / "experiments.toml")], check=True, cwd=ROOT)
+
+
+def test_host_may_come_from_outside_the_file(tmp_path):
+    f = tmp_path / "e.toml"
+    f.write_text('[[experiment]]\nname = "a"\nhost = "box"\n')
+    with pytest.raises(spec.SpecError, match="found 'box'"):
+        spec.load(f)
+    assert spec.load(f, extra_hosts={"box"}).experiments["a"].host == "box"
