@@ -58,7 +58,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def load_experiment(args):
-    """(experiment, seed, run directory or None) from the command line, validated."""
+    """(experiment, seed) from the command line, validated."""
     from engine.train import ConfigError
     if args.command == "resume":
         root = Path(args.run_dir)
@@ -67,8 +67,7 @@ def load_experiment(args):
         exps = list(spec.load(RunPaths(root).snapshot).experiments.values())
         if len(exps) != 1:
             raise ConfigError(f"{RunPaths(root).snapshot}: expected one experiment, found {len(exps)}")
-        exp = exps[0]
-        seed = exp.seeds[0]
+        exp, seed = exps[0], exps[0].seeds[0]
     else:
         cfg = spec.load(args.config)
         if args.experiment not in cfg.experiments:
@@ -80,20 +79,23 @@ def load_experiment(args):
         if seed < 0:
             raise ConfigError(f"--seed: expected a non-negative integer, found {seed}")
         exp.seeds = [seed]
-        root = None
     if args.device:
         exp.device = args.device
-    return exp, seed, root
+    return exp, seed
 
 
-def resolve_device(name: str, local_rank: int):
+def resolve_device(name: str, local_rank: int, world_size: int):
+    """auto: CUDA if there is a GPU, else the CPU. Under DDP each rank takes GPU LOCAL_RANK."""
     import torch
     from engine.train import ConfigError
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+    if name == "cuda" or (world_size > 1 and name.startswith("cuda")):
         name = f"cuda:{local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, found {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: expected a CUDA GPU for {name!r}, found none; use device = \"cpu\" or \"auto\"")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -160,8 +162,8 @@ def main(argv=None) -> int:
     writer = beat = None
     status, error, code = "ok", None, 0
     try:
-        exp, seed, _ = load_experiment(args)
-        device = resolve_device(exp.device, local_rank)
+        exp, seed = load_experiment(args)
+        device = resolve_device(exp.device, local_rank, world_size)
         ddp.init(device)
         if args.command == "run":
             run_id = ddp.broadcast_object(args.run_id or runs.new_run_id(seed))
