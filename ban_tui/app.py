@@ -23,7 +23,6 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
-from textual.widgets import TabbedContent
 from textual.worker import get_current_worker
 
 from ban_tui import launch
@@ -110,7 +109,6 @@ class BanApp(App):
     def on_mount(self) -> None:
         self.follow_runs()
         self.set_interval(FLUSH_SECONDS, self.flush)
-        self.call_after_refresh(self._activate, self.initial)   # and focus it: keys work at once
 
     @work(thread=True, exclusive=True, group="watch")
     def follow_runs(self) -> None:
@@ -131,6 +129,8 @@ class BanApp(App):
         self.dirty.add(Path(run_dir))
 
     def flush(self) -> None:
+        if self._exit or not self._running:   # closing: the screens are being taken down
+            return
         now = time.time()
         tick = now >= self._next_status
         if not self.dirty and not tick:
@@ -169,14 +169,7 @@ class BanApp(App):
     def show_panel(self, panel: str) -> None:
         while not isinstance(self.screen, MainScreen):
             self.pop_screen()
-        self._activate(panel)
-
-    def _activate(self, panel: str) -> None:
-        self.main_screen.query_one("#panels", TabbedContent).active = panel
-        pane = self.main_screen.query_one(f"TabPane#{panel}")
-        focusable = [w for w in pane.query("*") if w.focusable]
-        if focusable and self.screen is self.main_screen:
-            focusable[0].focus()
+        self.main_screen.activate(panel)
 
     @property
     def experiments(self) -> ExperimentsPane:

@@ -1,5 +1,6 @@
 """End to end with the real engine: define a tiny digits chain in the form, save and launch it,
-quit while it runs (it keeps running, detached), reopen and watch it fill in until it finishes."""
+quit while it runs (it keeps running, detached), reopen, cancel and resume it from the keyboard,
+watch it fill in until it finishes, and reopen once more to see its whole history."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import signal
 
 from ban_tui.app import BanApp
 from ban_tui.screens.monitor import RunMonitor
+from ban_tui.screens.runs import RunsTable
 from ban_tui.tables import ensemble_rows, gen_rows
 from ban_tui.widgets.curves import CurvePlot
 from ban_tui.widgets.rows import RowsTable
@@ -46,12 +48,23 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
                            DEADLINE)                          # the engine said hello (run_start)
         # the TUI is gone; the engine is not
         assert pid_alive(source.pid, source.pid_start)
+        # reopen: attach to the running run, cancel it (x: SIGTERM), resume it (r)
         app = BanApp(config, runs, poll_interval=0.1, initial="runs")
         async with app.run_test(size=(140, 50)) as pilot:
-            await wait_for(pilot, lambda: len(app.watcher.models) == 1)
-            app.open_run(str(model.run_dir))
+            table = app.main_screen.query_one(RunsTable)
+            await wait_for(pilot, lambda: table.row_count == 1 and app.focused is table)
+            await pilot.press("enter")
             screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            followed = app.watcher.models[screen.run_dir]
             gens = screen.query_one("#gens", RowsTable)
+            await wait_for(pilot, lambda: gens.row_count >= 1, DEADLINE)          # the teacher started
+            await pilot.press("x")
+            await wait_for(pilot, lambda: "CANCELLED" in str(screen.query_one("#status").render()), DEADLINE)
+            assert followed.state.end["status"] == "cancelled"
+            await wait_for(pilot, lambda: not pid_alive(source.pid, source.pid_start), 60)   # it exited
+            await pilot.press("r")
+            await wait_for(pilot, lambda: followed.state.pid not in (None, source.pid), DEADLINE)  # resumed
+            engines.append((followed.state.pid, followed.state.pid_start))
             ens = screen.query_one("#ensembles", RowsTable)
             seen_rows = set()   # the generation table fills in as generations start
 

@@ -42,6 +42,9 @@ class CompareScreen(Screen):
                     yield RowsTable(ENSEMBLE_COLUMNS, classes="ensembles")
         yield Footer()
 
+    def on_unmount(self) -> None:
+        self.ready = False
+
     def on_mount(self) -> None:
         self.ready = True
         for d in self.run_dirs:

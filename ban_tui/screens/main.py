@@ -46,3 +46,13 @@ class MainScreen(Screen):
                 with TabPane(panel.title, id=panel.id):
                     yield panel.make(self.app)
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.activate(self.initial)
+
+    def activate(self, panel: str) -> None:
+        """Show a panel and focus its first control, so its keys work at once."""
+        self.query_one("#panels", TabbedContent).active = panel
+        focusable = [w for w in self.query_one(f"TabPane#{panel}").query("*") if w.focusable]
+        if focusable and self.app.screen is self:
+            focusable[0].focus()

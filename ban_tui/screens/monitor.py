@@ -89,6 +89,9 @@ class RunMonitor(Screen):
         yield Log(max_lines=STDERR_CAP, id="stderr")
         yield Footer()
 
+    def on_unmount(self) -> None:
+        self.ready = False
+
     def on_mount(self) -> None:
         self.ready = True
         self.app.refresh_run(self.run_dir)
