@@ -10,7 +10,10 @@ own hidden state from window to window (detached, so gradients stop at the windo
 teacher runs in eval mode under inference_mode, so its dropout is off.
 
 Optimisation as in Zaremba et al. / Kim et al.: SGD (set momentum = 0, weight_decay = 0 in the
-config for the papers' plain SGD), gradient-norm clipping (`training.grad_clip`), and the
+config for the papers' plain SGD) on the loss of each window *summed over its time steps* and
+averaged over the batch (their convention: the per-token mean times the window length), so that
+their learning rates (1, 2) and clipping norms (5, 10) mean the same here; the reported losses
+are per-token means. Gradient-norm clipping (`training.grad_clip`), and the
 learning rate multiplied by `schedule.gamma` after an epoch whose validation perplexity improved
 on the previous epoch's by less than `schedule.threshold` (schedule "plateau", which here watches
 validation *perplexity*; LSTM: lr 1, x0.25; CNN-LSTM: lr 2, x0.5, threshold 0.5).
@@ -102,10 +105,11 @@ def train_windows(model, columns, bptt, optimizer, objective, options=None, teac
         logits = logits.reshape(-1, logits.size(-1)).float()
         loss = objective(logits, teacher_logits, labels, **options)
         optimizer.zero_grad(set_to_none=True)
+        window_loss = loss * x.size(0)    # summed over time steps, mean over the batch (see above)
         if scaler is None:
-            loss.backward()
+            window_loss.backward()
         else:
-            scaler.scale(loss).backward()
+            scaler.scale(window_loss).backward()
             scaler.unscale_(optimizer)
         if grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
