@@ -39,8 +39,12 @@ class LaunchedRun:
 
 def python_m(python: str, gpus: int) -> list[str]:
     """`python` or, for more than one GPU, `python -m torch.distributed.run` (torchrun): what
-    precedes `-m engine ...`."""
-    return [python, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus)] if gpus > 1 else [python]
+    precedes `-m engine ...`. `--standalone`: a rendezvous of its own on a free port, so that two
+    DDP runs on one machine do not collide on torchrun's fixed default port; multi-node runs use
+    torchrun's rendezvous options directly (README, Scale-out)."""
+    if gpus <= 1:
+        return [python]
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus)]
 
 
 def engine_command(config_path, experiment: str, seed: int, runs_dir, run_id: str, device=None,
