@@ -39,7 +39,7 @@ def test_engine_command_argv(tmp_path):
                     "--runs-dir", str(tmp_path / "runs"), "--run-id", "rid"]
     argv = launch.engine_command("e.toml", "quick", 0, "runs", "rid", "cuda:1", 4, "py")
     assert argv[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m"]
-    assert argv[6:8] == ["engine", "run"] and argv[-2:] == ["--device", "cuda:1"]
+    assert argv[7:9] == ["engine", "run"] and argv[-2:] == ["--device", "cuda:1"]
     assert launch.resume_command("runs/a/b", 1, "py") == ["py", "-m", "engine", "resume", "runs/a/b"]
 
 
