@@ -26,8 +26,9 @@ from textual.command import DiscoveryHit, Hit, Provider
 from textual.worker import get_current_worker
 
 from ban_tui import launch
+from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
-from ban_tui.messages import RunAdded, RunEvents, RunStderr
+from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
 from ban_tui.screens.main import PANELS, MainScreen
@@ -125,6 +126,11 @@ class BanApp(App):
     def on_run_stderr(self, message: RunStderr) -> None:
         self.dirty.add(message.run_dir)
 
+    def on_config_changed(self, message: ConfigChanged) -> None:
+        n = len(message.problems)
+        self.sub_title = f"{self.config_path}" + (" (unsaved)" if message.dirty else "") + \
+            (f" - {n} problem{'s' * (n != 1)}" if n else "")
+
     def refresh_run(self, run_dir) -> None:
         self.dirty.add(Path(run_dir))
 
@@ -141,7 +147,7 @@ class BanApp(App):
         with self.watcher.lock:
             models = self.watcher.models
             for pane in self.main_screen.query(RunsPane):   # none while the app starts or closes
-                pane.show(models, now)
+                pane.show(models, None if tick else dirty, now)
             screen = self.screen
             if not getattr(screen, "ready", True):
                 return
@@ -176,11 +182,7 @@ class BanApp(App):
         return self.main_screen.query_one(ExperimentsPane)
 
     def experiment_names(self) -> list[str]:
-        from ban_tui.config_edit import experiment_names, parse
-        try:
-            return experiment_names(parse(self.experiments.text))
-        except Exception:
-            return []
+        return experiment_names(self.experiments.doc())
 
     def save_config(self) -> None:
         self.experiments.save()

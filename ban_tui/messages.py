@@ -37,9 +37,11 @@ class RunStderr(Message):
 
 
 class ConfigChanged(Message):
-    """The chain form changed; `problems` are the validator's messages for the edited text."""
+    """The config as edited in the form changed; `problems` are the validator's for that text and
+    `dirty` says whether it differs from the file."""
 
-    def __init__(self, text: str, problems: list) -> None:
+    def __init__(self, text: str, problems: list, dirty: bool) -> None:
         super().__init__()
         self.text = text
         self.problems = problems
+        self.dirty = dirty

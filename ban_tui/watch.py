@@ -114,8 +114,9 @@ class Watcher:
         self._round = 0
 
     def add(self, run_dir: Path, source=None) -> RunModel:
-        """Follow a run (once); `source` defaults to a LocalSource of the directory."""
-        run_dir = Path(run_dir).resolve()
+        """Follow a run (once). `source` defaults to a LocalSource of the directory; any source
+        with the same interface works (a remote one), `run_dir` then being its unique key."""
+        run_dir = Path(run_dir).resolve() if source is None else Path(run_dir)
         with self.lock:
             model = self.models.get(run_dir)
             if model is None:

@@ -140,11 +140,13 @@ async def test_command_palette_opens_a_run(setup):
 
 
 WRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from engine.events import EventWriter
     w = EventWriter(sys.argv[1], "live")
     w.emit("run_start", experiment="tiny", pid=None, seed=0, device="cpu")
     w.emit("gen_start", gen=0, role="teacher", objective="ce", model="cnn-small", epochs=40)
+    while not os.path.exists(sys.argv[2]):   # the test saw the run start
+        time.sleep(0.02)
     for epoch in range(1, 41):
         w.emit("epoch", gen=0, epoch=epoch, epochs=40, train_loss=1.0 / epoch, test_err=0.5 / epoch,
                diagnostics={"grad_correct": 0.1, "grad_dark": 0.2})
@@ -161,9 +163,11 @@ async def test_a_new_run_appears_and_updates_live(setup, tmp_path):
         await wait_for(pilot, lambda: len(statuses(app)) == 5)
         live = runs / "tiny" / "20251130-000000-s0-live"
         live.mkdir(parents=True)
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(live / "events.jsonl")], cwd=ROOT)
+        go = tmp_path / "go"
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(live / "events.jsonl"), str(go)], cwd=ROOT)
         try:
             assert await wait_for(pilot, lambda: statuses(app).get("tiny/20251130-000000-s0-live") == "running", 30)
+            go.touch()
             assert await wait_for(pilot, lambda: statuses(app)["tiny/20251130-000000-s0-live"] == "ok", 30)
         finally:
             writer.wait(30)

@@ -92,3 +92,16 @@ async def test_remove_and_reorder_generations_with_buttons(tmp_path):
     exp = spec.load(config).experiments["tiny"]
     assert len(exp.generations) == 2 and exp.ensembles == [1]
     assert "# experiments for the TUI tests" in config.read_text()
+
+
+async def test_a_broken_config_opens_with_the_validators_message(tmp_path):
+    config = tmp_path / "experiments.toml"
+    config.write_text(CONFIG.replace('epochs = 2', 'epochs = 2 2'))
+    app = BanApp(config, tmp_path / "runs")
+    async with app.run_test(size=(140, 50)) as pilot:
+        text = await wait_for(pilot, lambda: "TOML syntax error" in problems_text(app) and problems_text(app))
+        assert f"{config}:{CONFIG.splitlines().index('epochs = 2') + 1}:" in text
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert "problem" in app.sub_title
+    assert "epochs = 2 2" in config.read_text()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.text import Text
 from textual import on
+from tomlkit.exceptions import TOMLKitError
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -42,8 +43,8 @@ class ExperimentsPane(Horizontal):
         self.edited = self.text           # the text with the form's draft applied
         self.problems: list = []
         self.field_errors: dict[str, str] = {}
-        names = ce.experiment_names(self._doc())
-        self.draft = ce.draft_of(self._doc(), names[0]) if names else ce.new_draft(self._doc())
+        names = ce.experiment_names(self.doc())
+        self.draft = ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc())
 
     # ---- the file ----
     def _read(self) -> str:
@@ -52,10 +53,10 @@ class ExperimentsPane(Horizontal):
         except FileNotFoundError:
             return ""
 
-    def _doc(self):
+    def doc(self):
         try:
             return ce.parse(self.text)
-        except Exception:   # tomlkit's parse errors: the problems panel shows the validator's message
+        except TOMLKitError:   # a broken file: the problems panel shows the validator's message
             return ce.parse("")
 
     @property
@@ -76,7 +77,7 @@ class ExperimentsPane(Horizontal):
                 yield Static("", id="save-state")
 
     def _options(self) -> list[Option]:
-        return [Option(n, id=n) for n in ce.experiment_names(self._doc())] + [Option(NEW, id=NEW)]
+        return [Option(n, id=n) for n in ce.experiment_names(self.doc())] + [Option(NEW, id=NEW)]
 
     def on_mount(self) -> None:
         self._validate()
@@ -91,13 +92,13 @@ class ExperimentsPane(Horizontal):
         try:
             self.edited = ce.with_draft(self.text, self.draft) if not self.field_errors else self.edited
             self.problems = ce.problems(self.edited, self.config_path)
-        except Exception as exc:   # the file itself does not parse: nothing can be applied to it
+        except TOMLKitError as exc:   # the file itself does not parse: nothing can be applied to it
             self.problems = ce.problems(self.text, self.config_path) or [f"{self.config_path}: {exc}"]
         lines = list(self.field_errors.values()) + [str(p) for p in self.problems]
         text = Text("\n".join(lines), style="red") if lines else Text("✓ valid (same checks as `ban validate`)", style="green")
         self.query_one("#problems", Static).update(text)
         self.query_one("#save-state", Static).update("unsaved changes" if self.dirty else "saved")
-        self.post_message(ConfigChanged(self.edited, list(self.problems)))
+        self.post_message(ConfigChanged(self.edited, list(self.problems), self.dirty))
 
     @property
     def valid(self) -> bool:
@@ -111,7 +112,7 @@ class ExperimentsPane(Horizontal):
     def open(self, name: str) -> None:
         if self.dirty:
             self.app.notify(f"unsaved changes to {self.draft.name!r} discarded", severity="warning")
-        self.draft = ce.new_draft(self._doc()) if name == NEW else ce.draft_of(self._doc(), name)
+        self.draft = ce.new_draft(self.doc()) if name == NEW else ce.draft_of(self.doc(), name)
         self.field_errors = {}
         self.query_one(ChainForm).load(self.draft)
         self._validate()
@@ -138,7 +139,7 @@ class ExperimentsPane(Horizontal):
             self.text = self.edited
             self.app.notify(f"saved {self.draft.name!r} to {self.config_path}")
         # the saved file now holds the draft under its name (and its generation tables' order)
-        self.draft = ce.draft_of(self._doc(), self.draft.name)
+        self.draft = ce.draft_of(self.doc(), self.draft.name)
         self.query_one(ChainForm).draft = self.draft
         self.query_one("#experiments", OptionList).set_options(self._options())
         self._validate()
@@ -146,10 +147,10 @@ class ExperimentsPane(Horizontal):
 
     def reload(self) -> None:
         self.text = self._read()
-        names = ce.experiment_names(self._doc())
+        names = ce.experiment_names(self.doc())
         self.edited = self.text
-        self.draft = ce.draft_of(self._doc(), self.draft.source) if self.draft.source in names else (
-            ce.draft_of(self._doc(), names[0]) if names else ce.new_draft(self._doc()))
+        self.draft = ce.draft_of(self.doc(), self.draft.source) if self.draft.source in names else (
+            ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc()))
         self.query_one("#experiments", OptionList).set_options(self._options())
         self.query_one(ChainForm).load(self.draft)
         self._validate()

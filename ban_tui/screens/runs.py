@@ -56,26 +56,28 @@ class RunsPane(Vertical):
     def __init__(self, runs_dir, **kwargs):
         super().__init__(**kwargs)
         self.runs_dir = runs_dir
+        self.rows: dict = {}   # run_dir -> its row, recomputed only when the run changed (or on a tick)
 
     def compose(self) -> ComposeResult:
         yield Label(f"runs in {self.runs_dir}  (enter opens, space marks, c compares)", id="runs-title")
         yield RunsTable(id="runs-table")
 
-    def show(self, models: dict, now: float | None = None) -> None:
-        """models: {run_dir: RunModel}; call under the watcher's lock."""
+    def show(self, models: dict, changed, now: float | None = None) -> None:
+        """models: {run_dir: RunModel}, `changed` the run dirs to recompute (all of them when None);
+        call under the watcher's lock."""
         found = self.query(RunsTable)
         if not found:   # not composed yet
             return
         table = found.first()
-        keys, rows = [], []
-        for run_dir in sorted(models, key=lambda d: (d.name[:15], str(d))):  # oldest first, as list_runs
-            model = models[run_dir]
-            row = run_row(run_dir, model.state, now)
-            row["status"] = model.status(now)
-            row["mark"] = "*" if str(run_dir) in table.marked else ""
-            keys.append(str(run_dir))
-            rows.append(row)
-        table.show(rows, keys)
+        for run_dir, model in models.items():
+            if changed is None or run_dir in changed or run_dir not in self.rows:
+                row = run_row(run_dir, model.state, now)
+                row["status"] = model.status(now)
+                self.rows[run_dir] = row
+        keys = sorted(models, key=lambda d: (d.name[:15], str(d)))   # oldest first, as list_runs
+        for d in keys:
+            self.rows[d]["mark"] = "*" if str(d) in table.marked else ""
+        table.show([self.rows[d] for d in keys], [str(d) for d in keys])
 
     @on(DataTable.RowSelected)
     def _selected(self, event: DataTable.RowSelected) -> None:
