@@ -27,13 +27,6 @@ device = "cpu"
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def context(root, text=CONFIG) -> Context:
     exp = spec.loads(text).experiments["c"]

@@ -8,14 +8,6 @@ from engine import models as M
 from engine.models.inherit import inherit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # see tests/test_models.py: the suite shares 2 cores with other processes
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 TEACHER = "densenet-bc-16-8"   # a small DenseNet-BC: stem 16 channels, head 32 -> 10
 STUDENTS = {"ban-wrn-1-1": {"teacher": TEACHER}, "ban-preresnet-2-1": {"teacher": TEACHER},

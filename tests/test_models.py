@@ -10,15 +10,6 @@ from engine import models as M
 from engine.models.densenet import Transition
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The suite shares 2 cores with engine subprocesses; oversubscribed intra-op threads made a
-    # 0.4 s forward/backward take over a minute. One thread keeps these tests quick and steady.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def paper_row(name):
     ours = M.param_count(name, M.PAPER_NUM_CLASSES[name]) / 1e6
