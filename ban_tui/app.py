@@ -31,11 +31,14 @@ from ban_tui.follow import LocalSource
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
-from ban_tui.screens.main import PANELS, MainScreen
+from ban_tui.screens.main import PANELS, MainScreen, register_panel
 from ban_tui.screens.monitor import RunMonitor
 from ban_tui.screens.runs import RunsPane, RunsTable
 from ban_tui.watch import POLL_SECONDS, Watcher
+from ban_tui.widgets.hosts import HOSTS_PANEL
 from engine import spec
+
+register_panel(HOSTS_PANEL)   # the remote boxes (ban_tui.remote), after experiments and runs
 
 FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
 STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
@@ -153,11 +156,11 @@ class BanApp(App):
                 return
             if isinstance(screen, RunMonitor) and screen.run_dir in models and (tick or screen.run_dir in dirty):
                 model = models[screen.run_dir]
-                screen.show(model, model.status(now))
+                screen.show(model, model.status())
             elif isinstance(screen, CompareScreen):
                 for d in screen.run_dirs:
                     if d in models and (tick or d in dirty):
-                        screen.show(d, models[d], models[d].status(now))
+                        screen.show(d, models[d], models[d].status())
 
     # ---- the main screen's panels ----
     @property

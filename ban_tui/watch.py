@@ -50,10 +50,11 @@ class RunModel:
     def state(self):
         return self.source.state
 
-    def status(self, now: float | None = None) -> str:
-        """RunState's status, and for a run whose engine has not written run_start yet: dead
-        once the process launched here is gone, stale once nothing came for a while."""
-        status = self.state.status(now)
+    def status(self) -> str:
+        """The source's status (a remote run's liveness is told by its host); and for a run whose
+        engine has not written run_start yet: dead once the process launched here is gone, stale
+        once nothing came for a while."""
+        status = self.source.status()
         if status == "running" and self.state.pid is None and self.source.ended():
             return "dead" if getattr(self.source, "pid", None) else "stale"
         return status
@@ -80,7 +81,9 @@ class RunModel:
                 d[k].append(float(diag.get(k) or 0.0))
 
     def poll_stderr(self) -> list[str]:
-        """New complete lines of stderr.log (a local run; remote sources have none here)."""
+        """New complete lines of stderr.log (of a local run; a remote run's stays on its host)."""
+        if not isinstance(self.source, LocalSource):
+            return []
         path = RunPaths(self.run_dir).stderr
         try:
             with open(path, "rb") as f:

@@ -72,7 +72,7 @@ class RunsPane(Vertical):
         for run_dir, model in models.items():
             if changed is None or run_dir in changed or run_dir not in self.rows:
                 row = run_row(run_dir, model.state, now)
-                row["status"] = model.status(now)
+                row["status"] = model.status()
                 self.rows[run_dir] = row
         keys = sorted(models, key=lambda d: (d.name[:15], str(d)))   # oldest first, as list_runs
         for d in keys:
