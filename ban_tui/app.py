@@ -25,7 +25,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
 from textual.worker import get_current_worker
 
-from ban_tui import launch
+from ban_tui import hosts, launch, remote
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
@@ -104,6 +104,7 @@ class BanApp(App):
         self.watcher = Watcher(self.runs_dir, self.post_message, poll_interval)
         self.initial = initial
         self.dirty: set[Path] = set()
+        self.user_hosts = user_host_names()   # a config's `host` may name one of these too
         self._next_status = 0.0
         self.sub_title = str(self.config_path)
 
@@ -113,6 +114,9 @@ class BanApp(App):
     def on_mount(self) -> None:
         self.follow_runs()
         self.set_interval(FLUSH_SECONDS, self.flush)
+
+    def on_unmount(self) -> None:
+        self.watcher.close()
 
     @work(thread=True, exclusive=True, group="watch")
     def follow_runs(self) -> None:
@@ -204,14 +208,20 @@ class BanApp(App):
         self.main_screen.query_one(RunsTable).action_compare()
 
     def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
-        """Start one detached engine per seed of a saved experiment; follow them at once."""
+        """Start one detached engine per seed of a saved experiment, here or on its `host`
+        (over ssh, in a worker); follow them at once."""
         try:
-            exp = spec.load(self.config_path).experiments[name]
+            config = spec.load(self.config_path, extra_hosts=self.user_hosts)
+            exp = config.experiments[name]
+            host = hosts.all_hosts(config)[exp.host] if exp.host else None
         except spec.SpecError as exc:
             self.notify(f"not launched: {exc.problems[0]}", severity="error")
             return []
         except KeyError:
             self.notify(f"not launched: no experiment {name!r} in {self.config_path} (save it first)", severity="error")
+            return []
+        if host is not None:
+            self.launch_remote(exp, host)
             return []
         launched = []
         for seed in exp.seeds:
@@ -227,13 +237,39 @@ class BanApp(App):
             self.show_panel("runs")
         return launched
 
+    @work(thread=True, group="launch")
+    def launch_remote(self, exp: spec.Experiment, host: spec.Host) -> None:
+        """remote.launch waits for the engine's first event: never in the UI thread."""
+        for seed in exp.seeds:
+            self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
+            try:
+                run = remote.launch(host, exp, seed)
+            except (OSError, ValueError, remote.RemoteError) as exc:
+                self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
+                continue
+            self.watcher.add(Path(run.run_dir), remote.RemoteSource(host, run.run_dir, run.pid).start())
+            self.call_from_thread(self.notify, f"launched {run.name} on {host.name} (pid {run.pid})")
+            self.call_from_thread(self.show_panel, "runs")
+
+    def _local(self, run_dir: str, verb: str) -> bool:
+        model = self.watcher.models.get(Path(run_dir))
+        if model is not None and not isinstance(model.source, LocalSource):
+            self.notify(f"{model.source.name} runs on a host: {verb} it there (ban {verb} on the host)",
+                        severity="warning")
+            return False
+        return True
+
     def cancel_run(self, run_dir: str) -> None:
+        if not self._local(run_dir, "cancel"):
+            return
         try:
             self.notify(launch.cancel(Path(run_dir)))
         except launch.LaunchError as exc:
             self.notify(str(exc), severity="error")
 
     def resume_run(self, run_dir: str) -> None:
+        if not self._local(run_dir, "resume"):
+            return
         try:
             run = launch.resume_local(Path(run_dir))
         except launch.LaunchError as exc:
@@ -241,6 +277,15 @@ class BanApp(App):
             return
         self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
         self.notify(f"resumed {run.name} (pid {run.pid})")
+
+
+def user_host_names() -> list[str]:
+    """Hosts of the user's hosts file, which a config's `host` may name (a broken file: none;
+    the hosts tab says what is wrong with it)."""
+    try:
+        return list(hosts.load_user_hosts())
+    except spec.SpecError:
+        return []
 
 
 def main(argv: list[str] | None = None) -> None:

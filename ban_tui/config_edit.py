@@ -18,6 +18,7 @@ from tomlkit.items import AoT, Table, Whitespace
 
 from engine import spec
 from engine.spec import Problem, SpecError
+from engine.spec_check import Checker
 
 STUDENT_OBJECTIVES = ("ban", "ban+l", "cwtm", "dkpp")
 TEACHER_OBJECTIVE = "ce"
@@ -331,10 +332,11 @@ def with_draft(text: str, draft: ChainDraft) -> str:
     return tomlkit.dumps(doc)
 
 
-def problems(text: str, path: str | Path) -> list[Problem]:
-    """Every problem `ban validate` would report for this text (empty when valid)."""
+def problems(text: str, path: str | Path, extra_hosts=()) -> list[Problem]:
+    """Every problem `ban validate` would report for this text (empty when valid);
+    `extra_hosts`: the names of the user's hosts file, which a `host` key may name too."""
     try:
-        spec.loads(text, str(path))
+        Checker(str(path), text, extra_hosts).check()
     except SpecError as exc:
         return exc.problems
     return []

@@ -129,6 +129,13 @@ class Watcher:
                 model.source.pid, model.source.pid_start = source.pid, source.pid_start
         return model
 
+    def close(self) -> None:
+        """Stop the sources that fetch in threads of their own (remote ones)."""
+        with self.lock:
+            for model in self.models.values():
+                if hasattr(model.source, "stop"):
+                    model.source.stop()
+
     def scan(self) -> None:
         for run_dir in list_runs(self.runs_dir):
             if run_dir.resolve() not in self.models:

@@ -91,9 +91,9 @@ class ExperimentsPane(Horizontal):
     def _validate(self) -> None:
         try:
             self.edited = ce.with_draft(self.text, self.draft) if not self.field_errors else self.edited
-            self.problems = ce.problems(self.edited, self.config_path)
+            self.problems = ce.problems(self.edited, self.config_path, self.app.user_hosts)
         except TOMLKitError as exc:   # the file itself does not parse: nothing can be applied to it
-            self.problems = ce.problems(self.text, self.config_path) or [f"{self.config_path}: {exc}"]
+            self.problems = ce.problems(self.text, self.config_path, self.app.user_hosts) or [f"{self.config_path}: {exc}"]
         lines = list(self.field_errors.values()) + [str(p) for p in self.problems]
         text = Text("\n".join(lines), style="red") if lines else Text("✓ valid (same checks as `ban validate`)", style="green")
         self.query_one("#problems", Static).update(text)
