@@ -6,12 +6,11 @@ from pathlib import Path
 
 from rich.text import Text
 from textual import on
-from tomlkit.exceptions import TOMLKitError
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, OptionList, Static
-from textual.widgets.option_list import Option
+from tomlkit.exceptions import TOMLKitError
 
 from ban_tui import config_edit as ce
 from ban_tui.messages import ConfigChanged
@@ -76,8 +75,9 @@ class ExperimentsPane(Horizontal):
                 yield Button("Launch", id="launch", variant="success", tooltip="ctrl+r")
                 yield Static("", id="save-state")
 
-    def _options(self) -> list[Option]:
-        return [Option(n, id=n) for n in ce.experiment_names(self.doc())] + [Option(NEW, id=NEW)]
+    def _options(self) -> list[str]:
+        # prompts, not option ids: a broken file may hold a name twice (the problems panel says so)
+        return ce.experiment_names(self.doc()) + [NEW]
 
     def on_mount(self) -> None:
         self._validate()
@@ -107,7 +107,7 @@ class ExperimentsPane(Horizontal):
     # ---- choosing an experiment ----
     @on(OptionList.OptionSelected, "#experiments")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
-        self.open(event.option.id)
+        self.open(str(event.option.prompt))
 
     def open(self, name: str) -> None:
         if self.dirty:
