@@ -9,15 +9,8 @@ Never imports torch.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from textual import work
 from textual.app import App
@@ -25,6 +18,7 @@ from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
 from textual.worker import get_current_worker
 
+from engine.runs import default_runs_dir
 from ban_tui import hosts, launch, remote
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
@@ -42,18 +36,6 @@ register_panel(HOSTS_PANEL)   # the remote boxes (ban_tui.remote), after experim
 
 FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
 STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
-RUNS_DIR_ENV = "BAN_RUNS_DIR"
-
-
-def default_runs_dir(config_path: Path) -> Path:
-    """$BAN_RUNS_DIR, else the config's [defaults] runs_dir (even if the rest is broken), else ./runs."""
-    if os.environ.get(RUNS_DIR_ENV):
-        return Path(os.environ[RUNS_DIR_ENV])
-    try:
-        value = tomllib.loads(Path(config_path).read_text()).get("defaults", {}).get("runs_dir")
-    except (OSError, tomllib.TOMLDecodeError, AttributeError):
-        value = None
-    return Path(value) if isinstance(value, str) else Path("runs")
 
 
 class BanCommands(Provider):
@@ -100,7 +82,7 @@ class BanApp(App):
                  poll_interval: float = POLL_SECONDS, initial: str = "experiments"):
         super().__init__()
         self.config_path = Path(config_path)
-        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(self.config_path)
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(None, self.config_path)
         self.watcher = Watcher(self.runs_dir, self.post_message, poll_interval)
         self.initial = initial
         self.dirty: set[Path] = set()

@@ -8,7 +8,6 @@ Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 b
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -18,13 +17,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from engine import spec
-from engine.runs import RunPaths, find_run, gen_label, list_runs, load_state
+from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec_check import did_you_mean
 from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
@@ -35,7 +29,6 @@ from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, R
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
 
-RUNS_DIR_ENV = "BAN_RUNS_DIR"
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
 HOST_HELP = "Act on this [hosts.NAME] over ssh (from the config or ~/.config/ban/hosts.toml)."
 CONFIG_HELP = "Config file whose [hosts] to use (default: ./experiments.toml when there is one)."
@@ -49,16 +42,6 @@ def fail(message: str, code: int = EXIT_USAGE):
     """One line on stderr, then exit."""
     print(f"ban: {message}", file=sys.stderr)
     raise typer.Exit(code)
-
-
-def runs_dir_of(option: Path | None) -> Path:
-    """--runs-dir, else $BAN_RUNS_DIR, else ./experiments.toml's [defaults] runs_dir, else ./runs."""
-    if option or os.environ.get(RUNS_DIR_ENV):
-        return option or Path(os.environ[RUNS_DIR_ENV])
-    try:
-        return Path(tomllib.loads(Path("experiments.toml").read_text())["defaults"]["runs_dir"])
-    except (OSError, KeyError, TypeError, ValueError):  # no file, no such key, or not TOML
-        return Path("runs")
 
 
 def load_config(file: Path) -> spec.Config:
@@ -245,7 +228,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
     """List runs with their status, progress, best test error and start time."""
     if host:
         raise typer.Exit(ls_remote(host_named(host, config_file), every))
-    runs_dir = runs_dir_of(runs_dir)
+    runs_dir = default_runs_dir(runs_dir)
     runs = list_runs(runs_dir)
     console = out()
     if not runs:
@@ -262,7 +245,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
 def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, experiment/run-id, run id or its prefix."),
          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
     """A run's generations, ensembles and gradient diagnostics (and its stderr when it failed)."""
-    root = find(runs_dir_of(runs_dir), run_ref)
+    root = find(default_runs_dir(runs_dir), run_ref)
     state = load_state(root)
     console = out()
     status = state.status()
@@ -304,7 +287,7 @@ def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
     Ctrl-C stops following; the runs keep going."""
     if host:
         raise typer.Exit(follow_remote(host_named(host, config_file), run_refs))
-    roots = [find(runs_dir_of(runs_dir), ref) for ref in run_refs]
+    roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
     console = out()
 
     def detach_msg() -> int:
@@ -320,7 +303,7 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
            detach: bool = typer.Option(False, "--detach", help="Return at once.")):
     """Continue a cancelled or interrupted run from its last checkpoint, and follow it."""
-    root = find(runs_dir_of(runs_dir), run_ref)
+    root = find(default_runs_dir(runs_dir), run_ref)
     try:
         r = launch.resume_local(root)
     except launch.LaunchError as exc:
@@ -340,7 +323,7 @@ def cancel(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
            wait: bool = typer.Option(True, help="Wait until the engines have checkpointed and stopped."),
            timeout: float = typer.Option(120.0, help="Seconds to wait.")):
     """Stop runs gracefully: SIGTERM, the engine checkpoints and ends the run as cancelled."""
-    roots = [find(runs_dir_of(runs_dir), ref) for ref in run_refs]
+    roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
     console = out()
     code = 0
     for root in roots:
@@ -366,7 +349,7 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
     formats = ("table", "md", "csv", "json")
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
-    runs_dir = runs_dir_of(runs_dir)
+    runs_dir = default_runs_dir(runs_dir)
     roots = []
     for ref in refs or []:  # an experiment name means all its runs
         roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
@@ -501,7 +484,7 @@ def pull(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs 
          config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """Copy runs from a host (rsync, else scp) so that show and report work offline."""
     h = host_named(host, config_file)
-    target = runs_dir_of(runs_dir)
+    target = default_runs_dir(runs_dir)
     console = out()
     for ref in run_refs:
         try:

@@ -18,7 +18,6 @@ from tomlkit.items import AoT, Table, Whitespace
 
 from engine import spec
 from engine.spec import Problem, SpecError
-from engine.spec_check import Checker
 
 STUDENT_OBJECTIVES = ("ban", "ban+l", "cwtm", "dkpp")
 TEACHER_OBJECTIVE = "ce"
@@ -336,7 +335,7 @@ def problems(text: str, path: str | Path, extra_hosts=()) -> list[Problem]:
     """Every problem `ban validate` would report for this text (empty when valid);
     `extra_hosts`: the names of the user's hosts file, which a `host` key may name too."""
     try:
-        Checker(str(path), text, extra_hosts).check()
+        spec.loads(text, str(path), extra_hosts)
     except SpecError as exc:
         return exc.problems
     return []

@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from engine.events import EventReader, read_events
 
@@ -62,6 +68,23 @@ class RunPaths:
 
     def gen_probs(self, gen: int) -> Path:
         return self.probs / f"gen-{gen}.npy"
+
+
+RUNS_DIR_ENV = "BAN_RUNS_DIR"
+
+
+def default_runs_dir(option=None, config_path="experiments.toml") -> Path:
+    """--runs-dir, else $BAN_RUNS_DIR, else the config's [defaults] runs_dir (read even when the
+    rest of the file is broken, so views still find the runs), else ./runs."""
+    if option:
+        return Path(option)
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    try:
+        value = tomllib.loads(Path(config_path).read_text()).get("defaults", {}).get("runs_dir")
+    except (OSError, ValueError, AttributeError):   # no file, not TOML, defaults not a table
+        value = None
+    return Path(value) if isinstance(value, str) else Path("runs")
 
 
 def new_run_id(seed: int) -> str:

@@ -48,16 +48,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from engine import catalog
 
 
 # ---- the resolved experiment --------------------------------------------------------------
@@ -213,9 +205,9 @@ def load(path: str | Path, extra_hosts=()) -> Config:
     return Checker(str(path), text, extra_hosts).check()
 
 
-def loads(text: str, path: str = "<string>") -> Config:
+def loads(text: str, path: str = "<string>", extra_hosts=()) -> Config:
     from engine.spec_check import Checker
-    return Checker(path, text).check()
+    return Checker(path, text, extra_hosts).check()
 
 
 def dumps_experiment(exp: Experiment, hosts: dict[str, Host] | None = None) -> str:

@@ -9,7 +9,6 @@ import difflib
 import re
 import sys
 from dataclasses import fields
-from pathlib import PurePosixPath
 
 if sys.version_info >= (3, 11):
     import tomllib
