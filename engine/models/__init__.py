@@ -131,17 +131,16 @@ PAPER_PARAMS: dict[str, float] = {
     # Table 5: residual students of a DenseNet-90-60 teacher (paper names in resnet.py)
     "ban-preresnet-14-0.5": 7.3, "ban-preresnet-14-1": 17.7, "ban-wrn-1-1": 20.9,
     "ban-wrn-2-1": 43.1, "ban-wrn-4-0.5": 24.3, "ban-wrn-4-1": 87.3,
+    # Penn Treebank language models (Table 6), 10,000-word vocabulary
+    "lstm-tied-2x1500": 52.0, "char-cnn-lstm-2x650": 19.0,
 }
-PAPER_NUM_CLASSES: dict[str, int] = {n: 10 if n.startswith("wrn-") else 100 for n in PAPER_PARAMS}
+PAPER_NUM_CLASSES: dict[str, int] = {n: 10 if n.startswith("wrn-") else 10000 if "lstm" in n else 100
+                                     for n in PAPER_PARAMS}
 
 # The families register themselves on import (they use `register` and `he_init` from above).
 from engine.models import cnn, densenet, resnet  # noqa: E402,F401
 
-try:  # language models (engine/models/lm.py) keep their own table of builders
-    from engine.models import lm  # noqa: E402
-except ModuleNotFoundError as e:
-    if e.name != "engine.models.lm":
-        raise
-else:
-    for _family, _builder in lm.BUILDERS.items():
-        register(_family)(_builder)
+from engine.models import lm  # noqa: E402  (language models keep their own table of builders)
+
+for _family, _builder in lm.BUILDERS.items():
+    register(_family)(_builder)
