@@ -18,12 +18,13 @@ precision, layout and fused SGD that the engine picks on this device, then the s
 Ratios, medians over the repeats (one warm-up round first): `whole` = engine call / bare call;
 `loop` = the engine's own training seconds (its epoch event) / the bare loop's. Then the engine's
 per-step extras, each timed alone on tensors of the step's shapes, as a share of a bare step.
-Data: the first images of /work/shared/data/cifar10/train.npz (real CIFAR-10) when present,
-else random images of that shape. bench/teacher_cost.py and bench/gpu_throughput.py reuse the
+Data: the first images of /work/shared/data/cifar10/train.npz (real CIFAR-10; or of
+$BAN_CIFAR10/train.npz) when present, else random images of that shape. bench/teacher_cost.py and bench/gpu_throughput.py reuse the
 helpers here.
 """
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -40,7 +41,8 @@ from engine.events import EventWriter, read_events
 from engine.runs import RunPaths
 from engine.train import Context, LRSchedule, autocast_dtype, train_generation
 
-CIFAR10 = Path("/work/shared/data/cifar10")
+# train.npz / test.npz of CIFAR-10 (x uint8 NHWC, y); $BAN_CIFAR10 names another folder (a device machine)
+CIFAR10 = Path(os.environ.get("BAN_CIFAR10", "/work/shared/data/cifar10"))
 
 CONFIG = """
 [[experiment]]
@@ -153,12 +155,13 @@ def bare_loop(exp: spec.Experiment, data: ImageData, device: torch.device, seed:
 
 
 def interleaved(contenders: dict, repeats: int, warmup: bool = True) -> dict:
-    """{name: [result of each round]}: every round calls each contender once, in turn, so load
-    from other jobs on the machine hits all of them alike; a first warm-up round is dropped."""
+    """{name: [result of each round]}: every round calls each contender once, in turn (reversed
+    every other round), so load from other jobs on the machine and the order hit all of them
+    alike; a first warm-up round is dropped."""
     results = {name: [] for name in contenders}
     for r in range(0 if warmup else 1, repeats + 1):
-        for name, fn in contenders.items():
-            out = fn()
+        for name in list(contenders)[::-1 if r % 2 else 1]:
+            out = contenders[name]()
             if r:
                 results[name].append(out)
         print(f"  round {r}/{repeats}" + (" (warm-up)" if r == 0 else ""), flush=True)
@@ -227,7 +230,7 @@ def main():
     print(f"{'engine':8} {statistics.median(engine_total):>16.3f} {statistics.median(engine_loop):>16.3f}")
     print(f"{'bare':8} {statistics.median(bare_total):>16.3f} {statistics.median(bare_loop_s):>16.3f}")
     print(f"ratio engine/bare: whole call {whole:.3f}x, training loop {loop:.3f}x (goal <= 1.05x); "
-          f"per round: " + ", ".join(f"{e / b:.3f}" for e, b in zip(engine_loop, bare_loop_s)))
+          f"each repeat: " + ", ".join(f"{e / b:.3f}" for e, b in zip(engine_loop, bare_loop_s)))
 
     bare_step_us = statistics.median(bare_loop_s) / args.steps * 1e6
     print(f"per-step extras of the engine's loop (bare step {bare_step_us:,.0f} us):")

@@ -14,7 +14,9 @@ on the same batches (helpers from bench/step_overhead.py):
               rows compare it with ce and ban on unaugmented batches).
 The floor: a student step is a forward and a backward (about 3 forwards of work), the teacher adds
 one forward, so about 1.33x; `floor` measures 1 + (inference forward / bare training step) on
-this machine with the same model and batch. Ratios are of the training loop's own seconds (the
+this machine with the same model and batch, and a bare hand-written BAN step against a bare CE
+step (the teacher's activations and the student's compete for the caches: this is what the
+engine's ban / ce ratio should be compared with). Ratios are of the training loop's own seconds (the
 epoch event), medians over the repeats; `whole` also counts the generation's set-up, the cache
 pass and the test pass. Last, the cache check: the cached run's losses against recomputing.
 """
@@ -39,7 +41,8 @@ def teacher_for(exp, data, device):
 
 
 def floor_parts(exp, data, teacher, device, steps):
-    """(seconds of `steps` bare training steps, seconds of `steps` teacher inference forwards), on
+    """Seconds of `steps` bare training steps, of `steps` teacher inference forwards and of `steps`
+    bare BAN steps (the teacher's forward, then the student's step on the teacher's softmax), on
     one batch of the epoch's real size."""
     autocast, memory_format, fused = fast_path(device)
     torch.manual_seed(0)
@@ -64,7 +67,18 @@ def floor_parts(exp, data, teacher, device, steps):
             with autocast():
                 teacher(x)
     sync(device)
-    return t1 - t0, time.perf_counter() - t1
+    t2 = time.perf_counter()
+    for _ in range(steps):
+        with torch.inference_mode(), autocast():
+            target = teacher(x)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), F.softmax(target.float(), dim=1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def main():
@@ -108,8 +122,10 @@ def main():
             ratio = statistics.median(a / b for a, b in zip(loop_s(key), ce_loop))
             whole = statistics.median(a / b for a, b in zip(whole_s(key), ce_whole))
             print(f"{group:12} {key[1]:11} {statistics.median(loop_s(key)):>8.3f} {ratio:>9.3f}x {whole:>10.3f}x")
-    floor = statistics.median(1 + fwd / step for step, fwd in results[("floor", "")])
-    print(f"floor on this machine: 1 + inference forward / training step = {floor:.3f}x (about 1.33x in theory)")
+    floor = statistics.median(1 + fwd / step for step, fwd, _ in results[("floor", "")])
+    bare = statistics.median(ban / step for step, _, ban in results[("floor", "")])
+    print(f"floor on this machine: 1 + inference forward / training step = {floor:.3f}x (about 1.33x in theory); "
+          f"a bare hand-written BAN step / CE step = {bare:.3f}x")
 
     recomputed, cache = results[("augment off", "ban")][0][1][-1], results[("augment off", "ban cached")][0][1][-1]
     print("cache check (augment off, same seed and batches): " + ", ".join(
