@@ -54,6 +54,9 @@ FAMILIES: list[ModelFamily] = [
     ModelFamily("ban-preresnet", r"ban-preresnet-(?P<units>\d+)-(?P<ratio>\d+(?:\.\d+)?)", "image",
                 ("ban-preresnet-14-0.5", "ban-preresnet-14-1"),
                 "Table 5 bottleneck Pre-ResNet-units-ratio mirroring a DenseNet teacher (option teacher)"),
+    # the cifar10-fast preset (issue 7): engine/models/airbench.py
+    ModelFamily("airbench", r"airbench", "image", ("airbench",),
+                "airbench94-style fast CIFAR-10 net (Keller Jordan): 3 conv blocks 64/256/256, 2.0 M; option width"),
     # language models (engine/models/lm.py)
     ModelFamily("lstm", r"lstm-(?P<layers>\d+)x(?P<hidden>\d+)", "lm",
                 ("lstm-2x200", "lstm-2x650", "lstm-2x1500"),
