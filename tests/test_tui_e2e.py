@@ -31,8 +31,8 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             await pilot.press("ctrl+n")
             await wait_for(pilot, lambda: app.experiments.draft.source is None and app.query("#model-1"))
             await type_into(pilot, "#name", "e2e")
-            await type_into(pilot, "#epochs", "1")
-            await type_into(pilot, "#batch_size", "128")
+            await type_into(pilot, "#epochs", "10")   # small batches, 10 epochs: still running when the
+            await type_into(pilot, "#batch_size", "32")    # TUI is reopened and x is pressed
             await type_into(pilot, "#ensembles", "1")
             await wait_for(pilot, lambda: "✓ valid" in str(app.experiments.query_one("#problems").render()))
             await pilot.press("ctrl+r")                       # saves, then launches one run per seed
@@ -58,6 +58,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             followed = app.watcher.models[screen.run_dir]
             gens = screen.query_one("#gens", RowsTable)
             await wait_for(pilot, lambda: gens.row_count >= 1, DEADLINE)          # the teacher started
+            rows_at_cancel = gens.row_count   # 1 when x lands in the teacher, 2 in BAN-1
             await pilot.press("x")
             await wait_for(pilot, lambda: "CANCELLED" in str(screen.query_one("#status").render()), DEADLINE)
             assert followed.state.end["status"] == "cancelled"
@@ -66,7 +67,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             await wait_for(pilot, lambda: followed.state.pid not in (None, source.pid), DEADLINE)  # resumed
             engines.append((followed.state.pid, followed.state.pid_start))
             ens = screen.query_one("#ensembles", RowsTable)
-            seen_rows = set()   # the generation table fills in as generations start
+            seen_rows = {rows_at_cancel}   # the generation table fills in as generations start
 
             def finished():
                 seen_rows.add(gens.row_count)
@@ -77,9 +78,9 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             await pilot.pause(0.3)
             state = load_state(model.run_dir)
             assert cells(gens) == [[r[k] for k, _ in gens.spec] for r in gen_rows(state)]
-            assert [row[0] for row in cells(gens)] == ["Teacher", "BAN-1"] and {1, 2} <= seen_rows
+            assert [row[0] for row in cells(gens)] == ["Teacher", "BAN-1"] and {rows_at_cancel, 2} <= seen_rows
             assert cells(ens) == [[r[k] for k, _ in ens.spec] for r in ensemble_rows(state)]
-            assert screen.query_one("#error", CurvePlot).plotted["BAN-1 test_err"] == 1
+            assert screen.query_one("#error", CurvePlot).plotted["BAN-1 test_err"] == 10   # one point per epoch
             assert "OK" in str(screen.query_one("#status").render())
         # quit and reopen once more: the finished run shows its whole history
         app = BanApp(config, runs, poll_interval=0.1, initial="runs")
