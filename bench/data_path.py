@@ -3,7 +3,7 @@ torchvision's standard DataLoader recipe on the same images.
 
     .venv/bin/python bench/data_path.py [--epochs 3] [--batch-size 512] [--workers 0 2]
 
-Data: /work/shared/data/cifar10/train.npz (10,000 real CIFAR-10 images) when present, else
+Data: ../shared/data/cifar10/train.npz (10,000 real CIFAR-10 images) when present, else
 random uint8 images of the same shape. Only the data path is timed (no model); each number is
 the best epoch of --epochs, after one warm-up epoch.
 """
@@ -19,7 +19,7 @@ from PIL import Image
 from engine.data import Batches
 from engine.data.images import channel_stats
 
-NPZ = Path("/work/shared/data/cifar10/train.npz")
+NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.npz"
 
 
 class PILImages(torch.utils.data.Dataset):

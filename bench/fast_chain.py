@@ -29,8 +29,8 @@ from engine import checkpoint, runs, spec
 from engine.events import EventReader
 from step_overhead import CIFAR10
 
-JPEG = Path("/work/shared/data/cifar10/train50k_test2k_jpeg.npz")
 REPO = Path(__file__).resolve().parents[1]
+JPEG = REPO.parent / "shared" / "data" / "cifar10" / "train50k_test2k_jpeg.npz"
 GOAL_SECONDS = 10.0
 
 
@@ -94,12 +94,13 @@ def main():
                  f"found {args.experiment!r}")
     exp = cfg.experiments[args.experiment]
     runs_dir = Path(args.runs_dir).resolve()
+    exp.dataset.name = "npz"   # the preset reads torchvision's CIFAR-10; here the shipped real images
     if args.smoke:
         exp.dataset.root = str(decode_jpeg(runs_dir / "data-smoke", 512, 128, Path(args.jpeg)))
         for g in exp.generations:
             g.training.epochs, g.model_options = 1, {**g.model_options, "width": 0.0625}
     else:
-        exp.dataset.root = str(decode_jpeg(runs_dir / "data-50k", source=Path(args.jpeg)) if args.data == "full" else CIFAR10)
+        exp.dataset.root = str(decode_jpeg(runs_dir / "data-50k", source=Path(args.jpeg)) if args.data == "full" else str(CIFAR10))
     for g in exp.generations:
         g.training.compile = g.training.compile or args.compile
     config = runs_dir / f"{exp.name}.toml"

@@ -12,7 +12,7 @@ plain: the usual recipe: torchvision transforms (reflect-pad-4 random crop, flip
 Normalize) on PIL images in DataLoader workers with pinned memory, the model in fp32 and the
 default layout, torch.optim.SGD's default (foreach) update, F.cross_entropy.
 Both: the same model, batch, optimizer settings and images (the first steps x batch real
-CIFAR-10 images of /work/shared/data/cifar10/train.npz), cudnn.benchmark and TF32 matmuls as the
+CIFAR-10 images of ../shared/data/cifar10/train.npz), cudnn.benchmark and TF32 matmuls as the
 engine process sets them; 2 epochs each, images/s of the second (the first warms up: cudnn
 autotuning, workers, compilation). Only the training loop is timed.
 Without CUDA it says so and exits 0, unless --smoke.

@@ -6,7 +6,7 @@
 Writes a one-experiment config (the `ptb-small-cpu` preset with the options above), runs it
 through `python -m engine run` as `ban run` would, follows its events, and prints validation and
 test perplexity per generation and epoch, then for Ens (teacher + BAN-1, the mean of the two
-next-word distributions). Data: /work/shared/data/ptb (Mikolov's split, 10,000 words).
+next-word distributions). Data: ../shared/data/ptb (Mikolov's split, 10,000 words).
 The whole vocabulary and the full validation and test sets are always used; --train-tokens
 only shortens the training stream so that a CPU finishes in minutes.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from engine import runs
 from engine.events import EventReader
 
-DATA = Path("/work/shared/data/ptb")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
 
 CONFIG = """\
 [[experiment]]

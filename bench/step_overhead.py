@@ -18,7 +18,7 @@ precision, layout and fused SGD that the engine picks on this device, then the s
 Ratios, medians over the repeats (one warm-up round first): `whole` = engine call / bare call;
 `loop` = the engine's own training seconds (its epoch event) / the bare loop's. Then the engine's
 per-step extras, each timed alone on tensors of the step's shapes, as a share of a bare step.
-Data: the first images of /work/shared/data/cifar10/train.npz (real CIFAR-10; or of
+Data: the first images of ../shared/data/cifar10/train.npz (real CIFAR-10; or of
 $BAN_CIFAR10/train.npz) when present, else random images of that shape. bench/teacher_cost.py and bench/gpu_throughput.py reuse the
 helpers here.
 """
@@ -42,7 +42,7 @@ from engine.runs import RunPaths
 from engine.train import Context, LRSchedule, autocast_dtype, train_generation
 
 # train.npz / test.npz of CIFAR-10 (x uint8 NHWC, y); $BAN_CIFAR10 names another folder (a device machine)
-CIFAR10 = Path(os.environ.get("BAN_CIFAR10", "/work/shared/data/cifar10"))
+CIFAR10 = Path(os.environ.get("BAN_CIFAR10", Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
 
 CONFIG = """
 [[experiment]]

@@ -107,8 +107,9 @@ def check_model(model, x, num_classes):
 
 
 SMALL = ["cnn-small", "wrn-10-1", "densenet-bc-16-8", "preact-resnet-8", "densenet-bc-16-8-depth2",
-         "densenet-bc-16-8-comp0.75", "ban-wrn-1-0.5", "ban-preresnet-2-1"]
-SMALL_OPTIONS = {"ban-wrn-1-0.5": {"teacher": "densenet-bc-16-8"}, "ban-preresnet-2-1": {"teacher": "densenet-bc-16-8"}}
+         "densenet-bc-16-8-comp0.75", "ban-wrn-1-0.5", "ban-preresnet-2-1", "airbench"]
+SMALL_OPTIONS = {"ban-wrn-1-0.5": {"teacher": "densenet-bc-16-8"}, "ban-preresnet-2-1": {"teacher": "densenet-bc-16-8"},
+                 "airbench": {"width": 0.25}}
 
 
 @pytest.mark.parametrize("name", SMALL)

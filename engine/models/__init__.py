@@ -138,7 +138,7 @@ PAPER_NUM_CLASSES: dict[str, int] = {n: 10 if n.startswith("wrn-") else 10000 if
                                      for n in PAPER_PARAMS}
 
 # The families register themselves on import (they use `register` and `he_init` from above).
-from engine.models import cnn, densenet, resnet  # noqa: E402,F401
+from engine.models import airbench, cnn, densenet, resnet  # noqa: E402,F401
 
 from engine.models import lm  # noqa: E402  (language models keep their own table of builders)
 
