@@ -138,11 +138,13 @@ def logit_grad(student_logits, teacher_logits, labels, objective, temperature=1.
 
 
 @torch.no_grad()
-def diagnostics(student_logits, teacher_logits, labels, objective, **options):
-    """Per-batch sums for the epoch event (eq. 7): n; grad_correct = sum_s |g_{s,y}| and
-    grad_dark = sum_s ||g_{s,i != y}||_2, with g the logit gradient of `objective` and y the
-    label; with a teacher also conf_w, conf_w_sq (eq.-10 weights and their squares) and
-    teacher_agree (samples whose teacher argmax is the label). Options as the objective's."""
+def diagnostic_sums(student_logits, teacher_logits, labels, objective, **options) -> dict:
+    """Per-batch sums for the epoch event (eq. 7), as 0-d tensors on the logits' device (no host
+    sync: a training loop adds them up and reads them back now and then): grad_correct =
+    sum_s |g_{s,y}| and grad_dark = sum_s ||g_{s,i != y}||_2, with g the logit gradient of
+    `objective` and y the label; with a teacher also conf_w, conf_w_sq (eq.-10 weights and their
+    squares) and teacher_agree (samples whose teacher argmax is the label). Options as the
+    objective's."""
     if objective in OBJECTIVES:  # same option and shape checks as the loss itself
         _check(objective, student_logits, teacher_logits, labels,
                set(options) - set(OPTIONS[objective]), needs_teacher=objective != "ce")
@@ -155,6 +157,12 @@ def diagnostics(student_logits, teacher_logits, labels, objective, **options):
         w = teacher_confidence_weights(teacher_logits)
         sums |= {"conf_w": w.sum(), "conf_w_sq": (w * w).sum(),
                  "teacher_agree": (teacher_logits.argmax(dim=1) == labels).sum().float()}
+    return sums
+
+
+def diagnostics(student_logits, teacher_logits, labels, objective, **options) -> dict:
+    """`diagnostic_sums` read back as floats (one device sync), with n = the batch size."""
+    sums = diagnostic_sums(student_logits, teacher_logits, labels, objective, **options)
     values = torch.stack(list(sums.values())).tolist()  # one device sync for all of them
     out = {"n": len(labels), **dict(zip(sums, values))}
     if "teacher_agree" in out:

@@ -123,6 +123,9 @@ class GenResult:
 
 
 METRICS = ("train_loss", "train_err", "val_loss", "val_err", "test_loss", "test_err")
+# Steps between read-backs of the training loss, errors and diagnostics: each read-back waits for
+# the GPU (a host sync), which per step would leave it idle while Python queues the next step.
+READ_BACK_STEPS = 25
 
 
 # ---- optimisation ---------------------------------------------------------------------------
@@ -289,7 +292,7 @@ def reduce_sums(sums: dict, device) -> dict:
 
 def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenResult:
     from engine.data import Batches
-    from engine.objectives import OBJECTIVES, diagnostics, summarize_diagnostics
+    from engine.objectives import OBJECTIVES, diagnostic_sums, summarize_diagnostics
 
     t, data, device = gen.training, ctx.data, ctx.device
     where = f"generation {gen.index} ({gen_label(gen.index)})"
@@ -371,6 +374,22 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             extra["dkpp"] = dkpp.get_state()
         save_last(ctx, gen, epoch, step, model, optimizer, history, best, **extra)
 
+    def read_back(window, sums, stop, epoch) -> bool:
+        """Add the window's per-step numbers to the epoch's sums, step by step as they were made
+        (one host sync for the whole window); RunError naming the first non-finite loss's step on
+        any rank; the stop flag agreed by every rank."""
+        rows = torch.stack([v for *_, v in window]).tolist()
+        bad = next((i for i, r in enumerate(rows) if not math.isfinite(r[0])), len(rows) - 1)
+        stop = check_finite(ctx, stop, rows[bad][0], where, epoch + 1, window[bad][0] + 1)
+        for (_, n, keys, _), (loss_value, errors, *diag) in zip(window, rows):
+            sums["loss"] += loss_value * n
+            sums["err"] += errors
+            sums["n"] += n
+            sums["diag"]["n"] = sums["diag"].get("n", 0) + n
+            for k, v in zip(keys, diag):
+                sums["diag"][k] = sums["diag"].get(k, 0) + (round(v) if k == "teacher_agree" else v)
+        return stop
+
     probs = None
     for epoch in range(start_epoch, t.epochs):
         train.set_epoch(epoch)
@@ -380,6 +399,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             checkpoint.set_rng_state(ctx.resume["rng"])
         running = None
         lr = schedule(epoch * steps + min(skip, steps - 1))
+        window = []   # (step, batch size, diagnostic keys, [loss, errors, *diagnostics]) not yet read back
         net.train()
         t0 = time.perf_counter()
         for step, (x, idx) in enumerate(itertools.islice(train, skip, None), start=skip):
@@ -408,19 +428,19 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            with torch.no_grad():
-                loss_value, errors = torch.stack([loss.detach().float(), (logits.argmax(1) != labels).sum().float()]).tolist()
-                diag = diagnostics(logits.detach().float(), t_logits, labels, gen.objective, **options)
-            stop = check_finite(ctx, ctx.stop.is_set(), loss_value, where, epoch + 1, step + 1)
-            sums["loss"] += loss_value * len(labels)
-            sums["err"] += errors
-            sums["n"] += len(labels)
-            for k, v in diag.items():
-                sums["diag"][k] = sums["diag"].get(k, 0) + v
-            if stop:   # last.pt holds the global running sums; rank 0 continues them
-                sums["seconds"] += time.perf_counter() - t0
-                last(epoch, step + 1, reduce_sums(sums, device))
-                raise Cancelled(f"{where}: stopped at epoch {epoch + 1} step {step + 1}")
+            with torch.no_grad():   # the step's numbers stay on the device until the next read-back
+                diag = diagnostic_sums(logits.detach().float(), t_logits, labels, gen.objective, **options)
+                window.append((step, len(labels), list(diag), torch.stack(
+                    [loss.detach().float(), (logits.argmax(1) != labels).sum().float(), *diag.values()])))
+            # Read back every READ_BACK_STEPS steps (the same steps on every rank), at the epoch's
+            # end and, with one process, as soon as SIGTERM asks; ranks stop together at a read-back.
+            if len(window) == READ_BACK_STEPS or step + 1 == steps or (ctx.world_size == 1 and ctx.stop.is_set()):
+                stop = read_back(window, sums, ctx.stop.is_set(), epoch)
+                window = []
+                if stop:   # last.pt holds the global running sums; rank 0 continues them
+                    sums["seconds"] += time.perf_counter() - t0
+                    last(epoch, step + 1, reduce_sums(sums, device))
+                    raise Cancelled(f"{where}: stopped at epoch {epoch + 1} step {step + 1}")
         skip = 0
         sums["seconds"] += time.perf_counter() - t0
         sums = reduce_sums(sums, device)
