@@ -203,6 +203,23 @@ def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, 
                          "history": history, "best": best, **extra}, ctx.paths.last_checkpoint)
 
 
+def step_parts(gen: spec.Generation, model, seed: int, device: torch.device):
+    """What every trainer (image or language) builds before its loop: the objective and its
+    options (DKPP's permutations from a CPU generator seeded by the generation, so they are the
+    same on any device), the optimizer, the autocast dtype and context.
+    Returns (objective, options, dkpp generator or None, optimizer, dtype or None, autocast)."""
+    from engine.objectives import OBJECTIVES
+    objective, options = OBJECTIVES[gen.objective], dict(gen.objective_options)
+    dkpp = None
+    if gen.objective == "dkpp":
+        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
+        options["generator"] = dkpp
+    optimizer = make_optimizer(model, gen.training.optimizer, device)
+    dtype = autocast_dtype(gen.training.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    return objective, options, dkpp, optimizer, dtype, autocast
+
+
 def check_finite(ctx: Context, stop: bool, value: float, where: str, epoch: int, step: int) -> bool:
     """Raise RunError when the loss is nan/inf on any rank; return the agreed stop flag.
     `epoch` and `step` count from 1 (as the message shows them)."""
@@ -292,7 +309,7 @@ def reduce_sums(sums: dict, device) -> dict:
 
 def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenResult:
     from engine.data import Batches
-    from engine.objectives import OBJECTIVES, diagnostic_sums, summarize_diagnostics
+    from engine.objectives import diagnostic_sums, summarize_diagnostics
 
     t, data, device = gen.training, ctx.data, ctx.device
     where = f"generation {gen.index} ({gen_label(gen.index)})"
@@ -309,14 +326,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
     model.to(device, memory_format=memory_format)
     ctx.gen_start(gen, model)
 
-    objective, options = OBJECTIVES[gen.objective], dict(gen.objective_options)
-    dkpp = None
-    if gen.objective == "dkpp":   # a CPU generator: the same permutations on any device
-        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
-        options["generator"] = dkpp
-    optimizer = make_optimizer(model, t.optimizer, device)
-    dtype = autocast_dtype(t.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    objective, options, dkpp, optimizer, dtype, autocast = step_parts(gen, model, seed, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # Batches yield sample indices as their "labels": labels and cached teacher logits are

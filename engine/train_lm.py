@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from engine import checkpoint
 from engine.data.ptb import batchify, windows
 from engine.runs import gen_label
-from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, autocast_dtype, check_finite,
-                          derive_seed, make_optimizer, save_last)
+from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, check_finite, derive_seed, save_last,
+                          step_parts)
 
 METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
 DIAG_EVERY = 10
@@ -173,7 +173,7 @@ def build_model(ctx, gen) -> torch.nn.Module:
 
 
 def train_generation(ctx, gen, teacher_model) -> GenResult:
-    from engine.objectives import OBJECTIVES, diagnostics, summarize_diagnostics
+    from engine.objectives import diagnostics, summarize_diagnostics
 
     t, data, device = gen.training, ctx.data, ctx.device
     where = f"generation {gen.index} ({gen_label(gen.index)})"
@@ -186,14 +186,7 @@ def train_generation(ctx, gen, teacher_model) -> GenResult:
     model = build_model(ctx, gen).to(device)
     ctx.gen_start(gen, model, metric="ppl", vocab=data.num_classes, bptt=data.bptt)
 
-    objective, options = OBJECTIVES[gen.objective], dict(gen.objective_options)
-    dkpp = None
-    if gen.objective == "dkpp":   # a CPU generator: the same permutations on any device
-        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
-        options["generator"] = dkpp
-    optimizer = make_optimizer(model, t.optimizer, device)
-    dtype = autocast_dtype(t.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    objective, options, dkpp, optimizer, dtype, autocast = step_parts(gen, model, seed, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     try:
