@@ -30,8 +30,8 @@ app = typer.Typer(help="Born-Again Networks: run, follow and report experiment c
                   no_args_is_help=True, add_completion=False)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
-HOST_HELP = "Act on this [hosts.NAME] over ssh (from the config or ~/.config/ban/hosts.toml)."
-CONFIG_HELP = "Config file whose [hosts] to use (default: ./experiments.toml when there is one)."
+HOST_HELP = "Act on this host over ssh: a \\[hosts.NAME] table (from the config or ~/.config/ban/hosts.toml)."
+CONFIG_HELP = "Config file whose \\[hosts] to use (default: ./experiments.toml when there is one)."
 
 
 def out() -> Console:
