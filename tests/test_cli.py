@@ -375,3 +375,16 @@ def test_default_runs_dir_comes_from_the_config_in_the_current_directory(runs, t
     assert "no runs under runs" in runner.invoke(app, ["ls"]).output
     (work / "experiments.toml").write_text(f'[defaults]\nruns_dir = "{runs[0]}"\n')
     assert "quick/20250101-000001-s1-aaaa" in runner.invoke(app, ["ls"]).output
+
+
+BROKEN = sorted((Path(__file__).parent / "broken_configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_ban_run_refuses_every_broken_config(path, tmp_path, monkeypatch):
+    """Exit 2, the problem named with its file and line, no traceback, no run directory."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() and list(tmp_path.iterdir()) == []
