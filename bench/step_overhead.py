@@ -201,18 +201,22 @@ def step_extras(batch_size: int, num_classes: int, steps: int, device: torch.dev
     }
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def common_args(description: str, repeats: int):
+    """The arguments, thread count, device and data every step benchmark shares."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", default="preact-resnet-8")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=repeats)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    data = cifar10(args.steps * args.batch_size, 256)
+    return args, torch.device(args.device), cifar10(args.steps * args.batch_size, 256)
+
+
+def main():
+    args, device, data = common_args(__doc__.splitlines()[0], repeats=5)
     exp = experiment(args.model, args.batch_size)
     print(f"(a) engine step vs bare loop: {args.model}, batch {args.batch_size}, {args.steps} steps, "
           f"{len(data.test_x)} test images, {args.device}, {args.threads} thread(s), data {data.name}, "

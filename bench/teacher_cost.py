@@ -20,7 +20,6 @@ engine's ban / ce ratio should be compared with). Ratios are of the training loo
 epoch event), medians over the repeats; `whole` also counts the generation's set-up, the cache
 pass and the test pass. Last, the cache check: the cached run's losses against recomputing.
 """
-import argparse
 import statistics
 import time
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from engine import models
 from engine.data import Batches
-from step_overhead import cifar10, experiment, fast_path, interleaved, run_engine, sync
+from step_overhead import common_args, experiment, fast_path, interleaved, run_engine, sync
 
 
 def teacher_for(exp, data, device):
@@ -82,17 +81,7 @@ def floor_parts(exp, data, teacher, device, steps):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="preact-resnet-8")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    data = cifar10(args.steps * args.batch_size, 256)
+    args, device, data = common_args(__doc__.splitlines()[0], repeats=3)
     aug = experiment(args.model, args.batch_size, objective="ban", augment=True)
     plain = experiment(args.model, args.batch_size, objective="ban", augment=False)
     cached = experiment(args.model, args.batch_size, objective="ban", augment=False, teacher_cache=True)
