@@ -375,9 +375,8 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                                                              "for models it reports, else 10)."),
            in_channels: int = typer.Option(3, "--in-channels")):
     """The model registry with parameter counts, beside the paper's where it gives one."""
-    import torch  # only this command needs torch
     from engine import catalog
-    from engine import models as registry
+    from engine import models as registry  # torch: only this command needs it
     paper = getattr(registry, "PAPER_PARAMS", {})
     paper_classes = getattr(registry, "PAPER_NUM_CLASSES", {})
     rows, notes = [], []
@@ -389,9 +388,7 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
         lm = family is not None and family.kind == "lm"
         n_classes = classes or paper_classes.get(name, 10000 if lm else 10)  # PTB's vocabulary for LMs
         try:
-            with torch.device("meta"):  # count without allocating weights
-                model = registry.build(name, num_classes=n_classes, in_channels=in_channels)
-            ours = params_str(registry.count_params(model))
+            ours = params_str(registry.param_count(name, n_classes, in_channels))
         except Exception as exc:  # a name the registry cannot build alone: say why below, keep listing
             ours = "n/a"
             notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
