@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.runs import process_start_time
 
-FIXTURES = Path(__file__).parent / "fixtures" / "events" / "runs"
+FIXTURES = Path(__file__).parent / "fixtures" / "events" / "recorded"
 OK = "tiny/20251129-013320-s0-0k01"
 CANCELLED = "tiny/20251129-020000-s0-0c01"
 FAILED = "broken-data/20251129-021500-s0-0f01"
