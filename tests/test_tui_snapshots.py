@@ -12,6 +12,8 @@ import pytest
 
 from ban_tui.app import BanApp
 from ban_tui.screens.monitor import RunMonitor
+from engine.events import read_events
+from engine.runs import load_state
 from test_tui_support import CONFIG, FAILED, OK, copy_runs, wait_for
 
 SIZE = (120, 40)
@@ -33,10 +35,21 @@ def app_at(initial="experiments") -> BanApp:
     return BanApp("experiments.toml", "runs", poll_interval=0.05, initial=initial)
 
 
+def all_events_read(app) -> bool:
+    """Every recorded event folded by the watcher (a busy machine can lag behind the first frame)."""
+    with app.watcher.lock:
+        models = list(app.watcher.models.values())
+    return len(models) == 4 and all(m.state.last_seq == last_seq(m.run_dir) for m in models)
+
+
+def last_seq(run_dir) -> int:
+    return read_events(run_dir / "events.jsonl")[-1]["seq"]
+
+
 async def all_runs_shown(pilot) -> None:
     def shown():
         tables = [t for s in pilot.app.screen_stack for t in s.query("#runs-table")]
-        return tables and tables[0].row_count == 4
+        return tables and tables[0].row_count == 4 and all_events_read(pilot.app)
     await wait_for(pilot, shown)
     await pilot.pause(0.3)
 
@@ -46,7 +59,12 @@ def monitor_of(run):
         await all_runs_shown(pilot)
         pilot.app.open_run(str((pilot.app.runs_dir / run).resolve()))
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunMonitor) and pilot.app.screen.ready)
-        await wait_for(pilot, lambda: pilot.app.screen.query_one("#gens").row_count > 0 or run == FAILED)
+        state = load_state(pilot.app.runs_dir / run)
+        screen = pilot.app.screen
+        # every panel filled in from the whole recording, then one more redraw tick
+        await wait_for(pilot, lambda: screen.query_one("#gens").row_count == len(state.gens)
+                       and screen.query_one("#ensembles").row_count == len(state.ensembles)
+                       and state.status().upper() in str(screen.query_one("#status").render()))
         await pilot.pause(0.5)
     return run_before
 
