@@ -61,7 +61,8 @@ def test_drive_ban_tui_with_keys_in_tmux(tmp_path):
     try:
         term.wait("Experiments", "tiny", "✓ valid", "^s Save")
         term.keys("F3")
-        term.wait("tiny/20251129-013320-s0-0k01", "✓ ok", "✗ failed", "■ cancelled", "✗ dead")
+        # the runs table has the focus once its bindings are in the footer: only then press Enter
+        term.wait("tiny/20251129-013320-s0-0k01", "✓ ok", "✗ failed", "■ cancelled", "✗ dead", "space Mark")
         term.keys("Enter")                                   # the first run: the finished one
         screen = term.wait("✓ OK", "Teacher", "BAN-2", "Ens*2", "grad_correct", "esc Back")
         assert "tiny/20251129-013320-s0-0k01" in screen
