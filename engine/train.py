@@ -220,6 +220,16 @@ def step_parts(gen: spec.Generation, model, seed: int, device: torch.device):
     return objective, options, dkpp, optimizer, dtype, autocast
 
 
+def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save) -> None:
+    """Book a finished epoch: its history entry, the per-metric minima (updated in place, so
+    that `save` writes them), checkpoints/last.pt through `save()`, then the `epoch` event.
+    Saved before the event, so an event never announces an epoch that a crash could lose."""
+    history.append(record)
+    best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
+    save()
+    ctx.emit("epoch", **record)
+
+
 def check_finite(ctx: Context, stop: bool, value: float, where: str, epoch: int, step: int) -> bool:
     """Raise RunError when the loss is nan/inf on any rank; return the agreed stop flag.
     `epoch` and `step` count from 1 (as the message shows them)."""
@@ -468,10 +478,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
         record = {"gen": gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
                   "seconds": round(seconds, 3), "samples": n, "samples_per_s": round(n / max(train_seconds, 1e-9), 1),
                   "diagnostics": summarize_diagnostics(sums["diag"])}
-        history.append(record)
-        best = {k: min(v, best.get(k, v)) for k, v in metrics.items()}
-        last(epoch + 1, 0, None)   # saved before the event: an event never announces a lost epoch
-        ctx.emit("epoch", **record)
+        end_epoch(ctx, record, metrics, history, best, lambda: last(epoch + 1, 0, None))
 
     if probs is None:   # resumed after the last epoch had been saved: evaluate the test set again
         _, _, probs = evaluate(eval_net, test, autocast, keep_probs=True)

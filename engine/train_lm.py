@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from engine import checkpoint
 from engine.data.ptb import batchify, windows
 from engine.runs import gen_label
-from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, check_finite, derive_seed, save_last,
-                          step_parts)
+from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, check_finite, derive_seed, end_epoch,
+                          save_last, step_parts)
 
 METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
 DIAG_EVERY = 10
@@ -263,10 +263,7 @@ def train_generation(ctx, gen, teacher_model) -> GenResult:
         record = {"gen": gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
                   "seconds": round(seconds, 3), "tokens_per_s": round(n / max(train_seconds, 1e-9), 1),
                   "diagnostics": summarize_diagnostics(sums["diag"])}
-        history.append(record)
-        best = {k: min(v, best.get(k, v)) for k, v in metrics.items()}
-        last(epoch + 1, 0, None)   # saved before the event: an event never announces a lost epoch
-        ctx.emit("epoch", **record)
+        end_epoch(ctx, record, metrics, history, best, lambda: last(epoch + 1, 0, None))
 
     if probs is None:   # resumed after the last epoch had been saved: evaluate the test set again
         _, probs = evaluate(model, test, data.bptt, keep_probs=True, autocast=autocast)
