@@ -19,9 +19,12 @@ from textual.command import DiscoveryHit, Hit, Provider
 from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
-from ban_tui import hosts, launch, remote
+from ban_tui import hosts, launch
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
+from ban_tui.remote import operations as remote
+from ban_tui.remote.source import RemoteSource
+from ban_tui.remote.transport import RemoteError
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
@@ -226,10 +229,10 @@ class BanApp(App):
             self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
             try:
                 run = remote.launch(host, exp, seed)
-            except (OSError, ValueError, remote.RemoteError) as exc:
+            except (OSError, ValueError, RemoteError) as exc:
                 self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), remote.RemoteSource(host, run.run_dir, run.pid).start())
+            self.watcher.add(Path(run.run_dir), RemoteSource(host, run.run_dir, run.pid).start())
             self.call_from_thread(self.notify, f"launched {run.name} on {host.name} (pid {run.pid})")
             self.call_from_thread(self.show_panel, "runs")
 

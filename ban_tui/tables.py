@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.runs import RunState, gen_label
+
+if TYPE_CHECKING:
+    from engine.spec import Host
+    from ban_tui.remote.gpus import HostStatus
 
 
 # ---- numbers --------------------------------------------------------------------------------
@@ -153,6 +158,28 @@ def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
             "status": state.status(now), "progress": f"{done}/{planned}",
             "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
             "best": metric_str(*best), "started": clock(state.started, "%m-%d %H:%M")}
+
+
+# ---- remote hosts ---------------------------------------------------------------------------
+
+HOST_COLUMNS = [("host", "host"), ("ssh", "ssh"), ("state", "status"), ("gpu", "GPU"), ("util", "util"),
+                ("memory", "memory"), ("runs", "running")]
+
+
+def host_rows(host: "Host", status: "HostStatus") -> list[dict]:
+    """The lines of a host in `ban hosts` and the TUI's hosts tab: one per GPU (at least one)."""
+    first = {"host": host.name, "ssh": host.ssh, "state": status.summary,
+             "runs": ", ".join(r.name for r in status.runs) or "-"}
+    rows = []
+    for g in status.gpus or [None]:
+        row = dict(first) if not rows else {}
+        if g is not None:
+            row["gpu"] = f"{g.index} {g.name}"
+            row["util"] = "-" if g.util is None else f"{g.util:.0f}%"
+            row["memory"] = ("-" if g.mem_used is None or g.mem_total is None
+                             else f"{g.mem_used / 1024:.1f}/{g.mem_total / 1024:.1f} GiB")
+        rows.append(row)
+    return rows
 
 
 # ---- events as lines ------------------------------------------------------------------------

@@ -16,8 +16,11 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
-from ban_tui import hosts, remote
+from ban_tui import hosts
+from ban_tui.remote.gpus import HostStatus, gpu_status
+from ban_tui.remote.source import RemoteSource
 from ban_tui.screens.main import Panel
+from ban_tui.tables import HOST_COLUMNS, host_rows
 from ban_tui.widgets.rows import RowsTable
 from engine import spec
 
@@ -31,7 +34,7 @@ class HostsTable(RowsTable):
     ]
 
     def __init__(self, **kwargs):
-        super().__init__(remote.HOST_COLUMNS, **kwargs)
+        super().__init__(HOST_COLUMNS, **kwargs)
 
     def action_refresh_hosts(self) -> None:
         self.parent.refresh_hosts()
@@ -44,7 +47,7 @@ class HostsPane(Vertical):
         super().__init__(**kwargs)
         self.config_path = Path(config_path)
         self.known: dict[str, spec.Host] = {}
-        self.statuses: dict[str, remote.HostStatus] = {}
+        self.statuses: dict[str, HostStatus] = {}
 
     def compose(self) -> ComposeResult:
         yield Label(f"hosts of {self.config_path} and {hosts.user_hosts_path()}  (enter follows a "
@@ -78,14 +81,14 @@ class HostsPane(Vertical):
     def refresh_hosts(self) -> None:
         known, problem = self.load_hosts()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = dict(zip(known, pool.map(remote.gpu_status, known.values())))
+            statuses = dict(zip(known, pool.map(gpu_status, known.values())))
         self.app.call_from_thread(self.show, known, statuses, problem)
 
     def show(self, known: dict, statuses: dict, problem: str = "") -> None:
         self.known, self.statuses = known, statuses
         keys, rows = [], []
         for name, host in known.items():
-            for i, row in enumerate(remote.host_rows(host, statuses[name])):
+            for i, row in enumerate(host_rows(host, statuses[name])):
                 keys.append(f"{name}#{i}")
                 rows.append(row)
         self.query_one(HostsTable).show(rows, keys)
@@ -104,7 +107,7 @@ class HostsPane(Vertical):
             self.app.notify(f"nothing runs on {name}", severity="warning")
             return
         for run in status.runs:
-            self.app.watcher.add(Path(run.dir), remote.RemoteSource(self.known[name], run.dir).start())
+            self.app.watcher.add(Path(run.dir), RemoteSource(self.known[name], run.dir).start())
             self.app.notify(f"following {run.name} on {name}")
         self.app.show_panel("runs")
 
