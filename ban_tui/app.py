@@ -238,7 +238,7 @@ class BanApp(App):
 
     def _local(self, run_dir: str, verb: str) -> bool:
         model = self.watcher.models.get(Path(run_dir))
-        if model is not None and not isinstance(model.source, LocalSource):
+        if model is not None and not model.source.local:
             self.notify(f"{model.source.name} runs on a host: {verb} it there (ban {verb} on the host)",
                         severity="warning")
             return False

@@ -1,8 +1,8 @@
 """Following every run of a runs directory in the background, for the TUI.
 
 A `Watcher` runs in a thread worker: it finds run directories (new ones appear as the engine
-creates them), polls each run's source (ban_tui.follow.LocalSource, or a remote source with the
-same interface), folds the events into a `RunModel` and posts typed messages (ban_tui.messages)
+creates them), polls each run's ban_tui.follow.Source (a LocalSource, or a RemoteSource added by
+the app), folds the events into a `RunModel` and posts typed messages (ban_tui.messages)
 saying which runs changed. Widgets read the models under `watcher.lock` when the app redraws.
 
 Every series and log here is a deque with a maximum length, so a run that lasts days keeps a
@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from ban_tui.follow import LocalSource
+from ban_tui.follow import LocalSource, Source
 from ban_tui.messages import RunAdded, RunEvents, RunStderr
 from engine.runs import RunPaths, list_runs
 
@@ -35,7 +35,7 @@ class RunModel:
     """One followed run: its source (events folded into `state`), capped curves, gradient
     diagnostics and the tail of its stderr."""
 
-    def __init__(self, run_dir: Path, source):
+    def __init__(self, run_dir: Path, source: Source):
         self.run_dir = Path(run_dir)
         self.source = source
         # curves[key][gen] = deque of (epoch, value)
@@ -56,7 +56,7 @@ class RunModel:
         once nothing came for a while."""
         status = self.source.status()
         if status == "running" and self.state.pid is None and self.source.ended():
-            return "dead" if getattr(self.source, "pid", None) else "stale"
+            return "dead" if self.source.pid else "stale"
         return status
 
     def poll(self) -> list[dict]:
@@ -82,7 +82,7 @@ class RunModel:
 
     def poll_stderr(self) -> list[str]:
         """New complete lines of stderr.log (of a local run; a remote run's stays on its host)."""
-        if not isinstance(self.source, LocalSource):
+        if not self.source.local:
             return []
         path = RunPaths(self.run_dir).stderr
         try:
@@ -116,9 +116,9 @@ class Watcher:
         self.lock = threading.RLock()   # held while polling a run and while widgets read models
         self._round = 0
 
-    def add(self, run_dir: Path, source=None) -> RunModel:
-        """Follow a run (once). `source` defaults to a LocalSource of the directory; any source
-        with the same interface works (a remote one), `run_dir` then being its unique key."""
+    def add(self, run_dir: Path, source: Source | None = None) -> RunModel:
+        """Follow a run (once). `source` defaults to a LocalSource of the directory; a given one
+        (a RemoteSource) has `run_dir` as its unique key."""
         run_dir = Path(run_dir).resolve() if source is None else Path(run_dir)
         with self.lock:
             model = self.models.get(run_dir)
@@ -133,8 +133,7 @@ class Watcher:
         """Stop the sources that fetch in threads of their own (remote ones)."""
         with self.lock:
             for model in self.models.values():
-                if hasattr(model.source, "stop"):
-                    model.source.stop()
+                model.source.stop()
 
     def scan(self) -> None:
         for run_dir in list_runs(self.runs_dir):

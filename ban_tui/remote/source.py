@@ -27,8 +27,8 @@ class Fetch:
 
 
 class RemoteSource:
-    """Follows a run's events.jsonl on a host by byte offset: the remote twin of LocalSource
-    (`name`, `state`, `poll()`, `ended()`, `status()`).
+    """Follows a run's events.jsonl on a host by byte offset: a ban_tui.follow.Source, the remote
+    twin of LocalSource.
 
     Each fetch asks for the bytes past the last complete line seen and yields the new events
     (each seq once). When the connection drops, `connected` turns False, `error` holds ssh's line
@@ -41,6 +41,8 @@ class RemoteSource:
     thread of its own fetches, and `poll()` only hands over what it found, so a UI thread that
     polls never waits on the network.
     """
+
+    local = False   # its files and its process are on the host
 
     def __init__(self, host: Host, run_dir: str, pid: int | None = None, interval: float = 0.5,
                  timeout: float = 15.0, max_bytes: int = 1 << 22):
