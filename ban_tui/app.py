@@ -1,9 +1,13 @@
 """`ban-tui [CONFIG] [--runs-dir DIR]`: the terminal experiment manager (Textual).
 
 A thread worker (ban_tui.watch.Watcher) follows every run of the runs directory and posts typed
-messages; the app collects which runs changed and redraws them on a timer (at most
-1 / FLUSH_SECONDS times a second). Runs are launched detached (ban_tui.launch): quitting leaves
-them running, and reopening follows every run again from the start of its events.
+messages (ban_tui.messages); the app collects which runs changed and, on a timer (at most
+1 / FLUSH_SECONDS times a second), sets its `runs` reactive to a ban_tui.watch.RunsUpdate. Every
+view of runs (the runs panel, the run monitor, the comparison) watches that one attribute with
+`self.watch(self.app, "runs", self.show_runs, init=False)` and draws what it needs from it; the
+app knows no view's type. The panels of the main screen are declared in ban_tui.screens.main.
+Runs are launched detached (ban_tui.launch): quitting leaves them running, and reopening follows
+every run again from the start of its events.
 Never imports torch.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
+from textual.reactive import reactive
 from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
@@ -30,8 +35,8 @@ from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
 from ban_tui.screens.main import PANELS, MainScreen, register_panel
 from ban_tui.screens.monitor import RunMonitor
-from ban_tui.screens.runs import RunsPane, RunsTable
-from ban_tui.watch import POLL_SECONDS, Watcher
+from ban_tui.screens.runs import RunsTable
+from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
 from ban_tui.widgets.hosts import HOSTS_PANEL
 from engine import spec
 
@@ -71,6 +76,9 @@ class BanCommands(Provider):
 
 
 class BanApp(App):
+    # the followed runs as of the last redraw tick; views watch it (see the module docstring)
+    runs: reactive[RunsUpdate | None] = reactive(None, always_update=True, init=False, repaint=False)
+
     CSS_PATH = Path(__file__).with_name("app.tcss")   # absolute: subclasses live elsewhere
     TITLE = "ban"
     COMMANDS = App.COMMANDS | {BanCommands}
@@ -88,7 +96,7 @@ class BanApp(App):
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(None, self.config_path)
         self.watcher = Watcher(self.runs_dir, self.post_message, poll_interval)
         self.initial = initial
-        self.dirty: set[Path] = set()
+        self.dirty: set[Path] = set()          # runs changed since the last tick
         self.user_hosts = user_host_names()   # a config's `host` may name one of these too
         self._next_status = 0.0
         self.sub_title = str(self.config_path)
@@ -124,9 +132,12 @@ class BanApp(App):
             (f" - {n} problem{'s' * (n != 1)}" if n else "")
 
     def refresh_run(self, run_dir) -> None:
+        """Draw this run again on the next tick (a view just mounted calls it for its runs)."""
         self.dirty.add(Path(run_dir))
 
     def flush(self) -> None:
+        """Hand the views what changed since the last tick (every run once per STATUS_SECONDS):
+        setting `runs` calls each view's watcher now, in this thread, under the watcher's lock."""
         if self._exit or not self._running:   # closing: the screens are being taken down
             return
         now = time.time()
@@ -135,21 +146,9 @@ class BanApp(App):
             return
         if tick:
             self._next_status = now + STATUS_SECONDS
-        dirty, self.dirty = self.dirty, set()
+        changed, self.dirty = None if tick else frozenset(self.dirty), set()
         with self.watcher.lock:
-            models = self.watcher.models
-            for pane in self.main_screen.query(RunsPane):   # none while the app starts or closes
-                pane.show(models, None if tick else dirty, now)
-            screen = self.screen
-            if not getattr(screen, "ready", True):
-                return
-            if isinstance(screen, RunMonitor) and screen.run_dir in models and (tick or screen.run_dir in dirty):
-                model = models[screen.run_dir]
-                screen.show(model, model.status())
-            elif isinstance(screen, CompareScreen):
-                for d in screen.run_dirs:
-                    if d in models and (tick or d in dirty):
-                        screen.show(d, models[d], models[d].status())
+            self.runs = RunsUpdate(self.watcher.models, changed, now)
 
     # ---- the main screen's panels ----
     @property

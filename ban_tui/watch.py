@@ -3,7 +3,8 @@
 A `Watcher` runs in a thread worker: it finds run directories (new ones appear as the engine
 creates them), polls each run's ban_tui.follow.Source (a LocalSource, or a RemoteSource added by
 the app), folds the events into a `RunModel` and posts typed messages (ban_tui.messages)
-saying which runs changed. Widgets read the models under `watcher.lock` when the app redraws.
+saying which runs changed. The app batches those into a `RunsUpdate` on a timer and hands it to
+every view through its `runs` reactive; views read the models then, under `watcher.lock`.
 
 Every series and log here is a deque with a maximum length, so a run that lasts days keeps a
 bounded memory: the curves keep the last CURVE_CAP epochs of each generation.
@@ -13,8 +14,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from ban_tui.follow import LocalSource, Source
 from ban_tui.messages import RunAdded, RunEvents, RunStderr
@@ -102,6 +104,22 @@ class RunModel:
         self.stderr.extend(lines)
         self.stderr_lines += len(lines)
         return lines
+
+
+@dataclass(frozen=True, eq=False)
+class RunsUpdate:
+    """What the views are handed at each redraw tick (the app's `runs` reactive): every followed
+    run's model, which of them changed since the last tick (None: all of them, on the periodic
+    tick where statuses move with the clock and with processes: stale, dead) and the time.
+    Read it only in the watcher callback: the app holds `watcher.lock` while calling them."""
+
+    models: Mapping[Path, RunModel]
+    changed: frozenset[Path] | None
+    now: float
+
+    def touches(self, run_dir: Path) -> bool:
+        """The run is followed and has something new to draw."""
+        return run_dir in self.models and (self.changed is None or run_dir in self.changed)
 
 
 class Watcher:

@@ -67,7 +67,7 @@ async def test_monitor_shows_the_whole_history_of_a_finished_run(setup):
     async with app.run_test(size=(120, 44)) as pilot:
         await wait_for(pilot, lambda: len(statuses(app)) == 5)
         app.open_run(str((runs / OK).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         state = load_state(runs / OK)
         gens = screen.query_one("#gens", RowsTable)
         expected = [[r[k] for k, _ in gens.spec] for r in gen_rows(state)]
@@ -97,7 +97,7 @@ async def test_failed_cancelled_dead_and_stale_runs_are_marked(setup, run, mark,
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: len(statuses(app)) == 5)
         app.open_run(str((runs / run).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         text = await wait_for(pilot, lambda: mark in str(screen.query_one("#status").render())
                               and str(screen.query_one("#status").render()))
         assert why in text
@@ -114,7 +114,7 @@ async def test_keyboard_open_compare_and_back(setup):
         await wait_for(pilot, lambda: table.row_count == 5)
         assert app.focused is table
         await pilot.press("space", "down", "space", "c")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.is_mounted and app.screen)
         assert len(screen.run_dirs) == 2
         tables = list(screen.query(".gens").results(RowsTable))
         await wait_for(pilot, lambda: all(t.row_count for t in tables))
@@ -135,7 +135,7 @@ async def test_command_palette_opens_a_run(setup):
         await pilot.press(*"open run 0k01")
         await pilot.pause(0.5)
         await pilot.press("enter")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         assert screen.run_dir.name == OK.split("/")[1]
 
 

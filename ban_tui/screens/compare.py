@@ -10,7 +10,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from ban_tui.tables import ensemble_rows, gen_rows
-from ban_tui.watch import RunModel
+from ban_tui.watch import RunModel, RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
@@ -30,7 +30,6 @@ class CompareScreen(Screen):
     def __init__(self, run_dirs: list[Path], **kwargs):
         super().__init__(**kwargs)
         self.run_dirs = [Path(d) for d in run_dirs]
-        self.ready = False    # mounted: the app may draw into it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -42,16 +41,20 @@ class CompareScreen(Screen):
                     yield RowsTable(ENSEMBLE_COLUMNS, classes="ensembles")
         yield Footer()
 
-    def on_unmount(self) -> None:
-        self.ready = False
-
     def on_mount(self) -> None:
-        self.ready = True
+        self.watch(self.app, "runs", self.show_runs, init=False)
         for d in self.run_dirs:
             self.app.refresh_run(d)
 
-    def show(self, run_dir: Path, model: RunModel, status: str) -> None:
-        box = self.query_one(f"#run-{self.run_dirs.index(Path(run_dir))}")
+    def show_runs(self, update: RunsUpdate) -> None:
+        for i, d in enumerate(self.run_dirs):
+            if update.touches(d):
+                model = update.models[d]
+                self.show(self.query_one(f"#run-{i}"), model, model.status())
+
+    @staticmethod
+    def show(box, model: RunModel, status: str) -> None:
+        """Redraw one run's column from its model."""
         s = model.state
         box.query_one(".title", Static).update(f"{s.experiment}/{s.run_id}\n{status}")
         box.query_one(".gens", RowsTable).show(gen_rows(s), [gen_label(g) for g in sorted(s.gens)])
