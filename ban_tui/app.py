@@ -33,14 +33,11 @@ from ban_tui.remote.transport import RemoteError
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
-from ban_tui.screens.main import PANELS, MainScreen, register_panel
+from ban_tui.screens.main import PANELS, MainScreen
 from ban_tui.screens.monitor import RunMonitor
 from ban_tui.screens.runs import RunsTable
 from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
-from ban_tui.widgets.hosts import HOSTS_PANEL
 from engine import spec
-
-register_panel(HOSTS_PANEL)   # the remote boxes (ban_tui.remote), after experiments and runs
 
 FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
 STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
@@ -82,10 +79,7 @@ class BanApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")   # absolute: subclasses live elsewhere
     TITLE = "ban"
     COMMANDS = App.COMMANDS | {BanCommands}
-    BINDINGS = [
-        Binding("f2", "show_panel('experiments')", "Experiments"),
-        Binding("f3", "show_panel('runs')", "Runs"),
-        Binding("f4", "show_panel('hosts')", "Hosts"),
+    BINDINGS = [Binding(p.key, f"show_panel({p.id!r})", p.title) for p in PANELS] + [
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -154,11 +148,6 @@ class BanApp(App):
     @property
     def main_screen(self) -> MainScreen:
         return next(s for s in self.screen_stack if isinstance(s, MainScreen))
-
-    def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "show_panel" and parameters and all(p.id != parameters[0] for p in PANELS):
-            return False   # hidden: no such panel registered
-        return True
 
     def action_show_panel(self, panel: str) -> None:
         self.show_panel(panel)

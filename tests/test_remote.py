@@ -379,19 +379,7 @@ def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
 
 # ---- the TUI's hosts tab ----------------------------------------------------------------------
 
-@pytest.fixture
-def hosts_tab():
-    """The hosts tab, registered for one test unless the app registers it already."""
-    from ban_tui.screens.main import PANELS, register_panel
-    from ban_tui.widgets.hosts import HOSTS_PANEL
-    added = HOSTS_PANEL not in PANELS
-    register_panel(HOSTS_PANEL)
-    yield
-    if added:
-        PANELS.remove(HOSTS_PANEL)
-
-
-async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, hosts_tab, tmp_path, monkeypatch):
+async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, tmp_path, monkeypatch):
     from ban_tui.app import BanApp
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))   # no user hosts file
     config = tmp_path / "experiments.toml"

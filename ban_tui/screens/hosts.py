@@ -1,9 +1,8 @@
-"""The hosts tab (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
-GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs tab.
+"""The hosts panel (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
+GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs panel.
 
-The boxes are asked in a thread worker, all at once, while the tab is shown (every
+The boxes are asked in a thread worker, all at once, while the panel is shown (every
 REFRESH_SECONDS, and at once with r), so a slow or unreachable box never blocks the app.
-The app shows the tab with `register_panel(HOSTS_PANEL)` (ban_tui.screens.main).
 """
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from textual.widgets import DataTable, Label
 from ban_tui import hosts
 from ban_tui.remote.gpus import HostStatus, gpu_status
 from ban_tui.remote.source import RemoteSource
-from ban_tui.screens.main import Panel
 from ban_tui.tables import HOST_COLUMNS, host_rows
 from ban_tui.widgets.rows import RowsTable
 from engine import spec
@@ -57,7 +55,7 @@ class HostsPane(Vertical):
     def on_mount(self) -> None:
         self.timer = self.set_interval(REFRESH_SECONDS, self.refresh_hosts, pause=True)
 
-    def on_show(self) -> None:   # ask the boxes only while the tab is shown
+    def on_show(self) -> None:   # ask the boxes only while the panel is shown
         self.refresh_hosts()
         self.timer.resume()
 
@@ -100,7 +98,7 @@ class HostsPane(Vertical):
 
     @on(DataTable.RowSelected)
     def follow_runs(self, event: DataTable.RowSelected) -> None:
-        """Follow the selected host's running runs in the runs tab (over ssh, in a thread)."""
+        """Follow the selected host's running runs in the runs panel (over ssh, in a thread)."""
         name = event.row_key.value.split("#")[0]
         status = self.statuses.get(name)
         if status is None or not status.runs:
@@ -110,7 +108,3 @@ class HostsPane(Vertical):
             self.app.watcher.add(Path(run.dir), RemoteSource(self.known[name], run.dir).start())
             self.app.notify(f"following {run.name} on {name}")
         self.app.show_panel("runs")
-
-
-# The app shows the tab once it calls register_panel(HOSTS_PANEL) before starting.
-HOSTS_PANEL = Panel("hosts", "Hosts", lambda app: HostsPane(app.config_path, id="hosts-pane"))
