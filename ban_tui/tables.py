@@ -1,7 +1,9 @@
-"""Rows for every view: a RunState turned into lists of dicts of display strings.
+"""Rows for every view: a RunState (or a host's status) turned into lists of dicts of display
+strings, with their columns ([(key, heading)]) and the statuses' styles and marks.
 
 The CLI renders these rows with rich (or as plain text when stdout is not a terminal) and the
-TUI may put them in DataTables, so "how an error is shown" lives here once. No rich, no textual.
+TUI puts them in DataTables (ban_tui.widgets.rows), so "how an error is shown" lives here once.
+No rich, no textual: styles are rich style strings.
 
 Errors in events are fractions (0.0421); they are shown in percent ("4.21%").
 Perplexities are shown as they are.
@@ -78,6 +80,20 @@ def best_single(state: RunState):
 
 def ensemble_value(e: dict, metric: str):
     return e.get(metric_name(metric))
+
+
+# ---- statuses -------------------------------------------------------------------------------
+
+# How each run status is shown everywhere (CLI tables, the TUI): a rich style and a mark.
+STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
+                "stale": "bold magenta", "dead": "bold red"}
+STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
+
+
+def pick(columns: list[tuple[str, str]], *keys: str) -> list[tuple[str, str]]:
+    """Some of a table's columns (by key, in that order) for a narrower view of the same rows."""
+    found = dict(columns)
+    return [(k, found[k]) for k in keys]
 
 
 # ---- one run --------------------------------------------------------------------------------

@@ -9,14 +9,14 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from ban_tui.tables import ensemble_rows, gen_rows
+from ban_tui.tables import ENSEMBLE_COLUMNS, GEN_COLUMNS, ensemble_rows, gen_rows, pick
 from ban_tui.watch import RunModel, RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
-GEN_COLUMNS = [("generation", ""), ("objective", "objective"), ("model", "model"), ("epochs", "epochs"),
-               ("test", "test"), ("best", "best test")]
-ENSEMBLE_COLUMNS = [("ensemble", ""), ("test", "test"), ("vs_best", "vs best single")]
+# narrower than the monitor's tables: the runs stand side by side
+COMPARE_GEN_COLUMNS = pick(GEN_COLUMNS, "generation", "objective", "model", "epochs", "test", "best")
+COMPARE_ENSEMBLE_COLUMNS = pick(ENSEMBLE_COLUMNS, "ensemble", "test", "vs_best")
 
 
 class CompareScreen(Screen):
@@ -37,8 +37,8 @@ class CompareScreen(Screen):
             for i, _ in enumerate(self.run_dirs):
                 with VerticalScroll(classes="run", id=f"run-{i}"):
                     yield Static("", classes="title")
-                    yield RowsTable(GEN_COLUMNS, classes="gens")
-                    yield RowsTable(ENSEMBLE_COLUMNS, classes="ensembles")
+                    yield RowsTable(COMPARE_GEN_COLUMNS, classes="gens")
+                    yield RowsTable(COMPARE_ENSEMBLE_COLUMNS, classes="ensembles")
         yield Footer()
 
     def on_mount(self) -> None:

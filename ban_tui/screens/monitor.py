@@ -12,11 +12,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Log, Static
 
-from ban_tui.tables import ENSEMBLE_COLUMNS, GEN_COLUMNS, clock, ensemble_rows, gen_rows
+from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_MARK, STATUS_STYLE, clock, ensemble_rows,
+                            gen_rows)
 from ban_tui.watch import STDERR_CAP, RunModel, RunsUpdate
 from ban_tui.widgets.curves import CurvePlot, legend
 from ban_tui.widgets.diagnostics import DiagnosticsPanel
-from ban_tui.widgets.rows import STATUS_MARK, STATUS_STYLE, RowsTable
+from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
 WHY = {
