@@ -1,4 +1,4 @@
-"""The runs tab: every run of the runs directory with its status, progress and best error,
+"""The runs panel: every run of the runs directory with its status, progress and best error,
 updated live; open one (enter), mark several (space) and compare them (c), cancel (x), resume (r)."""
 from __future__ import annotations
 
