@@ -216,3 +216,32 @@ def test_the_app_never_imports_torch():
     code = "import sys, ban_tui.app, ban_tui.watch, ban_tui.config_edit; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_view_of_runs_needs_only_a_watcher_of_app_runs(setup):
+    """The extension point for new views: watch the app's `runs`; no change to the app."""
+    from textual.screen import Screen
+
+    class Recorder(Screen):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_mount(self) -> None:
+            self.watch(self.app, "runs", lambda update: self.seen.append((update, set(update.models))),
+                       init=False)
+
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.watcher.models) == 5
+                       and all(m.state.n_events for m in app.watcher.models.values()))
+        screen = Recorder()
+        await app.push_screen(screen)
+        tick, followed = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed is None), None))
+        assert followed == set(app.watcher.models) and all(tick.touches(d) for d in followed)  # every run, each second
+        one, other = sorted(app.watcher.models)[:2]
+        app.refresh_run(one)
+        update, _ = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed), None))
+        assert update.changed == {one} and update.touches(one) and not update.touches(other)
+        assert not update.touches(runs / "nowhere")

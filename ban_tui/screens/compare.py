@@ -43,10 +43,15 @@ class CompareScreen(Screen):
 
     def on_mount(self) -> None:
         self.watch(self.app, "runs", self.show_runs, init=False)
+
+    def on_screen_resume(self) -> None:   # shown, or shown again: draw at the next tick
         for d in self.run_dirs:
             self.app.refresh_run(d)
 
     def show_runs(self, update: RunsUpdate) -> None:
+        """Draw the runs that changed, while this screen is shown (not while covered or closing)."""
+        if not self.is_current:
+            return
         for i, d in enumerate(self.run_dirs):
             if update.touches(d):
                 model = update.models[d]

@@ -91,10 +91,13 @@ class RunMonitor(Screen):
 
     def on_mount(self) -> None:
         self.watch(self.app, "runs", self.show_runs, init=False)
+
+    def on_screen_resume(self) -> None:   # shown, or shown again: draw at the next tick
         self.app.refresh_run(self.run_dir)
 
     def show_runs(self, update: RunsUpdate) -> None:
-        if update.touches(self.run_dir):
+        """Draw the run when it changed, while this screen is shown (not while covered or closing)."""
+        if self.is_current and update.touches(self.run_dir):
             model = update.models[self.run_dir]
             self.show(model, model.status())
 
