@@ -3,8 +3,9 @@ launch a run (detached, so it outlives the connection), list the host's runs, fi
 reference, and pull a run directory back. Experiment and run names are checked by
 engine.runs.check_name, so a run cannot leave the runs directory.
 
-The host runs small Python programs of its own engine (`python -c CODE ARGS`); their arguments
-are quoted words (ban_tui.remote.transport), never pasted into the code.
+The host runs small Python programs against its own install of ban (`python -c CODE ARGS`,
+CODE importing engine or, for the versions, this module); their arguments are quoted words
+(ban_tui.remote.transport), never pasted into the code.
 """
 from __future__ import annotations
 
