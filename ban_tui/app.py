@@ -1,9 +1,13 @@
 """`ban-tui [CONFIG] [--runs-dir DIR]`: the terminal experiment manager (Textual).
 
 A thread worker (ban_tui.watch.Watcher) follows every run of the runs directory and posts typed
-messages; the app collects which runs changed and redraws them on a timer (at most
-1 / FLUSH_SECONDS times a second). Runs are launched detached (ban_tui.launch): quitting leaves
-them running, and reopening follows every run again from the start of its events.
+messages (ban_tui.messages); the app collects which runs changed and, on a timer (at most
+1 / FLUSH_SECONDS times a second), sets its `runs` reactive to a ban_tui.watch.RunsUpdate. Every
+view of runs (the runs panel, the run monitor, the comparison) watches that one attribute with
+`self.watch(self.app, "runs", self.show_runs, init=False)` and draws what it needs from it; the
+app knows no view's type. The panels of the main screen are declared in ban_tui.screens.main.
+Runs are launched detached (ban_tui.launch): quitting leaves them running, and reopening follows
+every run again from the start of its events.
 Never imports torch.
 """
 from __future__ import annotations
@@ -16,23 +20,24 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Provider
+from textual.reactive import reactive
 from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
-from ban_tui import hosts, launch, remote
+from ban_tui import hosts, launch
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
+from ban_tui.remote import operations as remote
+from ban_tui.remote.source import RemoteSource
+from ban_tui.remote.transport import RemoteError
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.experiments import ExperimentsPane
-from ban_tui.screens.main import PANELS, MainScreen, register_panel
+from ban_tui.screens.main import PANELS, MainScreen
 from ban_tui.screens.monitor import RunMonitor
-from ban_tui.screens.runs import RunsPane, RunsTable
-from ban_tui.watch import POLL_SECONDS, Watcher
-from ban_tui.widgets.hosts import HOSTS_PANEL
+from ban_tui.screens.runs import RunsTable
+from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
 from engine import spec
-
-register_panel(HOSTS_PANEL)   # the remote boxes (ban_tui.remote), after experiments and runs
 
 FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
 STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
@@ -68,13 +73,13 @@ class BanCommands(Provider):
 
 
 class BanApp(App):
+    # the followed runs as of the last redraw tick; views watch it (see the module docstring)
+    runs: reactive[RunsUpdate | None] = reactive(None, always_update=True, init=False, repaint=False)
+
     CSS_PATH = Path(__file__).with_name("app.tcss")   # absolute: subclasses live elsewhere
     TITLE = "ban"
     COMMANDS = App.COMMANDS | {BanCommands}
-    BINDINGS = [
-        Binding("f2", "show_panel('experiments')", "Experiments"),
-        Binding("f3", "show_panel('runs')", "Runs"),
-        Binding("f4", "show_panel('hosts')", "Hosts"),
+    BINDINGS = [Binding(p.key, f"show_panel({p.id!r})", p.title) for p in PANELS] + [
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -85,7 +90,7 @@ class BanApp(App):
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir(None, self.config_path)
         self.watcher = Watcher(self.runs_dir, self.post_message, poll_interval)
         self.initial = initial
-        self.dirty: set[Path] = set()
+        self.dirty: set[Path] = set()          # runs changed since the last tick
         self.user_hosts = user_host_names()   # a config's `host` may name one of these too
         self._next_status = 0.0
         self.sub_title = str(self.config_path)
@@ -121,9 +126,12 @@ class BanApp(App):
             (f" - {n} problem{'s' * (n != 1)}" if n else "")
 
     def refresh_run(self, run_dir) -> None:
+        """Draw this run again on the next tick (a view just mounted calls it for its runs)."""
         self.dirty.add(Path(run_dir))
 
     def flush(self) -> None:
+        """Hand the views what changed since the last tick (every run once per STATUS_SECONDS):
+        setting `runs` calls each view's watcher now, in this thread, under the watcher's lock."""
         if self._exit or not self._running:   # closing: the screens are being taken down
             return
         now = time.time()
@@ -132,31 +140,14 @@ class BanApp(App):
             return
         if tick:
             self._next_status = now + STATUS_SECONDS
-        dirty, self.dirty = self.dirty, set()
+        changed, self.dirty = None if tick else frozenset(self.dirty), set()
         with self.watcher.lock:
-            models = self.watcher.models
-            for pane in self.main_screen.query(RunsPane):   # none while the app starts or closes
-                pane.show(models, None if tick else dirty, now)
-            screen = self.screen
-            if not getattr(screen, "ready", True):
-                return
-            if isinstance(screen, RunMonitor) and screen.run_dir in models and (tick or screen.run_dir in dirty):
-                model = models[screen.run_dir]
-                screen.show(model, model.status())
-            elif isinstance(screen, CompareScreen):
-                for d in screen.run_dirs:
-                    if d in models and (tick or d in dirty):
-                        screen.show(d, models[d], models[d].status())
+            self.runs = RunsUpdate(self.watcher.models, changed, now)
 
     # ---- the main screen's panels ----
     @property
     def main_screen(self) -> MainScreen:
         return next(s for s in self.screen_stack if isinstance(s, MainScreen))
-
-    def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action == "show_panel" and parameters and all(p.id != parameters[0] for p in PANELS):
-            return False   # hidden: no such panel registered
-        return True
 
     def action_show_panel(self, panel: str) -> None:
         self.show_panel(panel)
@@ -226,16 +217,16 @@ class BanApp(App):
             self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
             try:
                 run = remote.launch(host, exp, seed)
-            except (OSError, ValueError, remote.RemoteError) as exc:
+            except (OSError, ValueError, RemoteError) as exc:
                 self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), remote.RemoteSource(host, run.run_dir, run.pid).start())
+            self.watcher.add(Path(run.run_dir), RemoteSource(host, run.run_dir, run.pid).start())
             self.call_from_thread(self.notify, f"launched {run.name} on {host.name} (pid {run.pid})")
             self.call_from_thread(self.show_panel, "runs")
 
     def _local(self, run_dir: str, verb: str) -> bool:
         model = self.watcher.models.get(Path(run_dir))
-        if model is not None and not isinstance(model.source, LocalSource):
+        if model is not None and not model.source.local:
             self.notify(f"{model.source.name} runs on a host: {verb} it there (ban {verb} on the host)",
                         severity="warning")
             return False

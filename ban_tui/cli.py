@@ -20,11 +20,15 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
-from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, report as report_mod
+from ban_tui.remote import operations as remote
+from ban_tui.remote.gpus import gpu_status
+from ban_tui.remote.source import RemoteSource
+from ban_tui.remote.transport import RemoteError
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
-from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
-                            diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row)
+from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
+                            clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
@@ -179,7 +183,7 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
                     launched.append(remote.launch(host_named(host or exp.host, config=config), exp, seed, device=device))
                 else:
                     launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
-            except (OSError, ValueError, remote.RemoteError) as exc:
+            except (OSError, ValueError, RemoteError) as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
     local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
     remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
@@ -416,11 +420,11 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
         fail(str(exc))
 
 
-def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> remote.RemoteSource:
+def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> RemoteSource:
     """A RemoteSource that says when its connection drops and when it is back."""
-    source = remote.RemoteSource(host, run_dir, pid)
+    source = RemoteSource(host, run_dir, pid)
 
-    def tell(s: remote.RemoteSource) -> None:
+    def tell(s: RemoteSource) -> None:
         if not s.connected:
             ago = s.since_last_event()
             say(console, f"{s.name}: lost the connection to {host.name} ({s.error}); retrying"
@@ -441,7 +445,7 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     console = out()
     try:
         runs = remote.list_remote_runs(host)
-    except remote.RemoteError as exc:
+    except RemoteError as exc:
         fail(str(exc), EXIT_FAILED)
     if not runs:
         say(console, f"no runs on {host.name} under {remote.remote_runs_dir(host)}")
@@ -458,7 +462,7 @@ def ls_remote(host: spec.Host, every: bool) -> int:
 def find_remote(host: spec.Host, ref: str) -> str:
     try:
         return remote.find_remote_run(host, ref)
-    except remote.RemoteError as exc:
+    except RemoteError as exc:
         fail(str(exc))
 
 
@@ -486,7 +490,7 @@ def pull(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs 
     for ref in run_refs:
         try:
             say(console, f"pulled {ref} from {h.name} to {remote.pull(h, find_remote(h, ref), target)}")
-        except remote.RemoteError as exc:
+        except RemoteError as exc:
             fail(str(exc), EXIT_FAILED)
 
 
@@ -504,9 +508,9 @@ def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
         say(console, f"no hosts: add [hosts.NAME] tables to {path} or {hosts_mod.user_hosts_path()}")
         return
     with ThreadPoolExecutor(max_workers=8) as pool:   # one slow box does not hold up the others
-        statuses = list(pool.map(remote.gpu_status, known.values()))
-    rows = [row for h, st in zip(known.values(), statuses) for row in remote.host_rows(h, st)]
-    print_table(console, remote.HOST_COLUMNS, rows)
+        statuses = list(pool.map(gpu_status, known.values()))
+    rows = [row for h, st in zip(known.values(), statuses) for row in host_rows(h, st)]
+    print_table(console, HOST_COLUMNS, rows)
 
 
 def main():

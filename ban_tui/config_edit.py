@@ -16,11 +16,11 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Table, Whitespace
 
-from engine import spec
+from engine import catalog, spec
 from engine.spec import Problem, SpecError
 
-STUDENT_OBJECTIVES = ("ban", "ban+l", "cwtm", "dkpp")
 TEACHER_OBJECTIVE = "ce"
+STUDENT_OBJECTIVES = tuple(o for o in catalog.OBJECTIVES if o != TEACHER_OBJECTIVE)   # the form's choices
 
 # Every default comes from the spec itself: the resolution of an experiment that sets nothing.
 _BASE = spec.loads('[[experiment]]\nname = "base"\n').experiments["base"]

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, duration, ensemble_rows, event_line,
+from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_STYLE, duration, ensemble_rows, event_line,
                             gen_eta, gen_rows, metric_str, num, render_plain)
 
 
@@ -21,8 +21,6 @@ def say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-STATUS_STYLES = {"ok": "green", "running": "cyan", "failed": "red", "dead": "red", "stale": "yellow",
-                 "cancelled": "yellow"}
 TEXT_COLUMNS = ("generation", "run", "ensemble", "members", "model", "objective", "status", "started",
                 "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit")
 
@@ -40,7 +38,7 @@ def print_table(console: Console, columns: list[tuple[str, str]], rows: list[dic
         table.add_column(head, justify="left" if left else "right", no_wrap=key != "run",
                          overflow="fold" if key == "run" else "ellipsis")
     for r in rows:
-        table.add_row(*[Text(str(r.get(k, "")), style=STATUS_STYLES.get(r.get(k), "") if k == "status" else "")
+        table.add_row(*[Text(str(r.get(k, "")), style=STATUS_STYLE.get(r.get(k), "") if k == "status" else "")
                         for k, _ in columns])
     console.print(table)
 

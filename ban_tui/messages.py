@@ -1,7 +1,8 @@
-"""Typed messages from the background watcher (a thread) to the app and its widgets.
+"""Typed messages to the app: from the background watcher (a thread) and from the chain form.
 
-The watcher folds events into each run's model itself; the messages say what changed, and the
-app redraws what is dirty on a timer (at most ~10 times a second), not once per message.
+The watcher folds events into each run's model itself; its messages say what changed, and the
+app hands the changed runs to the views on a timer (at most ~10 times a second, through its
+`runs` reactive: ban_tui.app), not once per message.
 """
 from __future__ import annotations
 

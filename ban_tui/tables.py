@@ -1,7 +1,9 @@
-"""Rows for every view: a RunState turned into lists of dicts of display strings.
+"""Rows for every view: a RunState (or a host's status) turned into lists of dicts of display
+strings, with their columns ([(key, heading)]) and the statuses' styles and marks.
 
 The CLI renders these rows with rich (or as plain text when stdout is not a terminal) and the
-TUI may put them in DataTables, so "how an error is shown" lives here once. No rich, no textual.
+TUI puts them in DataTables (ban_tui.widgets.rows), so "how an error is shown" lives here once.
+No rich, no textual: styles are rich style strings.
 
 Errors in events are fractions (0.0421); they are shown in percent ("4.21%").
 Perplexities are shown as they are.
@@ -10,8 +12,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.runs import RunState, gen_label
+
+if TYPE_CHECKING:
+    from engine.spec import Host
+    from ban_tui.remote.gpus import HostStatus
 
 
 # ---- numbers --------------------------------------------------------------------------------
@@ -73,6 +80,20 @@ def best_single(state: RunState):
 
 def ensemble_value(e: dict, metric: str):
     return e.get(metric_name(metric))
+
+
+# ---- statuses -------------------------------------------------------------------------------
+
+# How each run status is shown everywhere (CLI tables, the TUI): a rich style and a mark.
+STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
+                "stale": "bold magenta", "dead": "bold red"}
+STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
+
+
+def pick(columns: list[tuple[str, str]], *keys: str) -> list[tuple[str, str]]:
+    """Some of a table's columns (by key, in that order) for a narrower view of the same rows."""
+    found = dict(columns)
+    return [(k, found[k]) for k in keys]
 
 
 # ---- one run --------------------------------------------------------------------------------
@@ -153,6 +174,28 @@ def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
             "status": state.status(now), "progress": f"{done}/{planned}",
             "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
             "best": metric_str(*best), "started": clock(state.started, "%m-%d %H:%M")}
+
+
+# ---- remote hosts ---------------------------------------------------------------------------
+
+HOST_COLUMNS = [("host", "host"), ("ssh", "ssh"), ("state", "status"), ("gpu", "GPU"), ("util", "util"),
+                ("memory", "memory"), ("runs", "running")]
+
+
+def host_rows(host: "Host", status: "HostStatus") -> list[dict]:
+    """The lines of a host in `ban hosts` and the TUI's hosts tab: one per GPU (at least one)."""
+    first = {"host": host.name, "ssh": host.ssh, "state": status.summary,
+             "runs": ", ".join(r.name for r in status.runs) or "-"}
+    rows = []
+    for g in status.gpus or [None]:
+        row = dict(first) if not rows else {}
+        if g is not None:
+            row["gpu"] = f"{g.index} {g.name}"
+            row["util"] = "-" if g.util is None else f"{g.util:.0f}%"
+            row["memory"] = ("-" if g.mem_used is None or g.mem_total is None
+                             else f"{g.mem_used / 1024:.1f}/{g.mem_total / 1024:.1f} GiB")
+        rows.append(row)
+    return rows
 
 
 # ---- events as lines ------------------------------------------------------------------------

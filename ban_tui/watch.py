@@ -1,9 +1,10 @@
 """Following every run of a runs directory in the background, for the TUI.
 
 A `Watcher` runs in a thread worker: it finds run directories (new ones appear as the engine
-creates them), polls each run's source (ban_tui.follow.LocalSource, or a remote source with the
-same interface), folds the events into a `RunModel` and posts typed messages (ban_tui.messages)
-saying which runs changed. Widgets read the models under `watcher.lock` when the app redraws.
+creates them), polls each run's ban_tui.follow.Source (a LocalSource, or a RemoteSource added by
+the app), folds the events into a `RunModel` and posts typed messages (ban_tui.messages)
+saying which runs changed. The app batches those into a `RunsUpdate` on a timer and hands it to
+every view through its `runs` reactive; views read the models then, under `watcher.lock`.
 
 Every series and log here is a deque with a maximum length, so a run that lasts days keeps a
 bounded memory: the curves keep the last CURVE_CAP epochs of each generation.
@@ -13,10 +14,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
-from ban_tui.follow import LocalSource
+from ban_tui.follow import LocalSource, Source
 from ban_tui.messages import RunAdded, RunEvents, RunStderr
 from engine.runs import RunPaths, list_runs
 
@@ -35,7 +37,7 @@ class RunModel:
     """One followed run: its source (events folded into `state`), capped curves, gradient
     diagnostics and the tail of its stderr."""
 
-    def __init__(self, run_dir: Path, source):
+    def __init__(self, run_dir: Path, source: Source):
         self.run_dir = Path(run_dir)
         self.source = source
         # curves[key][gen] = deque of (epoch, value)
@@ -56,7 +58,7 @@ class RunModel:
         once nothing came for a while."""
         status = self.source.status()
         if status == "running" and self.state.pid is None and self.source.ended():
-            return "dead" if getattr(self.source, "pid", None) else "stale"
+            return "dead" if self.source.pid else "stale"
         return status
 
     def poll(self) -> list[dict]:
@@ -82,7 +84,7 @@ class RunModel:
 
     def poll_stderr(self) -> list[str]:
         """New complete lines of stderr.log (of a local run; a remote run's stays on its host)."""
-        if not isinstance(self.source, LocalSource):
+        if not self.source.local:
             return []
         path = RunPaths(self.run_dir).stderr
         try:
@@ -104,6 +106,22 @@ class RunModel:
         return lines
 
 
+@dataclass(frozen=True, eq=False)
+class RunsUpdate:
+    """What the views are handed at each redraw tick (the app's `runs` reactive): every followed
+    run's model, which of them changed since the last tick (None: all of them, on the periodic
+    tick where statuses move with the clock and with processes: stale, dead) and the time.
+    Read it only in the watcher callback: the app holds `watcher.lock` while calling them."""
+
+    models: Mapping[Path, RunModel]
+    changed: frozenset[Path] | None
+    now: float
+
+    def touches(self, run_dir: Path) -> bool:
+        """The run is followed and has something new to draw."""
+        return run_dir in self.models and (self.changed is None or run_dir in self.changed)
+
+
 class Watcher:
     """Finds and follows the runs of a runs directory; `post` receives the messages (thread-safe:
     Textual's post_message may be called from the worker thread)."""
@@ -116,9 +134,9 @@ class Watcher:
         self.lock = threading.RLock()   # held while polling a run and while widgets read models
         self._round = 0
 
-    def add(self, run_dir: Path, source=None) -> RunModel:
-        """Follow a run (once). `source` defaults to a LocalSource of the directory; any source
-        with the same interface works (a remote one), `run_dir` then being its unique key."""
+    def add(self, run_dir: Path, source: Source | None = None) -> RunModel:
+        """Follow a run (once). `source` defaults to a LocalSource of the directory; a given one
+        (a RemoteSource) has `run_dir` as its unique key."""
         run_dir = Path(run_dir).resolve() if source is None else Path(run_dir)
         with self.lock:
             model = self.models.get(run_dir)
@@ -133,8 +151,7 @@ class Watcher:
         """Stop the sources that fetch in threads of their own (remote ones)."""
         with self.lock:
             for model in self.models.values():
-                if hasattr(model.source, "stop"):
-                    model.source.stop()
+                model.source.stop()
 
     def scan(self) -> None:
         for run_dir in list_runs(self.runs_dir):

@@ -328,6 +328,28 @@ def test_cli_import_and_ls_leave_torch_out(runs):
     assert out.strip() == "[]"
 
 
+# The headless side: what `ban` (the CLI) and the ssh parts import; never textual, never torch.
+HEADLESS = ("ban_tui.cli", "ban_tui.follow", "ban_tui.live", "ban_tui.tables", "ban_tui.launch",
+            "ban_tui.hosts", "ban_tui.report", "ban_tui.remote.transport", "ban_tui.remote.operations",
+            "ban_tui.remote.source", "ban_tui.remote.gpus")
+
+
+def test_every_ban_tui_module_leaves_torch_out_and_the_headless_ones_textual_too():
+    code = ("import importlib, pkgutil, sys, ban_tui\n"
+            f"for name in {HEADLESS!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'textual'}))\n"
+            "names = [m.name for m in pkgutil.walk_packages(ban_tui.__path__, 'ban_tui.')]\n"
+            "for name in names:\n"
+            "    importlib.import_module(name)\n"
+            "print('torch' in sys.modules, len(names))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    headless, everything = out.strip().splitlines()
+    assert headless == "[]"
+    torch_loaded, n = everything.split()
+    assert torch_loaded == "False" and int(n) >= 20   # screens, widgets and the remote package included
+
+
 def test_models_lists_the_registry_with_counts():
     from engine import models
     result = runner.invoke(app, ["models", "wrn-16-2", "wrn-28-10", "wrn-28-3", "--classes", "10"])

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ban_tui import hosts, remote
+from ban_tui import hosts
+from ban_tui.remote import gpus, operations, transport
+from ban_tui.remote.source import RemoteSource
 from engine.events import read_events
 from engine.runs import load_state
 from engine.spec import Host, SpecError, loads
@@ -74,9 +76,9 @@ def test_bad_user_hosts_file_names_file_key_and_expectation(tmp_path, text, expe
 # ---- quoting and hostile values -------------------------------------------------------------
 
 def test_rpath_keeps_home_and_quotes_everything_else():
-    assert remote.rpath("~/ban/runs") == '"$HOME"/ban/runs'
-    assert remote.rpath("/a b/c") == "'/a b/c'"
-    out = subprocess.run(["sh", "-c", "printf %s " + remote.rpath("~/x $(y) `z`;'q'\n")],
+    assert transport.rpath("~/ban/runs") == '"$HOME"/ban/runs'
+    assert transport.rpath("/a b/c") == "'/a b/c'"
+    out = subprocess.run(["sh", "-c", "printf %s " + transport.rpath("~/x $(y) `z`;'q'\n")],
                          capture_output=True, text=True, env={**os.environ, "HOME": "/h"}).stdout
     assert out == "/h/x $(y) `z`;'q'\n"
 
@@ -99,57 +101,57 @@ def test_hostile_host_values_never_run_anything(sshd, tmp_path):
         for key in ("workdir", "python", "runs_dir"):
             value = str(sshd.workdir / bad) if key == "workdir" else bad
             host = sshd.host(**{"python": str(fake), key: value})
-            runs = remote.remote_runs_dir(host)
-            with pytest.raises(remote.RemoteError, match="not found there" if key == "python" else "exited at once"):
-                remote.launch(host, exp, seed=0, run_id="r1", wait=5)
+            runs = operations.remote_runs_dir(host)
+            with pytest.raises(transport.RemoteError, match="not found there" if key == "python" else "exited at once"):
+                operations.launch(host, exp, seed=0, run_id="r1", wait=5)
             if key != "python":   # the engine got every word verbatim
                 argv = argv_file.read_bytes().decode().split("\0")[:-1]
                 assert argv == ["-m", "engine", "run", posixpath.join(runs, "e", "r1", "experiment.toml"),
                                 "--experiment", "e", "--seed", "0", "--runs-dir", runs, "--run-id", "r1"]
                 assert (Path(runs) / "e" / "r1" / "experiment.toml").exists()
-                assert [r.dir for r in remote.list_remote_runs(host)] == [posixpath.join(runs, "e", "r1")]
+                assert [r.dir for r in operations.list_remote_runs(host)] == [posixpath.join(runs, "e", "r1")]
                 argv_file.unlink()
-            src = remote.RemoteSource(host, posixpath.join(runs, "e", bad))
+            src = RemoteSource(host, posixpath.join(runs, "e", bad))
             assert src.poll() == [] and src.connected
-            with pytest.raises((remote.RemoteError, ValueError)):
-                remote.pull(host, posixpath.join(runs, "e", bad), tmp_path / "pulled")
-    with pytest.raises(remote.RemoteError, match="expected an ssh destination"):
-        remote.gpu_status(sshd.host(ssh=f"-oProxyCommand=touch {canary}"))
+            with pytest.raises((transport.RemoteError, ValueError)):
+                operations.pull(host, posixpath.join(runs, "e", bad), tmp_path / "pulled")
+    with pytest.raises(transport.RemoteError, match="expected an ssh destination"):
+        gpus.gpu_status(sshd.host(ssh=f"-oProxyCommand=touch {canary}"))
     with pytest.raises(ValueError, match="invalid experiment name"):
-        remote.remote_run_dir(sshd.host(), f"e;touch {canary}", "r")
+        operations.remote_run_dir(sshd.host(), f"e;touch {canary}", "r")
     assert not canary.exists()
 
 
 def test_odd_but_legal_paths_are_used_verbatim(sshd):
     odd = "we ird'dir $(x) ;"
     host = sshd.host(workdir=str(sshd.workdir / odd), runs_dir="r uns")
-    assert remote.check_engine(host)["schema"] == 1
-    remote.run_checked(host, f"mkdir -p {remote.rpath(remote.remote_runs_dir(host))}", "mkdir")
+    assert operations.check_engine(host)["schema"] == 1
+    transport.run_checked(host, f"mkdir -p {transport.rpath(operations.remote_runs_dir(host))}", "mkdir")
     assert (sshd.workdir / odd / "r uns").is_dir()
-    assert remote.list_remote_runs(host) == []
+    assert operations.list_remote_runs(host) == []
 
 
 # ---- engine check and GPU status --------------------------------------------------------------
 
 def test_check_engine_reports_missing_python_and_engine(sshd):
-    assert remote.check_engine(sshd.host()) == remote.local_versions()
-    with pytest.raises(remote.RemoteError, match=r"python '/nonexistent/python3' not found there"):
-        remote.check_engine(sshd.host(python="/nonexistent/python3"))
+    assert operations.check_engine(sshd.host()) == operations.engine_versions()
+    with pytest.raises(transport.RemoteError, match=r"python '/nonexistent/python3' not found there"):
+        operations.check_engine(sshd.host(python="/nonexistent/python3"))
     # A python that cannot import the engine: isolated mode ignores the venv's site-packages.
     bare = sshd.workdir / "bare-python"
     bare.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S \"$@\"\n")
     bare.chmod(0o755)
-    with pytest.raises(remote.RemoteError, match=r"engine is not importable .*ModuleNotFoundError"):
-        remote.check_engine(sshd.host(python=str(bare)))
+    with pytest.raises(transport.RemoteError, match=r"engine is not importable .*ModuleNotFoundError"):
+        operations.check_engine(sshd.host(python=str(bare)))
 
 
 def test_gpu_status_of_a_box_without_gpus_and_of_one_with(sshd):
-    plain = remote.gpu_status(sshd.host("loop"))
+    plain = gpus.gpu_status(sshd.host("loop"))
     assert plain.reachable and plain.gpus is None and plain.summary == "no NVIDIA GPU"
-    gpu = remote.gpu_status(sshd.host("loopgpu"))
+    gpu = gpus.gpu_status(sshd.host("loopgpu"))
     assert gpu.reachable and gpu.error == "" and gpu.summary == "2 GPUs"
-    assert gpu.gpus == [remote.GpuRow(0, "NVIDIA H100 80GB HBM3", 37.0, 1024.0, 81559.0),
-                        remote.GpuRow(1, "NVIDIA H100 80GB HBM3", None, 80000.0, 81559.0)]
+    assert gpu.gpus == [gpus.GpuRow(0, "NVIDIA H100 80GB HBM3", 37.0, 1024.0, 81559.0),
+                        gpus.GpuRow(1, "NVIDIA H100 80GB HBM3", None, 80000.0, 81559.0)]
 
 
 def test_gpu_status_of_an_unreachable_box_shows_the_ssh_error(sshd, tmp_path):
@@ -159,7 +161,7 @@ def test_gpu_status_of_an_unreachable_box_shows_the_ssh_error(sshd, tmp_path):
     old = os.environ["BAN_SSH_CONFIG"]
     os.environ["BAN_SSH_CONFIG"] = str(config)
     try:
-        status = remote.gpu_status(sshd.host("closed"))
+        status = gpus.gpu_status(sshd.host("closed"))
     finally:
         os.environ["BAN_SSH_CONFIG"] = old
     assert not status.reachable and "Connection refused" in status.error
@@ -180,14 +182,14 @@ for seq in range(1, int(sys.argv[2]) + 1):
 
 def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     host, n = sshd.host(), 400
-    rdir = posixpath.join(remote.remote_runs_dir(host), "drops", "r1")
+    rdir = posixpath.join(operations.remote_runs_dir(host), "drops", "r1")
     events_file = Path(rdir) / "events.jsonl"
-    remote.run_checked(host, (
-        f"mkdir -p {remote.rpath(rdir)} || exit 1; setsid nohup {remote.rpath(host.python)} -c {shlex.quote(WRITER)} "
-        f"{remote.rpath(str(events_file))} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
+    transport.run_checked(host, (
+        f"mkdir -p {transport.rpath(rdir)} || exit 1; setsid nohup {transport.rpath(host.python)} -c {shlex.quote(WRITER)} "
+        f"{transport.rpath(str(events_file))} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
 
-    source, seen, kills = remote.RemoteSource(host, rdir, timeout=5), [], []
-    background, seen_bg = remote.RemoteSource(host, rdir, timeout=5).start(), []   # fetches in its thread
+    source, seen, kills = RemoteSource(host, rdir, timeout=5), [], []
+    background, seen_bg = RemoteSource(host, rdir, timeout=5).start(), []   # fetches in its thread
 
     def saboteur():  # drop every connection a few times, then take sshd down for a while
         for _ in range(4):
@@ -222,14 +224,14 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     background.stop()
     assert seen_bg == seen and background.drops >= 1
 
-    again = remote.RemoteSource(host, rdir)                    # reattach: the whole history
+    again = RemoteSource(host, rdir)                    # reattach: the whole history
     assert again.poll() == seen and again.connected and again.drops == 0
 
 
 def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
     host = sshd.host()
-    rdir = posixpath.join(remote.remote_runs_dir(host), "late", "r1")
-    source = remote.RemoteSource(host, rdir, interval=0)
+    rdir = posixpath.join(operations.remote_runs_dir(host), "late", "r1")
+    source = RemoteSource(host, rdir, interval=0)
     assert source.poll() == [] and source.connected and source.decoder.offset == 0
     Path(rdir).mkdir(parents=True)
     (Path(rdir) / "events.jsonl").write_text('{"v":1,"seq":1,"ts":1.0,"run":"r","kind":"heartbeat"}\n{"v":1,"se')
@@ -241,11 +243,11 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
 
 def test_follow_in_chunks_and_after_the_file_is_replaced(sshd):
     host = sshd.host()
-    rdir = Path(remote.remote_runs_dir(host)) / "chunks" / "r1"
+    rdir = Path(operations.remote_runs_dir(host)) / "chunks" / "r1"
     rdir.mkdir(parents=True)
     line = '{{"v":1,"seq":{},"ts":1.0,"run":"r","kind":"heartbeat"}}\n'
     (rdir / "events.jsonl").write_text("".join(line.format(i) for i in range(1, 21)))
-    source = remote.RemoteSource(host, str(rdir), interval=30, max_bytes=150)   # ~2.5 lines a fetch
+    source = RemoteSource(host, str(rdir), interval=30, max_bytes=150)   # ~2.5 lines a fetch
     seen = []
     for _ in range(30):
         seen += source.poll()       # a full chunk asks again at once, despite the interval
@@ -295,11 +297,11 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
     run_id, pid, run_dir = match.group(1), int(match.group(2)), match.group(3)
     assert run_dir == posixpath.join(str(sshd.workdir), "runs", "tiny", run_id)
     assert f"ban follow tiny/{run_id} --host loop" in started.stdout
-    assert remote.find_remote_run(host, run_id[:15]) == run_dir
+    assert operations.find_remote_run(host, run_id[:15]) == run_dir
 
-    source, seen, kills, flips = remote.RemoteSource(host, run_dir, pid=pid, timeout=5), [], [], []
+    source, seen, kills, flips = RemoteSource(host, run_dir, pid=pid, timeout=5), [], [], []
     source.on_connection = lambda s: flips.append(s.connected)
-    busy = remote.gpu_status(host)      # the running run shows in the host's status
+    busy = gpus.gpu_status(host)      # the running run shows in the host's status
     assert busy.gpus is None and run_dir in [r.dir for r in busy.runs]
 
     def saboteur():
@@ -326,13 +328,13 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
     assert seen[-1]["kind"] == "run_end" and seen[-1]["status"] == "ok"   # the run went on
     assert source.status() == "ok" and sorted(source.state.gens) == [0, 1]
 
-    again = remote.RemoteSource(host, run_dir)                     # reattach: the whole history
+    again = RemoteSource(host, run_dir)                     # reattach: the whole history
     assert again.poll() == seen and again.ended()
     followed = ban("follow", run_id, "--host", "loop", "--config", "tiny.toml", cwd=tmp_path)
     assert followed.returncode == 0, followed.stderr
     assert f"tiny/{run_id} ended ok" in followed.stdout and f"tiny/{run_id} BAN-1 done" in followed.stdout
 
-    [listed] = [r for r in remote.list_remote_runs(host) if r.dir == run_dir]
+    [listed] = [r for r in operations.list_remote_runs(host) if r.dir == run_dir]
     assert listed.status == "ok" and listed.state.gens[1].final == source.state.gens[1].final
     ls = ban("ls", "--host", "loop", "--config", "tiny.toml", cwd=tmp_path)
     assert ls.returncode == 0 and re.search(rf"tiny/{run_id}\s+ok\s+4/4", ls.stdout), ls.stdout + ls.stderr
@@ -344,10 +346,10 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
     assert (local / "checkpoints" / "gen-1.pt").read_bytes() == (Path(run_dir) / "checkpoints" / "gen-1.pt").read_bytes()
     state = load_state(local)
     assert state.status() == "ok" and state.ensembles[1]["test_err"] == source.state.ensembles[1]["test_err"]
-    by_scp = remote.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False)
+    by_scp = operations.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False)
     assert sorted(p.relative_to(by_scp) for p in by_scp.rglob("*")) == sorted(p.relative_to(local) for p in local.rglob("*"))
     (by_scp / "stale-file").write_text("from an older pull")
-    assert remote.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False) == by_scp   # replaces it
+    assert operations.pull(host, run_dir, tmp_path / "scp-runs", use_rsync=False) == by_scp   # replaces it
     assert not (by_scp / "stale-file").exists() and (by_scp / "results.json").exists()
     assert [p.name for p in (tmp_path / "scp-runs" / "tiny").iterdir()] == [run_id]      # no temp left
 
@@ -377,29 +379,17 @@ def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
 
 # ---- the TUI's hosts tab ----------------------------------------------------------------------
 
-@pytest.fixture
-def hosts_tab():
-    """The hosts tab, registered for one test unless the app registers it already."""
-    from ban_tui.screens.main import PANELS, register_panel
-    from ban_tui.widgets.hosts import HOSTS_PANEL
-    added = HOSTS_PANEL not in PANELS
-    register_panel(HOSTS_PANEL)
-    yield
-    if added:
-        PANELS.remove(HOSTS_PANEL)
-
-
-async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, hosts_tab, tmp_path, monkeypatch):
+async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, tmp_path, monkeypatch):
     from ban_tui.app import BanApp
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))   # no user hosts file
     config = tmp_path / "experiments.toml"
     config.write_text(f'[[experiment]]\nname = "a"\n[hosts.loop]\nssh = "loop"\nworkdir = "{sshd.workdir}"\n'
                       f'python = "{sys.executable}"\n[hosts.loopgpu]\nssh = "loopgpu"\n')
     host, n = sshd.host(), 250
-    rdir = posixpath.join(remote.remote_runs_dir(host), "tui", "r1")
-    remote.run_checked(host, (
-        f"mkdir -p {remote.rpath(rdir)} || exit 1; setsid nohup {remote.rpath(host.python)} -c {shlex.quote(WRITER)} "
-        f"{remote.rpath(rdir + '/events.jsonl')} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
+    rdir = posixpath.join(operations.remote_runs_dir(host), "tui", "r1")
+    transport.run_checked(host, (
+        f"mkdir -p {transport.rpath(rdir)} || exit 1; setsid nohup {transport.rpath(host.python)} -c {shlex.quote(WRITER)} "
+        f"{transport.rpath(rdir + '/events.jsonl')} {n} < /dev/null > /dev/null 2>&1 &"), "start the writer")
 
     app = BanApp(config, tmp_path / "runs", initial="hosts")
     async with app.run_test(size=(150, 30)) as pilot:
@@ -425,7 +415,7 @@ async def test_tui_hosts_tab_shows_gpus_and_follows_a_hosts_running_run(sshd, ho
         key = Path(rdir).resolve()
         await until(lambda: key in app.watcher.models, "the run in the watcher")
         model = app.watcher.models[key]
-        assert isinstance(model.source, remote.RemoteSource)
+        assert isinstance(model.source, RemoteSource)
         await until(lambda: model.state.n_events == n, "every event", timeout=60)
         assert app.main_screen.query_one("#panels").active == "runs"
         assert str(key) in app.main_screen.query_one("#runs-table").row_keys()

@@ -67,7 +67,7 @@ async def test_monitor_shows_the_whole_history_of_a_finished_run(setup):
     async with app.run_test(size=(120, 44)) as pilot:
         await wait_for(pilot, lambda: len(statuses(app)) == 5)
         app.open_run(str((runs / OK).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         state = load_state(runs / OK)
         gens = screen.query_one("#gens", RowsTable)
         expected = [[r[k] for k, _ in gens.spec] for r in gen_rows(state)]
@@ -97,7 +97,7 @@ async def test_failed_cancelled_dead_and_stale_runs_are_marked(setup, run, mark,
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: len(statuses(app)) == 5)
         app.open_run(str((runs / run).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         text = await wait_for(pilot, lambda: mark in str(screen.query_one("#status").render())
                               and str(screen.query_one("#status").render()))
         assert why in text
@@ -114,7 +114,7 @@ async def test_keyboard_open_compare_and_back(setup):
         await wait_for(pilot, lambda: table.row_count == 5)
         assert app.focused is table
         await pilot.press("space", "down", "space", "c")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.is_mounted and app.screen)
         assert len(screen.run_dirs) == 2
         tables = list(screen.query(".gens").results(RowsTable))
         await wait_for(pilot, lambda: all(t.row_count for t in tables))
@@ -135,7 +135,7 @@ async def test_command_palette_opens_a_run(setup):
         await pilot.press(*"open run 0k01")
         await pilot.pause(0.5)
         await pilot.press("enter")
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
         assert screen.run_dir.name == OK.split("/")[1]
 
 
@@ -216,3 +216,32 @@ def test_the_app_never_imports_torch():
     code = "import sys, ban_tui.app, ban_tui.watch, ban_tui.config_edit; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_a_view_of_runs_needs_only_a_watcher_of_app_runs(setup):
+    """The extension point for new views: watch the app's `runs`; no change to the app."""
+    from textual.screen import Screen
+
+    class Recorder(Screen):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_mount(self) -> None:
+            self.watch(self.app, "runs", lambda update: self.seen.append((update, set(update.models))),
+                       init=False)
+
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: len(app.watcher.models) == 5
+                       and all(m.state.n_events for m in app.watcher.models.values()))
+        screen = Recorder()
+        await app.push_screen(screen)
+        tick, followed = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed is None), None))
+        assert followed == set(app.watcher.models) and all(tick.touches(d) for d in followed)  # every run, each second
+        one, other = sorted(app.watcher.models)[:2]
+        app.refresh_run(one)
+        update, _ = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed), None))
+        assert update.changed == {one} and update.touches(one) and not update.touches(other)
+        assert not update.touches(runs / "nowhere")

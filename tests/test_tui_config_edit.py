@@ -147,3 +147,10 @@ def test_save_replaces_the_file_whole_and_keeps_its_mode(tmp_path):
     assert path.read_text() == text
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["experiments.toml"]
+
+
+def test_the_forms_objectives_are_the_catalogs_students():
+    from engine import catalog
+    assert ce.TEACHER_OBJECTIVE in catalog.OBJECTIVES
+    assert set(ce.STUDENT_OBJECTIVES) | {ce.TEACHER_OBJECTIVE} == set(catalog.OBJECTIVES)
+    assert ce.TEACHER_OBJECTIVE not in ce.STUDENT_OBJECTIVES

@@ -42,7 +42,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             assert spec.load(config).experiments["e2e"].generations[1].objective == "ban"
             assert model.run_dir.parent == (runs / "e2e").resolve()
             await pilot.press("enter")                        # the runs tab has focus: open the run
-            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
             assert screen.run_dir == model.run_dir
             await wait_for(pilot, lambda: "RUNNING" in str(screen.query_one("#status").render()) and model.state.pid,
                            DEADLINE)                          # the engine said hello (run_start)
@@ -54,7 +54,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             table = app.main_screen.query_one(RunsTable)
             await wait_for(pilot, lambda: table.row_count == 1 and app.focused is table)
             await pilot.press("enter")
-            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
             followed = app.watcher.models[screen.run_dir]
             gens = screen.query_one("#gens", RowsTable)
             await wait_for(pilot, lambda: gens.row_count >= 1, DEADLINE)          # the teacher started
@@ -87,7 +87,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
         async with app.run_test(size=(140, 50)) as pilot:
             await wait_for(pilot, lambda: len(app.watcher.models) == 1)
             app.open_run(str(model.run_dir))
-            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.ready and app.screen)
+            screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
             gens = screen.query_one("#gens", RowsTable)
             assert await wait_for(pilot, lambda: cells(gens) == [[r[k] for k, _ in gens.spec] for r in gen_rows(state)])
     finally:

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from ban_tui import remote
+from ban_tui.remote.source import RemoteSource
 from ban_tui.app import BanApp
 from ban_tui.screens.runs import RunsTable
 from engine.runs import pid_alive
@@ -26,7 +26,7 @@ async def test_launch_on_a_host_and_follow_it(sshd, tmp_path, monkeypatch):  # n
             await wait_for(pilot, lambda: app.focused is not None)
             await pilot.press("ctrl+r")
             model = await wait_for(pilot, lambda: next(iter(app.watcher.models.values()), None), 120)
-            assert isinstance(model.source, remote.RemoteSource) and model.source.host.name == "loop"
+            assert isinstance(model.source, RemoteSource) and model.source.host.name == "loop"
             await wait_for(pilot, lambda: model.state.pid, 60)             # run_start, fetched over ssh
             engine = (model.state.pid, model.state.pid_start)
             table = app.main_screen.query_one(RunsTable)

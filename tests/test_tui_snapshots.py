@@ -58,7 +58,7 @@ def monitor_of(run):
     async def run_before(pilot) -> None:
         await all_runs_shown(pilot)
         pilot.app.open_run(str((pilot.app.runs_dir / run).resolve()))
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunMonitor) and pilot.app.screen.ready)
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, RunMonitor) and pilot.app.screen.is_mounted)
         state = load_state(pilot.app.runs_dir / run)
         screen = pilot.app.screen
         # every panel filled in from the whole recording, then one more redraw tick

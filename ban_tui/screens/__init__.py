@@ -1,2 +1,3 @@
-"""Screens of the ban TUI: the main tabs (experiments, runs, and any registered panel), the run
-monitor and the comparison of runs."""
+"""Screens of the ban TUI: the main screen and its panels (main.py declares them: experiments,
+runs, hosts), the run monitor and the comparison of runs. Views of runs take their data from the
+app's `runs` reactive (see ban_tui.app); they import widgets, never the other way."""

@@ -9,14 +9,14 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from ban_tui.tables import ensemble_rows, gen_rows
-from ban_tui.watch import RunModel
+from ban_tui.tables import ENSEMBLE_COLUMNS, GEN_COLUMNS, ensemble_rows, gen_rows, pick
+from ban_tui.watch import RunModel, RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
-GEN_COLUMNS = [("generation", ""), ("objective", "objective"), ("model", "model"), ("epochs", "epochs"),
-               ("test", "test"), ("best", "best test")]
-ENSEMBLE_COLUMNS = [("ensemble", ""), ("test", "test"), ("vs_best", "vs best single")]
+# narrower than the monitor's tables: the runs stand side by side
+COMPARE_GEN_COLUMNS = pick(GEN_COLUMNS, "generation", "objective", "model", "epochs", "test", "best")
+COMPARE_ENSEMBLE_COLUMNS = pick(ENSEMBLE_COLUMNS, "ensemble", "test", "vs_best")
 
 
 class CompareScreen(Screen):
@@ -30,7 +30,6 @@ class CompareScreen(Screen):
     def __init__(self, run_dirs: list[Path], **kwargs):
         super().__init__(**kwargs)
         self.run_dirs = [Path(d) for d in run_dirs]
-        self.ready = False    # mounted: the app may draw into it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -38,20 +37,29 @@ class CompareScreen(Screen):
             for i, _ in enumerate(self.run_dirs):
                 with VerticalScroll(classes="run", id=f"run-{i}"):
                     yield Static("", classes="title")
-                    yield RowsTable(GEN_COLUMNS, classes="gens")
-                    yield RowsTable(ENSEMBLE_COLUMNS, classes="ensembles")
+                    yield RowsTable(COMPARE_GEN_COLUMNS, classes="gens")
+                    yield RowsTable(COMPARE_ENSEMBLE_COLUMNS, classes="ensembles")
         yield Footer()
 
-    def on_unmount(self) -> None:
-        self.ready = False
-
     def on_mount(self) -> None:
-        self.ready = True
+        self.watch(self.app, "runs", self.show_runs, init=False)
+
+    def on_screen_resume(self) -> None:   # shown, or shown again: draw at the next tick
         for d in self.run_dirs:
             self.app.refresh_run(d)
 
-    def show(self, run_dir: Path, model: RunModel, status: str) -> None:
-        box = self.query_one(f"#run-{self.run_dirs.index(Path(run_dir))}")
+    def show_runs(self, update: RunsUpdate) -> None:
+        """Draw the runs that changed, while this screen is shown (not while covered or closing)."""
+        if not self.is_current:
+            return
+        for i, d in enumerate(self.run_dirs):
+            if update.touches(d):
+                model = update.models[d]
+                self.show(self.query_one(f"#run-{i}"), model, model.status())
+
+    @staticmethod
+    def show(box, model: RunModel, status: str) -> None:
+        """Redraw one run's column from its model."""
         s = model.state
         box.query_one(".title", Static).update(f"{s.experiment}/{s.run_id}\n{status}")
         box.query_one(".gens", RowsTable).show(gen_rows(s), [gen_label(g) for g in sorted(s.gens)])

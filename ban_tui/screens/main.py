@@ -1,5 +1,10 @@
-"""The main screen: one tab per registered panel (experiments, runs, and any panel another module
-registers, such as a hosts panel), with the app's bindings in the footer."""
+"""The main screen: one tab per panel of PANELS (experiments, runs, hosts), with the app's
+bindings in the footer.
+
+PANELS is the one list of the main screen's panels: the tabs, their keys (the app's bindings)
+and the "Show ..." commands of the palette all come from it. A new panel is a module in
+ban_tui/screens/ and one line here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from ban_tui.screens.experiments import ExperimentsPane
+from ban_tui.screens.hosts import HostsPane
 from ban_tui.screens.runs import RunsPane
 
 
@@ -18,20 +24,15 @@ from ban_tui.screens.runs import RunsPane
 class Panel:
     id: str                               # the tab's id; `app.show_panel(id)` switches to it
     title: str
+    key: str                              # the app's binding that shows it
     make: Callable[..., Widget]           # make(app) -> the tab's content
 
 
-PANELS: list[Panel] = [
-    Panel("experiments", "Experiments", lambda app: ExperimentsPane(app.config_path, id="experiments-pane")),
-    Panel("runs", "Runs", lambda app: RunsPane(app.runs_dir, id="runs-pane")),
-]
-
-
-def register_panel(panel: Panel) -> None:
-    """Add a tab (e.g. the hosts panel); call before the app starts. App binding f4 shows a
-    panel registered with id "hosts"."""
-    if all(p.id != panel.id for p in PANELS):
-        PANELS.append(panel)
+PANELS: tuple[Panel, ...] = (
+    Panel("experiments", "Experiments", "f2", lambda app: ExperimentsPane(app.config_path, id="experiments-pane")),
+    Panel("runs", "Runs", "f3", lambda app: RunsPane(app.runs_dir, id="runs-pane")),
+    Panel("hosts", "Hosts", "f4", lambda app: HostsPane(app.config_path, id="hosts-pane")),
+)
 
 
 class MainScreen(Screen):

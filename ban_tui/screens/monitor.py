@@ -12,11 +12,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Log, Static
 
-from ban_tui.tables import ENSEMBLE_COLUMNS, GEN_COLUMNS, clock, ensemble_rows, gen_rows
-from ban_tui.watch import STDERR_CAP, RunModel
+from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_MARK, STATUS_STYLE, clock, ensemble_rows,
+                            gen_rows)
+from ban_tui.watch import STDERR_CAP, RunModel, RunsUpdate
 from ban_tui.widgets.curves import CurvePlot, legend
 from ban_tui.widgets.diagnostics import DiagnosticsPanel
-from ban_tui.widgets.rows import STATUS_MARK, STATUS_STYLE, RowsTable
+from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
 WHY = {
@@ -71,7 +72,6 @@ class RunMonitor(Screen):
         super().__init__(**kwargs)
         self.run_dir = Path(run_dir)
         self.stderr_seen = 0
-        self.ready = False    # mounted: the app may draw into it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -89,15 +89,20 @@ class RunMonitor(Screen):
         yield Log(max_lines=STDERR_CAP, id="stderr")
         yield Footer()
 
-    def on_unmount(self) -> None:
-        self.ready = False
-
     def on_mount(self) -> None:
-        self.ready = True
+        self.watch(self.app, "runs", self.show_runs, init=False)
+
+    def on_screen_resume(self) -> None:   # shown, or shown again: draw at the next tick
         self.app.refresh_run(self.run_dir)
 
+    def show_runs(self, update: RunsUpdate) -> None:
+        """Draw the run when it changed, while this screen is shown (not while covered or closing)."""
+        if self.is_current and update.touches(self.run_dir):
+            model = update.models[self.run_dir]
+            self.show(model, model.status())
+
     def show(self, model: RunModel, status: str) -> None:
-        """Redraw from the model; called by the app (batched, under the watcher's lock)."""
+        """Redraw every part from the model (under the watcher's lock)."""
         self.sub_title = status
         self.query_one("#status", Static).update(describe(model, status))
         self.query_one("#loss", CurvePlot).show(model.curves)

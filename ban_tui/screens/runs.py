@@ -1,4 +1,4 @@
-"""The runs tab: every run of the runs directory with its status, progress and best error,
+"""The runs panel: every run of the runs directory with its status, progress and best error,
 updated live; open one (enter), mark several (space) and compare them (c), cancel (x), resume (r)."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
 from ban_tui.tables import RUN_COLUMNS, run_row
+from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 
 COLUMNS = [("mark", "")] + RUN_COLUMNS
@@ -62,19 +63,18 @@ class RunsPane(Vertical):
         yield Label(f"runs in {self.runs_dir}  (enter opens, space marks, c compares)", id="runs-title")
         yield RunsTable(id="runs-table")
 
-    def show(self, models: dict, changed, now: float | None = None) -> None:
-        """models: {run_dir: RunModel}, `changed` the run dirs to recompute (all of them when None);
-        call under the watcher's lock."""
-        found = self.query(RunsTable)
-        if not found:   # not composed yet
-            return
-        table = found.first()
-        for run_dir, model in models.items():
-            if changed is None or run_dir in changed or run_dir not in self.rows:
-                row = run_row(run_dir, model.state, now)
+    def on_mount(self) -> None:
+        self.watch(self.app, "runs", self.show_runs, init=False)
+
+    def show_runs(self, update: RunsUpdate) -> None:
+        """Recompute the rows of the runs that changed (of every run on a periodic tick)."""
+        table = self.query_one(RunsTable)
+        for run_dir, model in update.models.items():
+            if update.touches(run_dir) or run_dir not in self.rows:
+                row = run_row(run_dir, model.state, update.now)
                 row["status"] = model.status()
                 self.rows[run_dir] = row
-        keys = sorted(models, key=lambda d: (d.name[:15], str(d)))   # oldest first, as list_runs
+        keys = sorted(update.models, key=lambda d: (d.name[:15], str(d)))   # oldest first, as list_runs
         for d in keys:
             self.rows[d]["mark"] = "*" if str(d) in table.marked else ""
         table.show([self.rows[d] for d in keys], [str(d) for d in keys])

@@ -1,1 +1,2 @@
-"""Widgets of the ban TUI: tables of rows, curves, diagnostics, the run header, the chain form."""
+"""Widgets of the ban TUI, knowing nothing of the app or its screens: tables of rows (rows.py),
+curves (curves.py), gradient diagnostics (diagnostics.py) and the chain form (chain_form.py)."""

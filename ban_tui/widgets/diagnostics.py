@@ -6,9 +6,10 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline
 
+from ban_tui.watch import DIAGNOSTIC_KEYS
 from engine.runs import gen_label
 
-PARTS = (("correct", "grad_correct"), ("dark", "grad_dark"))
+PARTS = tuple((key.removeprefix("grad_"), key) for key in DIAGNOSTIC_KEYS)   # (widget id, key)
 
 
 class DiagnosticsRow(Horizontal):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
-                "stale": "bold magenta", "dead": "bold red"}
-STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
+from ban_tui.tables import STATUS_MARK, STATUS_STYLE
+
 
 
 def status_text(status: str) -> Text:

@@ -1,9 +1,8 @@
-"""The hosts tab (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
-GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs tab.
+"""The hosts panel (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
+GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs panel.
 
-The boxes are asked in a thread worker, all at once, while the tab is shown (every
+The boxes are asked in a thread worker, all at once, while the panel is shown (every
 REFRESH_SECONDS, and at once with r), so a slow or unreachable box never blocks the app.
-The app shows the tab with `register_panel(HOSTS_PANEL)` (ban_tui.screens.main).
 """
 from __future__ import annotations
 
@@ -16,8 +15,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
-from ban_tui import hosts, remote
-from ban_tui.screens.main import Panel
+from ban_tui import hosts
+from ban_tui.remote.gpus import HostStatus, gpu_status
+from ban_tui.remote.source import RemoteSource
+from ban_tui.tables import HOST_COLUMNS, host_rows
 from ban_tui.widgets.rows import RowsTable
 from engine import spec
 
@@ -31,7 +32,7 @@ class HostsTable(RowsTable):
     ]
 
     def __init__(self, **kwargs):
-        super().__init__(remote.HOST_COLUMNS, **kwargs)
+        super().__init__(HOST_COLUMNS, **kwargs)
 
     def action_refresh_hosts(self) -> None:
         self.parent.refresh_hosts()
@@ -44,7 +45,7 @@ class HostsPane(Vertical):
         super().__init__(**kwargs)
         self.config_path = Path(config_path)
         self.known: dict[str, spec.Host] = {}
-        self.statuses: dict[str, remote.HostStatus] = {}
+        self.statuses: dict[str, HostStatus] = {}
 
     def compose(self) -> ComposeResult:
         yield Label(f"hosts of {self.config_path} and {hosts.user_hosts_path()}  (enter follows a "
@@ -54,7 +55,7 @@ class HostsPane(Vertical):
     def on_mount(self) -> None:
         self.timer = self.set_interval(REFRESH_SECONDS, self.refresh_hosts, pause=True)
 
-    def on_show(self) -> None:   # ask the boxes only while the tab is shown
+    def on_show(self) -> None:   # ask the boxes only while the panel is shown
         self.refresh_hosts()
         self.timer.resume()
 
@@ -78,14 +79,14 @@ class HostsPane(Vertical):
     def refresh_hosts(self) -> None:
         known, problem = self.load_hosts()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = dict(zip(known, pool.map(remote.gpu_status, known.values())))
+            statuses = dict(zip(known, pool.map(gpu_status, known.values())))
         self.app.call_from_thread(self.show, known, statuses, problem)
 
     def show(self, known: dict, statuses: dict, problem: str = "") -> None:
         self.known, self.statuses = known, statuses
         keys, rows = [], []
         for name, host in known.items():
-            for i, row in enumerate(remote.host_rows(host, statuses[name])):
+            for i, row in enumerate(host_rows(host, statuses[name])):
                 keys.append(f"{name}#{i}")
                 rows.append(row)
         self.query_one(HostsTable).show(rows, keys)
@@ -97,17 +98,13 @@ class HostsPane(Vertical):
 
     @on(DataTable.RowSelected)
     def follow_runs(self, event: DataTable.RowSelected) -> None:
-        """Follow the selected host's running runs in the runs tab (over ssh, in a thread)."""
+        """Follow the selected host's running runs in the runs panel (over ssh, in a thread)."""
         name = event.row_key.value.split("#")[0]
         status = self.statuses.get(name)
         if status is None or not status.runs:
             self.app.notify(f"nothing runs on {name}", severity="warning")
             return
         for run in status.runs:
-            self.app.watcher.add(Path(run.dir), remote.RemoteSource(self.known[name], run.dir).start())
+            self.app.watcher.add(Path(run.dir), RemoteSource(self.known[name], run.dir).start())
             self.app.notify(f"following {run.name} on {name}")
         self.app.show_panel("runs")
-
-
-# The app shows the tab once it calls register_panel(HOSTS_PANEL) before starting.
-HOSTS_PANEL = Panel("hosts", "Hosts", lambda app: HostsPane(app.config_path, id="hosts-pane"))
