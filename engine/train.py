@@ -5,7 +5,8 @@
 `gen.training.epochs` epochs on `gen.objective` and returns it with its metrics and its test-set
 softmax probabilities. The chain (engine/chain.py) loads the teacher, saves what comes back and
 builds ensembles; engine/train_lm.py trains language models with the same signature and shares
-`Context`, `LRSchedule`, `make_optimizer`, `save_last` and the errors below.
+`Context`, `save_last` and the helpers below (optimisation and precision: engine/optim.py;
+errors: engine/errors.py).
 
 Per step: the student's forward on the augmented batch; the teacher's forward on the same batch,
 in eval mode under inference_mode and the same precision (or its cached logits, see
@@ -33,28 +34,17 @@ import itertools
 import math
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint, ddp, spec
+from engine import checkpoint, ddp, optim, spec
+from engine.errors import Cancelled, ConfigError, RunError
 from engine.events import EventWriter
+from engine.optim import LRSchedule, autocast_dtype, make_optimizer
 from engine.runs import RunPaths, gen_label
-
-
-class ConfigError(Exception):
-    """The experiment cannot run as written (model, data, checkpoint shapes): exit status 2."""
-
-
-class RunError(Exception):
-    """Training went wrong (a non-finite loss): exit status 1."""
-
-
-class Cancelled(Exception):
-    """SIGTERM/SIGINT: the step finished and last.pt holds everything needed to resume."""
 
 
 def derive_seed(*parts) -> int:
@@ -130,69 +120,6 @@ READ_BACK_STEPS = 25
 
 # ---- optimisation ---------------------------------------------------------------------------
 
-def make_optimizer(model: torch.nn.Module, o: spec.Optimizer, device: torch.device) -> torch.optim.SGD:
-    """SGD over the trainable parameters only: frozen inherited parts get no update and no
-    weight decay. Fused on CUDA (one kernel for all parameters)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           nesterov=o.nesterov and o.momentum > 0, fused=True if device.type == "cuda" else None)
-
-
-class LRSchedule:
-    """The learning rate of every step (counted from 0 over the whole generation).
-
-    constant; multistep: x gamma from each milestone epoch on; cosine: from lr to 0 over the
-    steps after the warmup; plateau: x gamma after an epoch whose monitored metric (validation
-    loss, else the training loss; never the test set) improved on the previous epoch's by less
-    than `threshold`; onecycle: a linear rise from lr/25 over `warmup_epochs` (default 30% of
-    training), then the cosine. The others warm up linearly from 0 over `warmup_epochs`.
-    Step-based shapes change the rate every step, epoch-based ones at epoch boundaries.
-    """
-
-    def __init__(self, schedule: spec.Schedule, lr: float, epochs: int, steps_per_epoch: int):
-        self.s, self.lr, self.steps_per_epoch = schedule, lr, max(steps_per_epoch, 1)
-        self.total = epochs * self.steps_per_epoch
-        warm = schedule.warmup_epochs or (0.3 * epochs if schedule.name == "onecycle" else 0.0)
-        self.warmup = min(round(warm * self.steps_per_epoch), self.total)
-        self.scale, self.prev = 1.0, None   # plateau state
-
-    def __call__(self, step: int) -> float:
-        s = self.s
-        if step < self.warmup:
-            start = 1 / 25 if s.name == "onecycle" else 0.0
-            ramp = start + (1 - start) * (step + 1) / self.warmup
-        else:
-            ramp = 1.0
-        if s.name in ("cosine", "onecycle"):
-            t = (step - self.warmup) / max(self.total - self.warmup, 1) if step >= self.warmup else 0.0
-            shape = 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        elif s.name == "multistep":
-            epoch = step // self.steps_per_epoch
-            shape = s.gamma ** sum(epoch >= m for m in s.milestones)
-        else:  # constant, plateau
-            shape = 1.0
-        return self.lr * ramp * shape * self.scale
-
-    def epoch_end(self, metric: float) -> None:
-        if self.s.name == "plateau":
-            if self.prev is not None and self.prev - metric < self.s.threshold:
-                self.scale *= self.s.gamma
-            self.prev = metric
-
-    def state_dict(self) -> dict:
-        return {"scale": self.scale, "prev": self.prev}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.scale, self.prev = state["scale"], state["prev"]
-
-
-def autocast_dtype(precision: str, device: torch.device):
-    """auto: bf16 on CUDA, fp32 elsewhere. None means plain fp32 (no autocast)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
               best: dict, **extra) -> None:
     """checkpoints/last.pt: everything to continue generation `gen` after `epoch` finished
@@ -216,7 +143,7 @@ def step_parts(gen: spec.Generation, model, seed: int, device: torch.device):
         options["generator"] = dkpp
     optimizer = make_optimizer(model, gen.training.optimizer, device)
     dtype = autocast_dtype(gen.training.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    autocast = optim.autocast(dtype, device)
     return objective, options, dkpp, optimizer, dtype, autocast
 
 
@@ -331,13 +258,13 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             inherit(model, teacher_model, gen.inherit, gen.freeze)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
-    channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
+    channels_last = optim.channels_last(t, device)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     ctx.gen_start(gen, model)
 
     objective, options, dkpp, optimizer, dtype, autocast = step_parts(gen, model, seed, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = optim.grad_scaler(dtype, device)
 
     # Batches yield sample indices as their "labels": labels and cached teacher logits are
     # looked up by index. Under DDP the last, short global batch is dropped only when it
@@ -424,8 +351,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
         t0 = time.perf_counter()
         for step, (x, idx) in enumerate(itertools.islice(train, skip, None), start=skip):
             lr = schedule(epoch * steps + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            optim.set_lr(optimizer, lr)
             labels = train_y[idx]
             with autocast():
                 logits = net(x)
@@ -441,13 +367,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             # so that the average is the gradient of the global batch's mean loss.
             n_global = min(t.batch_size, n_train - step * t.batch_size)
             weight = len(labels) * ctx.world_size / n_global if ctx.world_size > 1 else 1.0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss * weight if weight != 1.0 else loss).backward()
-            if t.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            optim.optimizer_step(optimizer, scaler, loss * weight if weight != 1.0 else loss, model, t.grad_clip)
             with torch.no_grad():   # the step's numbers stay on the device until the next read-back
                 diag = diagnostic_sums(logits.detach().float(), t_logits, labels, gen.objective, **options)
                 window.append((step, len(labels), list(diag), torch.stack(

@@ -46,11 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint
+from engine import checkpoint, optim
 from engine.data.ptb import batchify, windows
+from engine.errors import Cancelled, ConfigError
+from engine.optim import LRSchedule
 from engine.runs import gen_label
-from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, check_finite, derive_seed, end_epoch,
-                          save_last, step_parts)
+from engine.train import GenResult, check_finite, derive_seed, end_epoch, save_last, step_parts
 
 METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
 DIAG_EVERY = 10
@@ -91,8 +92,7 @@ def train_windows(model, columns, bptt, optimizer, objective, options=None, teac
         teacher_hidden = teacher.init_hidden(batch)
     for i, (x, y) in enumerate(itertools.islice(windows(columns, bptt), skip, None), start=skip):
         if lr_at is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(i)
+            optim.set_lr(optimizer, lr_at(i))
         hidden = detach(hidden)
         labels = y.reshape(-1)
         teacher_logits = None
