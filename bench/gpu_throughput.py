@@ -5,7 +5,7 @@ against a plain fp32 torchvision DataLoader loop, side by side, as ratios (goal:
                                              [--steps 30] [--workers 8] [--compile] [--repeats 1]
     .venv/bin/python bench/gpu_throughput.py --smoke   # the CPU, tiny models: proves the code runs
 
-fast: `engine.train.train_generation` (helpers from bench/step_overhead.py) as it runs on CUDA by
+fast: `engine.generation.train_generation` (helpers from bench/step_overhead.py) as it runs on CUDA by
 default: the whole uint8 set on the device with crop/flip/normalise there (engine.data.Batches),
 bf16 autocast, channels_last, fused SGD; with --compile also a row with torch.compile.
 plain: the usual recipe: torchvision transforms (reflect-pad-4 random crop, flip, ToTensor,

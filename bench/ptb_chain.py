@@ -97,7 +97,7 @@ def ensemble_val_ppl(root, members):
     validation stream for the ensemble's validation perplexity."""
     from engine import checkpoint, models, spec
     from engine.data import ptb
-    from engine.train_lm import ensemble_metrics, evaluate
+    from engine.tasks.lm import ensemble_metrics, evaluate
     exp = next(iter(spec.load(root / "experiment.toml").experiments.values()))
     corpus = ptb.load(exp.dataset)
     val = ptb.batchify(corpus.val, exp.generations[0].training.eval_batch_size)
@@ -107,7 +107,7 @@ def ensemble_val_ppl(root, members):
         model = models.build(saved["model"], corpus.num_classes, vocab=corpus.vocab, **saved["model_options"])
         model.load_state_dict(saved["state_dict"])
         probs.append(evaluate(model, val, corpus.bptt, keep_probs=True)[1])
-    return ensemble_metrics(None, probs)["test_ppl"]   # (the formula does not care which split)
+    return ensemble_metrics(probs)["test_ppl"]   # (the formula does not care which split)
 
 
 if __name__ == "__main__":

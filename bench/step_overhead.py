@@ -5,7 +5,7 @@ batch, data and device, timed side by side (interleaved, repeated) and reported 
     .venv/bin/python bench/step_overhead.py [--model preact-resnet-8] [--batch-size 128]
                                             [--steps 10] [--repeats 5] [--threads 1] [--device cpu]
 
-engine: `engine.train.train_generation` of a teacher generation (objective ce) for one epoch of
+engine: `engine.generation.train_generation` of a teacher generation (objective ce) for one epoch of
 `--steps` steps, timed whole: model build, batches, the loop (per step: the learning rate, the
 label lookup, forward, objective, backward, SGD, the loss/error read-back, the gradient
 diagnostics, the finite check), the test pass, last.pt and the events.
@@ -39,7 +39,10 @@ from engine.data import Batches, load
 from engine.data.images import ImageData, channel_stats
 from engine.events import EventWriter, read_events
 from engine.runs import RunPaths
-from engine.train import Context, LRSchedule, autocast_dtype, train_generation
+from engine.context import Context
+from engine.generation import train_generation
+from engine.optim import LRSchedule, autocast_dtype
+from engine.tasks.image import ImageClassifier
 
 # train.npz / test.npz of CIFAR-10 (x uint8 NHWC, y); $BAN_CIFAR10 names another folder (a device machine)
 CIFAR10 = Path(os.environ.get("BAN_CIFAR10", Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"))
@@ -93,10 +96,10 @@ def experiment(model: str, batch_size: int, epochs: int = 1, objective: str = "b
 def run_engine(exp: spec.Experiment, data: ImageData, gen: int, teacher, device: torch.device) -> tuple[float, list]:
     """(wall seconds of one train_generation call, its epoch events), in a throw-away run dir."""
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = Context(exp=exp, seed=0, paths=RunPaths(Path(tmp)), device=device, data=data,
+        ctx = Context(exp=exp, seed=0, paths=RunPaths(Path(tmp)), device=device,
                       events=EventWriter(Path(tmp) / "events.jsonl", "bench"))
         t0 = time.perf_counter()
-        train_generation(ctx, exp.generations[gen], teacher)
+        train_generation(ctx, exp.generations[gen], teacher, ImageClassifier(data))
         seconds = time.perf_counter() - t0
         ctx.events.close()
         return seconds, [e for e in read_events(Path(tmp) / "events.jsonl") if e["kind"] == "epoch"]
@@ -180,7 +183,7 @@ def per_call_us(fn, calls: int = 200, device=None) -> float:
 
 def step_extras(batch_size: int, num_classes: int, steps: int, device: torch.device) -> dict:
     """Microseconds per step of each thing the engine's loop does beyond a bare step, timed alone
-    on tensors of the step's shapes (engine/train.py, the loop of train_generation)."""
+    on tensors of the step's shapes (engine/tasks/image.py, ImageLoop.train)."""
     from engine.objectives import diagnostics
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(batch_size, num_classes, generator=g).to(device)

@@ -4,7 +4,7 @@ both through the engine, timed side by side (interleaved, repeated) and reported
     .venv/bin/python bench/teacher_cost.py [--model preact-resnet-8] [--batch-size 128]
                                            [--steps 10] [--repeats 3] [--threads 1] [--device cpu]
 
-Contenders, each one `engine.train.train_generation` epoch of `--steps` steps of the same model
+Contenders, each one `engine.generation.train_generation` epoch of `--steps` steps of the same model
 on the same batches (helpers from bench/step_overhead.py):
   ce          generation 0: cross-entropy with the labels, no teacher;
   ban         generation 1: the BAN objective; per step the teacher (same model, eval mode) runs

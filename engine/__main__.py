@@ -59,7 +59,7 @@ def one_line(exc: BaseException) -> str:
 
 def load_experiment(args):
     """(experiment, seed) from the command line, validated."""
-    from engine.train import ConfigError
+    from engine.errors import ConfigError
     if args.command == "resume":
         root = Path(args.run_dir)
         if not RunPaths(root).snapshot.is_file():
@@ -87,7 +87,7 @@ def load_experiment(args):
 def resolve_device(name: str, local_rank: int, world_size: int):
     """auto: CUDA if there is a GPU, else the CPU. Under DDP each rank takes GPU LOCAL_RANK."""
     import torch
-    from engine.train import ConfigError
+    from engine.errors import ConfigError
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" or (world_size > 1 and name.startswith("cuda")):
@@ -150,7 +150,8 @@ def main(argv=None) -> int:
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
-    from engine.train import Cancelled, ConfigError, Context, RunError
+    from engine.context import Context
+    from engine.errors import Cancelled, ConfigError, RunError
 
     rank, world_size, local_rank = ddp.from_env()
     root = Path(args.run_dir) if args.command == "resume" else None

@@ -13,11 +13,11 @@ outputs of BAN-1..BAN-k (+ the teacher with ensemble_include_teacher): no model 
 Resume: finished generations are never trained again (their checkpoint exists); events a
 killed run did not get to write (epoch, gen_end, ensemble) are written from the checkpoints, so
 the events of a resumed run read as those of an uninterrupted one. The generation in progress
-continues from `checkpoints/last.pt` (see engine/train.py). DDP: see engine/train.py.
+continues from `checkpoints/last.pt` (see engine/generation.py), passed to it as a `Resume`.
 
-Language corpora (catalog.LM_DATASETS) train with engine.train_lm, everything else with
-engine.train; both provide `build_model(ctx, gen)`, `train_generation(ctx, gen, teacher)` and
-`ensemble_metrics(ctx, member_probs)`, and everything here is shared.
+The task (engine/tasks/: language corpora of catalog.LM_DATASETS train as `lm`, everything
+else as `image`) holds the run's data; every generation of every task trains through
+`generation.train_generation`, and everything here is shared.
 """
 from __future__ import annotations
 
@@ -26,36 +26,32 @@ import json
 import numpy as np
 
 from engine import catalog, checkpoint, ddp
+from engine.context import Context
+from engine.errors import Cancelled, ConfigError
 from engine.events import read_events
+from engine.generation import GenResult, Resume, build_model, train_generation
 from engine.runs import RunState, gen_label, load_state
-from engine.train import Cancelled, ConfigError, Context, GenResult
 
 
-def trainer_for(exp):
-    """The module that trains this experiment's generations."""
-    if exp.dataset.name in catalog.LM_DATASETS:
-        from engine import train_lm as trainer
-    else:
-        from engine import train as trainer
-    return trainer
-
-
-def load_data(exp, seed: int):
+def load_task(exp, seed: int):
+    """The task that trains this experiment's generations (engine/tasks/), with its data loaded."""
     from engine.data import DataError
     try:
         if exp.dataset.name in catalog.LM_DATASETS:
             from engine.data import ptb
-            return ptb.load(exp.dataset, seed)
+            from engine.tasks.lm import LanguageModel
+            return LanguageModel(ptb.load(exp.dataset, seed))
         from engine.data import load
-        return load(exp.dataset, seed)
+        from engine.tasks.image import ImageClassifier
+        return ImageClassifier(load(exp.dataset, seed))
     except (DataError, OSError, ValueError) as exc:
         raise ConfigError(" ".join(str(exc).split())) from exc
 
 
-def load_teacher(ctx: Context, trainer, index: int):
+def load_teacher(ctx: Context, task, index: int):
     """Generation `index`'s final weights in a new module, in eval mode, with no gradients."""
     gen = ctx.exp.generations[index]
-    model = trainer.build_model(ctx, gen)
+    model = build_model(ctx, gen, task)
     path = ctx.paths.gen_checkpoint(index)
     state = checkpoint.load(path)["state_dict"]
     own = model.state_dict()
@@ -64,21 +60,21 @@ def load_teacher(ctx: Context, trainer, index: int):
             found = list(state[k].shape) if k in state else "nothing"
             wanted = list(own[k].shape) if k in own else "nothing"
             raise ConfigError(f"{path}: expected the weights of generation {index}'s model {gen.model!r} for "
-                              f"{ctx.data.num_classes} classes, found {k} = {found} where the model has {wanted} "
+                              f"{task.num_classes} classes, found {k} = {found} where the model has {wanted} "
                               "(was the data set or the model changed since it was trained?)")
     model.load_state_dict(state)
     model.eval().requires_grad_(False)
     return model.to(ctx.device)
 
 
-def finish(ctx: Context, gen, result: GenResult) -> None:
+def finish(ctx: Context, gen, result: GenResult, num_classes: int) -> None:
     """Save generation gen's probabilities and weights, then announce it (rank 0)."""
     k, paths = gen.index, ctx.paths
     if ctx.main:
         if result.test_probs is not None:
             checkpoint.save_npy(result.test_probs, paths.gen_probs(k))
         checkpoint.save({"gen": k, "model": gen.model, "model_options": gen.model_options,
-                         "num_classes": ctx.data.num_classes, "state_dict": result.model.state_dict(),
+                         "num_classes": num_classes, "state_dict": result.model.state_dict(),
                          "final": result.final, "best": result.best, "seconds": result.seconds},
                         paths.gen_checkpoint(k))
         announce(ctx, k, result.final, result.best, result.seconds)
@@ -96,7 +92,7 @@ def ensemble_members(exp, k: int) -> list[int]:
     return ([0] if exp.ensemble_include_teacher else []) + list(range(1, k + 1))
 
 
-def emit_ensembles(ctx: Context, trainer, done: set, emitted: set) -> None:
+def emit_ensembles(ctx: Context, task, done: set, emitted: set) -> None:
     """The ensembles whose members are all finished and that have no event yet (rank 0)."""
     for k in ctx.exp.ensembles:
         members = ensemble_members(ctx.exp, k)
@@ -106,7 +102,7 @@ def emit_ensembles(ctx: Context, trainer, done: set, emitted: set) -> None:
         if not all(f.exists() for f in files):
             ctx.log(f"Ens*{k}: no stored test probabilities for every member; skipped", "warning")
         else:
-            metrics = trainer.ensemble_metrics(ctx, [np.load(f) for f in files])
+            metrics = task.ensemble_metrics([np.load(f) for f in files])
             ctx.emit("ensemble", k=k, members=members, **metrics)
         emitted.add(k)
 
@@ -114,10 +110,9 @@ def emit_ensembles(ctx: Context, trainer, done: set, emitted: set) -> None:
 def run_chain(ctx: Context) -> None:
     """Train every unfinished generation of ctx.exp in order, with its ensembles."""
     exp, paths = ctx.exp, ctx.paths
-    trainer = trainer_for(exp)
-    ctx.data = load_data(exp, ctx.seed)
+    task = load_task(exp, ctx.seed)
     before = load_state(paths.root)   # what this run directory's events already say
-    ctx.started = {g for g, s in before.gens.items() if s.role}
+    started = {g for g, s in before.gens.items() if s.role}   # gen_start already written
     emitted, done = set(before.ensembles), set()
     last = checkpoint.load(paths.last_checkpoint) if paths.last_checkpoint.exists() else None
     for gen in exp.generations:
@@ -129,19 +124,19 @@ def run_chain(ctx: Context) -> None:
         else:
             if ctx.should_stop():
                 raise Cancelled(f"stopped before generation {k} ({gen_label(k)})")
-            ctx.resume = last if last is not None and last["gen"] == k else None
-            if ctx.resume is not None:
+            resume = Resume(last if last is not None and last["gen"] == k else None, started=k in started)
+            if resume.last is not None:
                 shown = before.gens[k].epoch if k in before.gens else 0
-                for record in ctx.resume["history"]:
+                for record in resume.last["history"]:
                     if record["epoch"] > shown:
                         ctx.emit("epoch", **record)
-                ctx.log(f"{gen_label(k)} continues after epoch {ctx.resume['epoch']}, step {ctx.resume['step']}")
-            teacher = load_teacher(ctx, trainer, gen.teacher) if gen.teacher is not None else None
-            result = trainer.train_generation(ctx, gen, teacher)
-            ctx.resume = teacher = None
-            finish(ctx, gen, result)
+                ctx.log(f"{gen_label(k)} continues after epoch {resume.last['epoch']}, step {resume.last['step']}")
+            teacher = load_teacher(ctx, task, gen.teacher) if gen.teacher is not None else None
+            result = train_generation(ctx, gen, teacher, task, resume)
+            teacher = None
+            finish(ctx, gen, result, task.num_classes)
         done.add(k)
-        emit_ensembles(ctx, trainer, done, emitted)
+        emit_ensembles(ctx, task, done, emitted)
 
 
 def results(events: list[dict]) -> dict:

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import chain, spec, train
+from engine import chain, spec
 from engine.data import load
 from engine.events import EventWriter, read_events
 from engine.runs import RunPaths
-from engine.train import Context
+from engine.context import Context
+from engine.generation import train_generation
+from engine.tasks.image import ImageClassifier
 
 CONFIG = """
 [[experiment]]
@@ -37,11 +39,11 @@ def context(root, text=CONFIG) -> Context:
 
 def test_teacher_is_a_new_module_in_eval_mode_that_never_trains(tmp_path):
     ctx = context(tmp_path)
-    ctx.data = load(ctx.exp.dataset, 0)
+    task = ImageClassifier(load(ctx.exp.dataset, 0))
     gen0, gen1 = ctx.exp.generations[:2]
-    first = train.train_generation(ctx, gen0, None)
-    chain.finish(ctx, gen0, first)
-    teacher = chain.load_teacher(ctx, train, 0)
+    first = train_generation(ctx, gen0, None, task)
+    chain.finish(ctx, gen0, first, task.num_classes)
+    teacher = chain.load_teacher(ctx, task, 0)
     assert teacher is not first.model and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
     for a, b in zip(teacher.state_dict().values(), first.model.state_dict().values()):
@@ -50,7 +52,7 @@ def test_teacher_is_a_new_module_in_eval_mode_that_never_trains(tmp_path):
     seen = []
     teacher.register_forward_hook(lambda m, *_: seen.append((m.training, torch.is_inference_mode_enabled())))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student = train.train_generation(ctx, gen1, teacher).model
+    student = train_generation(ctx, gen1, teacher, task).model
     assert student is not teacher and seen and set(seen) == {(False, True)}
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())   # BN stats too
 
@@ -59,11 +61,11 @@ def test_ensemble_averages_probabilities_not_logits(tmp_path):
     """Two members and three classes, label 1. The mean of the probabilities picks class 1; the
     mean of the log-probabilities (logits) would pick class 0, which neither member favours."""
     ctx = context(tmp_path)
-    ctx.data = type("Data", (), {"test_y": torch.tensor([1])})()
+    task = ImageClassifier(type("Data", (), {"test_y": torch.tensor([1]), "num_classes": 3})())
     a = np.array([[0.3, 0.699, 0.001]], dtype=np.float32)
     b = np.array([[0.3, 0.002, 0.698]], dtype=np.float32)
     assert np.log(a * b).argmax() == 0
-    metrics = train.ensemble_metrics(ctx, [a, b])
+    metrics = task.ensemble_metrics([a, b])
     assert metrics["test_err"] == 0.0
     assert metrics["test_loss"] == pytest.approx(-np.log((0.699 + 0.002) / 2), rel=1e-6)
 

@@ -98,7 +98,7 @@ def test_airbench_stem_and_head_are_inherited_and_frozen():
 
 
 def test_airbench_learns_through_the_engine():
-    """A narrow airbench on the bundled digits, 3 epochs through engine.train: far better than
+    """A narrow airbench on the bundled digits, 3 epochs through engine.generation: far better than
     chance (90% error) on test images it never saw."""
     from step_overhead import run_engine
     text = """

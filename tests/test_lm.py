@@ -12,14 +12,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import catalog, checkpoint, runs, spec, train_lm
+from engine import catalog, checkpoint, runs, spec
 from engine.data import ptb
 from engine.events import read_events
 from engine.models import lm
 from engine.objectives import OBJECTIVES
 from engine.spec import Dataset
-from engine.train import Cancelled, Context
-from engine.train_lm import ensemble_metrics, evaluate, ppl, train_epoch
+from engine.context import Context
+from engine.errors import Cancelled
+from engine.generation import Resume, build_model, train_generation
+from engine.tasks.lm import LanguageModel, ensemble_metrics, evaluate, ppl, train_epoch
 
 WORDS = [f"w{i}" for i in range(24)] + ["<unk>", "N"]
 
@@ -243,11 +245,11 @@ def test_a_tiny_lstm_beats_the_unigram_baseline_quickly(corpus):
 def test_ensemble_perplexity_averages_next_word_probabilities():
     a = np.array([0.5, 0.1, 0.2], dtype=np.float32)
     b = np.array([0.1, 0.3, 0.2], dtype=np.float32)
-    m = ensemble_metrics(None, [a, b])
+    m = ensemble_metrics([a, b])
     assert m["test_ppl"] == pytest.approx(math.exp(-(math.log(0.3) + math.log(0.2) + math.log(0.2)) / 3), rel=1e-6)
-    assert ensemble_metrics(None, [a])["test_ppl"] == pytest.approx(float(np.exp(-np.log(a).mean())), rel=1e-6)
+    assert ensemble_metrics([a])["test_ppl"] == pytest.approx(float(np.exp(-np.log(a).mean())), rel=1e-6)
     with pytest.raises(ValueError, match="same test tokens"):
-        ensemble_metrics(None, [a, b[:2]])
+        ensemble_metrics([a, b[:2]])
 
 
 # ---- the chain ------------------------------------------------------------------------------
@@ -309,21 +311,19 @@ def test_a_stopped_generation_resumes_with_its_hidden_state(tmp_path, corpus_dir
     exp = spec.loads(CHAIN.format(root=corpus_dir, epochs=1)).experiments["ptb-tiny"]
 
     def context(name):
-        paths = runs.RunPaths(tmp_path / name)
-        ctx = Context(exp=exp, seed=0, paths=paths, device=torch.device("cpu"))
-        ctx.data = ptb.load(exp.dataset)
-        return ctx
+        return Context(exp=exp, seed=0, paths=runs.RunPaths(tmp_path / name), device=torch.device("cpu"))
 
+    task = LanguageModel(ptb.load(exp.dataset))
     gen = exp.generations[1]
-    teacher = train_lm.build_model(context("t"), exp.generations[0]).eval()
-    whole = train_lm.train_generation(context("a"), gen, teacher)
+    teacher = build_model(context("t"), exp.generations[0], task).eval()
+    whole = train_generation(context("a"), gen, teacher, task)
     ctx = context("b")
     ctx.stop.set()
     with pytest.raises(Cancelled):
-        train_lm.train_generation(ctx, gen, teacher)
-    ctx.resume = checkpoint.load(ctx.paths.last_checkpoint)
-    assert (ctx.resume["epoch"], ctx.resume["step"]) == (0, 1)
+        train_generation(ctx, gen, teacher, task)
+    resume = checkpoint.load(ctx.paths.last_checkpoint)
+    assert (resume["epoch"], resume["step"]) == (0, 1)
     ctx.stop.clear()
-    resumed = train_lm.train_generation(ctx, gen, teacher)
+    resumed = train_generation(ctx, gen, teacher, task, Resume(resume, started=True))
     assert resumed.final == pytest.approx(whole.final, rel=1e-6)
     np.testing.assert_allclose(resumed.test_probs, whole.test_probs, rtol=1e-6)

@@ -9,7 +9,7 @@ from engine import spec
 from engine.events import read_events
 from engine.models import build
 from engine.runs import RunPaths, list_runs
-from engine.train import derive_seed
+from engine.context import derive_seed
 
 CONFIG = """
 [[experiment]]

@@ -1,5 +1,5 @@
-"""engine/train.py in-process: schedules, the optimizer's view of frozen parts, the teacher cache,
-NaN detection and determinism, with real training of cnn-small on sklearn's digits."""
+"""engine/generation.py with the image task, in-process: schedules, the optimizer's view of
+frozen parts, the teacher cache, NaN detection and determinism, with real training of cnn-small on sklearn's digits."""
 import contextlib
 import re
 
@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from engine import spec, train
+from engine import optim, spec
 from engine.data import load
 from engine.events import EventWriter, read_events
 from engine.models import build
 from engine.runs import RunPaths
-from engine.train import Context, LRSchedule, RunError, train_generation
+from engine.context import Context, derive_seed
+from engine.errors import RunError
+from engine.generation import train_generation
+from engine.optim import LRSchedule
+from engine.tasks.image import ImageClassifier, teacher_outputs
 
 CONFIG = """
 [[experiment]]
@@ -37,13 +41,12 @@ def digits():
 def context(tmp_path, data, text=CONFIG, seed=0) -> Context:
     exp = spec.loads(text).experiments["t"]
     tmp_path.mkdir(parents=True, exist_ok=True)
-    ctx = Context(exp=exp, seed=seed, paths=RunPaths(tmp_path), device=torch.device("cpu"), data=data)
-    ctx.events = EventWriter(tmp_path / "events.jsonl", "r")
-    return ctx
+    return Context(exp=exp, seed=seed, paths=RunPaths(tmp_path), device=torch.device("cpu"),
+                   events=EventWriter(tmp_path / "events.jsonl", "r"))
 
 
-def frozen_teacher(ctx) -> torch.nn.Module:
-    teacher = train_generation(ctx, ctx.exp.generations[0], None).model
+def frozen_teacher(ctx, data) -> torch.nn.Module:
+    teacher = train_generation(ctx, ctx.exp.generations[0], None, ImageClassifier(data)).model
     return teacher.eval().requires_grad_(False)
 
 
@@ -93,7 +96,7 @@ def test_plateau_decays_when_the_metric_improves_too_little():
 
 def test_a_generation_trains_and_reports(tmp_path, digits):
     ctx = context(tmp_path, digits, CONFIG.replace("epochs = 1", "epochs = 3"))
-    result = train_generation(ctx, ctx.exp.generations[0], None)
+    result = train_generation(ctx, ctx.exp.generations[0], None, ImageClassifier(digits))
     epochs = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["test_err"] < 0.3 and epochs[-1]["test_err"] < epochs[0]["test_err"]
@@ -110,7 +113,7 @@ def test_a_generation_trains_and_reports(tmp_path, digits):
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, digits):
     def final(seed, sub):
         ctx = context(tmp_path / sub, digits, seed=seed)
-        return train_generation(ctx, ctx.exp.generations[0], None).final
+        return train_generation(ctx, ctx.exp.generations[0], None, ImageClassifier(digits)).final
     a, b, c = final(0, "a"), final(0, "b"), final(1, "c")
     assert a == b and a != c
 
@@ -126,13 +129,13 @@ freeze = ["stem"]
 optimizer = { lr = 0.05, weight_decay = 0.1 }
 """
     ctx = context(tmp_path, digits, text)
-    teacher = frozen_teacher(ctx)
+    teacher = frozen_teacher(ctx, digits)
     stem, head = teacher.stem.weight.clone(), teacher.head.weight.clone()
-    student = train_generation(ctx, ctx.exp.generations[1], teacher).model
+    student = train_generation(ctx, ctx.exp.generations[1], teacher, ImageClassifier(digits)).model
     assert torch.equal(student.stem.weight, stem)              # inherited and frozen: untouched
     assert not torch.equal(student.head.weight, head)          # inherited, trainable: trained
     assert not student.stem.weight.requires_grad
-    opt = train.make_optimizer(student, ctx.exp.generations[1].training.optimizer, ctx.device)
+    opt = optim.make_optimizer(student, ctx.exp.generations[1].training.optimizer, ctx.device)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(student.stem.weight) not in in_opt and id(student.head.weight) in in_opt
 
@@ -147,13 +150,13 @@ epochs = 2
 teacher_cache = {cache}
 """
     ctx = context(tmp_path / "t", digits, text.replace("{cache}", "false"))
-    teacher = frozen_teacher(ctx)
+    teacher = frozen_teacher(ctx, digits)
     runs, calls = {}, {}
     for cache in ("false", "true"):
         ctx = context(tmp_path / cache, digits, text.replace("{cache}", cache))
         calls[cache] = 0
         hook = teacher.register_forward_hook(lambda *_, c=cache: calls.__setitem__(c, calls[c] + 1))
-        train_generation(ctx, ctx.exp.generations[1], teacher)
+        train_generation(ctx, ctx.exp.generations[1], teacher, ImageClassifier(digits))
         hook.remove()
         runs[cache] = [e for e in read_events(tmp_path / cache / "events.jsonl") if e["kind"] == "epoch"]
     steps = -(-len(digits.train_x) // 64)
@@ -175,8 +178,8 @@ def test_teacher_cache_is_not_used_with_augmentation(tmp_path):
     text = text.replace("batch_size = 64", "batch_size = 16\nteacher_cache = true")
     data = load(spec.loads(text).experiments["t"].dataset, 0)
     ctx = context(tmp_path, data, text)
-    teacher = frozen_teacher(ctx)
-    train_generation(ctx, ctx.exp.generations[1], teacher)
+    teacher = frozen_teacher(ctx, data)
+    train_generation(ctx, ctx.exp.generations[1], teacher, ImageClassifier(data))
     logs = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "log"]
     assert any(e["level"] == "warning" and "teacher_cache has no effect" in e["message"] for e in logs)
 
@@ -187,7 +190,7 @@ def test_teacher_outputs_are_the_teachers_logits_by_sample(digits):
     n = len(digits.train_x)
     batches = Batches(digits.train_x, torch.arange(n), 100, digits.mean, digits.std, shuffle=False,
                       augment=False, seed=0, device="cpu")
-    cache = train.teacher_outputs(teacher, batches, n, contextlib.nullcontext)
+    cache = teacher_outputs(teacher, batches, n, contextlib.nullcontext)
     shuffled = Batches(digits.train_x, torch.arange(n), 64, digits.mean, digits.std, shuffle=True,
                        augment=False, seed=5, device="cpu")
     x, idx = next(iter(shuffled))
@@ -199,11 +202,11 @@ def test_teacher_outputs_are_the_teachers_logits_by_sample(digits):
 def test_nan_loss_names_generation_epoch_and_step(tmp_path, digits):
     ctx = context(tmp_path, digits, CONFIG.replace("lr = 0.05", "lr = 1e30"))
     with pytest.raises(RunError) as info:
-        train_generation(ctx, ctx.exp.generations[0], None)
+        train_generation(ctx, ctx.exp.generations[0], None, ImageClassifier(digits))
     assert re.fullmatch(r"generation 0 \(Teacher\): loss became (nan|inf) at epoch 1 step \d+", str(info.value))
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 def test_derive_seed_is_stable():
-    assert train.derive_seed(0, "gen", 1) == train.derive_seed(0, "gen", 1) != train.derive_seed(0, "gen", 2)
-    assert 0 <= train.derive_seed(2**40, "x") < 2**63
+    assert derive_seed(0, "gen", 1) == derive_seed(0, "gen", 1) != derive_seed(0, "gen", 2)
+    assert 0 <= derive_seed(2**40, "x") < 2**63

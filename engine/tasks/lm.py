@@ -1,8 +1,5 @@
-"""One language-model generation: truncated-BPTT training of a word-level LM (BAN paper, 4.3).
-
-The chain (engine/chain.py) calls `build_model(ctx, gen)`, `train_generation(ctx, gen, teacher)`
-and `ensemble_metrics(ctx, member_probs)` here exactly as it calls engine/train.py for images,
-and shares its Context, GenResult, optimiser, learning-rate schedule, checkpoint and errors.
+"""Language modelling: truncated-BPTT training of a word-level LM (BAN paper, 4.3), the task of
+catalog.LM_DATASETS; engine/generation.py owns what every generation does the same.
 
 The objectives are the image ones, applied token by token: logits [T, B, V] are flattened to
 [T*B, V] and targets to [T*B]. Teacher and student read the same windows and each carries its
@@ -38,7 +35,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -46,11 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint
+from engine import optim
+from engine.context import derive_seed, describe
 from engine.data.ptb import batchify, windows
-from engine.runs import gen_label
-from engine.train import (Cancelled, ConfigError, GenResult, LRSchedule, check_finite, derive_seed, end_epoch,
-                          save_last, step_parts)
+from engine.errors import ConfigError
+from engine.tasks import Loop, Task
 
 METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
 DIAG_EVERY = 10
@@ -82,17 +78,17 @@ def train_windows(model, columns, bptt, optimizer, objective, options=None, teac
                   autocast=nullcontext, scaler=None, lr_at=None, skip=0, hidden=None, teacher_hidden=None):
     """One training pass over the columns [L, B], a step per BPTT window, yielding a `Step` after
     each. Starts at window `skip` with the given hidden states (default zeros); `lr_at(i)` sets
-    the learning rate of window i."""
+    the learning rate of window i; `scaler` (optim.grad_scaler) scales fp16 losses."""
     options = options or {}
     model.train()
     batch = columns.size(1)
     hidden = model.init_hidden(batch) if hidden is None else hidden
     if teacher is not None and teacher_hidden is None:
         teacher_hidden = teacher.init_hidden(batch)
+    scaler = optim.grad_scaler(None, columns.device) if scaler is None else scaler
     for i, (x, y) in enumerate(itertools.islice(windows(columns, bptt), skip, None), start=skip):
         if lr_at is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(i)
+            optim.set_lr(optimizer, lr_at(i))
         hidden = detach(hidden)
         labels = y.reshape(-1)
         teacher_logits = None
@@ -104,20 +100,8 @@ def train_windows(model, columns, bptt, optimizer, objective, options=None, teac
             logits, hidden = model(x, hidden)
         logits = logits.reshape(-1, logits.size(-1)).float()
         loss = objective(logits, teacher_logits, labels, **options)
-        optimizer.zero_grad(set_to_none=True)
-        window_loss = loss * x.size(0)    # summed over time steps, mean over the batch (see above)
-        if scaler is None:
-            window_loss.backward()
-        else:
-            scaler.scale(window_loss).backward()
-            scaler.unscale_(optimizer)
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+        # the loss summed over time steps, mean over the batch (see above)
+        optim.optimizer_step(optimizer, scaler, loss * x.size(0), model, grad_clip)
         logits = logits.detach()
         with torch.no_grad():
             loss_value, ce = torch.stack([loss.detach().float(), F.cross_entropy(logits, labels)]).tolist()
@@ -149,7 +133,7 @@ def evaluate(model, columns, bptt, keep_probs=False, autocast=nullcontext):
     return loss, (logp_target.exp().float().cpu().numpy() if keep_probs else None)
 
 
-def ensemble_metrics(ctx, member_probs) -> dict:
+def ensemble_metrics(member_probs) -> dict:
     """Test loss and perplexity of an ensemble from its members' per-token probabilities of the
     correct next word (each a float vector [T_test], the same positions for every member)."""
     probs = [np.asarray(p, dtype=np.float64) for p in member_probs]
@@ -160,112 +144,89 @@ def ensemble_metrics(ctx, member_probs) -> dict:
     return {"test_loss": loss, "test_ppl": ppl(loss)}
 
 
-def build_model(ctx, gen) -> torch.nn.Module:
-    """Generation gen's model for the corpus' vocabulary, freshly initialised from its seed."""
-    from engine import models
-    torch.manual_seed(ctx.gen_seed(gen))
-    try:
-        return models.build(gen.model, ctx.data.num_classes, vocab=ctx.data.vocab, **gen.model_options)
-    except (KeyError, ValueError, TypeError) as exc:
-        msg = exc.args[0] if exc.args else str(exc)
-        raise ConfigError(f"generation {gen.index} ({gen_label(gen.index)}): cannot build model "
-                          f"{gen.model!r} for data set {ctx.exp.dataset.name!r}: {msg}") from exc
+class LanguageModel(Task):
+    """The task of engine.data.ptb corpora."""
+    metrics = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
+    sums = ("loss", "ce")
+
+    def check(self, ctx, gen, where) -> None:
+        if ctx.world_size > 1:
+            raise ConfigError(f"{where}: language models train in one process, found {ctx.world_size} (set gpus = 1)")
+        if gen.inherit:
+            raise ConfigError(f"{where}: inherit: parts are copied between image models only, found {gen.inherit} "
+                              f"for language model {gen.model!r}")
+
+    def model_args(self) -> dict:
+        return {"num_classes": self.data.num_classes, "vocab": self.data.vocab}
+
+    def place(self, ctx, gen, model):
+        return model.to(ctx.device)
+
+    def gen_start_extra(self) -> dict:
+        return {"metric": "ppl", "vocab": self.data.num_classes, "bptt": self.data.bptt}
+
+    def start(self, ctx, gen, model, teacher, parts) -> LanguageModelLoop:
+        return LanguageModelLoop(ctx, gen, model, teacher, parts, self.data)
+
+    def plateau_metric(self, metrics: dict) -> float:
+        return metrics["val_ppl"]
+
+    def throughput(self, n: int, seconds: float) -> dict:
+        return {"tokens_per_s": round(n / max(seconds, 1e-9), 1)}
+
+    def ensemble_metrics(self, member_probs: list) -> dict:
+        return ensemble_metrics(member_probs)
 
 
-def train_generation(ctx, gen, teacher_model) -> GenResult:
-    from engine.objectives import diagnostics, summarize_diagnostics
+class LanguageModelLoop(Loop):
+    """One LM generation's columns, teacher and windows.
+    The carry between steps is (student hidden state, teacher hidden state)."""
 
-    t, data, device = gen.training, ctx.data, ctx.device
-    where = f"generation {gen.index} ({gen_label(gen.index)})"
-    if ctx.world_size > 1:
-        raise ConfigError(f"{where}: language models train in one process, found {ctx.world_size} (set gpus = 1)")
-    if gen.inherit:
-        raise ConfigError(f"{where}: inherit: parts are copied between image models only, found {gen.inherit} "
-                          f"for language model {gen.model!r}")
-    seed = ctx.gen_seed(gen)
-    model = build_model(ctx, gen).to(device)
-    ctx.gen_start(gen, model, metric="ppl", vocab=data.num_classes, bptt=data.bptt)
+    def __init__(self, ctx, gen, model, teacher, parts, corpus):
+        t, device = gen.training, ctx.device
+        self.ctx, self.gen, self.model, self.parts, self.bptt = ctx, gen, model, parts, corpus.bptt
+        self.seed = ctx.gen_seed(gen)
+        try:
+            self.columns = batchify(corpus.train, t.batch_size).to(device)
+            self.val = batchify(corpus.val, t.eval_batch_size).to(device)
+            self.test = batchify(corpus.test, t.eval_batch_size).to(device)
+        except ValueError as exc:
+            raise ConfigError(f"{describe(gen)}: batch_size/eval_batch_size: {exc}") from exc
+        self.steps = math.ceil((self.columns.size(0) - 1) / self.bptt)
+        self.teacher = teacher.eval().to(device) if teacher is not None else None
 
-    objective, options, dkpp, optimizer, dtype, autocast = step_parts(gen, model, seed, device)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    def begin_epoch(self, epoch: int) -> None:
+        torch.manual_seed(derive_seed(self.seed, "epoch", epoch))   # dropout masks
 
-    try:
-        train = batchify(data.train, t.batch_size).to(device)
-        val = batchify(data.val, t.eval_batch_size).to(device)
-        test = batchify(data.test, t.eval_batch_size).to(device)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: batch_size/eval_batch_size: {exc}") from exc
-    steps = math.ceil((train.size(0) - 1) / data.bptt)
-    schedule = LRSchedule(t.schedule, t.optimizer.lr, t.epochs, steps)
-    teacher = teacher_model.eval().to(device) if teacher_model is not None else None
-
-    start_epoch, skip, history, best, running, hidden = 0, 0, [], {}, None, (None, None)
-    if ctx.resume is not None:
-        r = ctx.resume
-        model.load_state_dict(r["state_dict"])
-        optimizer.load_state_dict(r["optimizer"])
-        schedule.load_state_dict(r["schedule"])
-        if scaler is not None:
-            scaler.load_state_dict(r["scaler"])
-        if dkpp is not None:
-            dkpp.set_state(r["dkpp"])
-        start_epoch, skip, history, best = r["epoch"], r["step"], list(r["history"]), dict(r["best"])
-        if skip:
-            running = r["running"]
-            hidden = tuple(tuple(h.to(device) for h in s) if s is not None else None for s in r["hidden"])
-
-    def last(epoch, step, sums, states=(None, None)):
-        extra = {"schedule": schedule.state_dict(), "running": sums,
-                 "hidden": [tuple(h.detach().cpu() for h in s) if s is not None else None for s in states]}
-        if scaler is not None:
-            extra["scaler"] = scaler.state_dict()
-        if dkpp is not None:
-            extra["dkpp"] = dkpp.get_state()
-        save_last(ctx, gen, epoch, step, model, optimizer, history, best, **extra)
-
-    probs = None
-    for epoch in range(start_epoch, t.epochs):
-        torch.manual_seed(derive_seed(seed, "epoch", epoch))   # dropout masks
-        sums = running if running is not None else {"loss": 0.0, "ce": 0.0, "n": 0, "seconds": 0.0, "diag": {}}
-        if running is not None:   # continuing mid-epoch: the RNG as it was at the stop
-            checkpoint.set_rng_state(ctx.resume["rng"])
-        running = None
-        lr = schedule(epoch * steps + min(skip, steps - 1))
-        t0 = time.perf_counter()
-        for s in train_windows(model, train, data.bptt, optimizer, objective, options, teacher, t.grad_clip,
-                               autocast, scaler, lambda i: schedule(epoch * steps + i), skip, *hidden):
-            lr = optimizer.param_groups[0]["lr"]
-            stop = check_finite(ctx, ctx.stop.is_set(), s.loss, where, epoch + 1, s.index + 1)
+    def train(self, epoch, skip, sums, carry, lr_at):
+        from engine.objectives import diagnostics
+        p, t = self.parts, self.gen.training
+        for s in train_windows(self.model, self.columns, self.bptt, p.optimizer, p.objective, p.options, self.teacher,
+                               t.grad_clip, p.autocast, p.scaler, lr_at, skip, *(carry or (None, None))):
             sums["loss"] += s.loss * s.n
             sums["ce"] += s.ce * s.n
             sums["n"] += s.n
             if s.index % DIAG_EVERY == 0:
-                diag = diagnostics(s.logits, s.teacher_logits, s.labels, gen.objective, **options)
+                diag = diagnostics(s.logits, s.teacher_logits, s.labels, self.gen.objective, **p.options)
                 for k, v in diag.items():
                     sums["diag"][k] = sums["diag"].get(k, 0) + v
-            if stop:
-                sums["seconds"] += time.perf_counter() - t0
-                last(epoch, s.index + 1, sums, (s.hidden, s.teacher_hidden))
-                raise Cancelled(f"{where}: stopped at epoch {epoch + 1} step {s.index + 1}")
-        skip, hidden = 0, (None, None)
-        sums["seconds"] += time.perf_counter() - t0
-        train_seconds, n = sums["seconds"], sums["n"]
+            yield s.index + 1, [(s.index + 1, s.loss)], (s.hidden, s.teacher_hidden)
 
-        t1 = time.perf_counter()
+    def evaluate(self, sums, keep_probs):
+        autocast, n = self.parts.autocast, sums["n"]
         metrics = {"train_loss": sums["loss"] / n, "train_ppl": ppl(sums["ce"] / n)}
-        metrics["val_loss"], _ = evaluate(model, val, data.bptt, autocast=autocast)
+        metrics["val_loss"], _ = evaluate(self.model, self.val, self.bptt, autocast=autocast)
         metrics["val_ppl"] = ppl(metrics["val_loss"])
-        final_epoch = epoch == t.epochs - 1
-        metrics["test_loss"], probs = evaluate(model, test, data.bptt, keep_probs=final_epoch, autocast=autocast)
+        metrics["test_loss"], probs = evaluate(self.model, self.test, self.bptt, keep_probs=keep_probs, autocast=autocast)
         metrics["test_ppl"] = ppl(metrics["test_loss"])
-        seconds = train_seconds + time.perf_counter() - t1
-        schedule.epoch_end(metrics["val_ppl"])
-        record = {"gen": gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
-                  "seconds": round(seconds, 3), "tokens_per_s": round(n / max(train_seconds, 1e-9), 1),
-                  "diagnostics": summarize_diagnostics(sums["diag"])}
-        end_epoch(ctx, record, metrics, history, best, lambda: last(epoch + 1, 0, None))
+        return metrics, probs
 
-    if probs is None:   # resumed after the last epoch had been saved: evaluate the test set again
-        _, probs = evaluate(model, test, data.bptt, keep_probs=True, autocast=autocast)
-    final = {k: history[-1][k] for k in METRICS}
-    return GenResult(model, final, best, probs, sum(h["seconds"] for h in history))
+    def test_probs(self):
+        return evaluate(self.model, self.test, self.bptt, keep_probs=True, autocast=self.parts.autocast)[1]
+
+    def carry_state(self, carry) -> dict:
+        states = carry or (None, None)
+        return {"hidden": [tuple(h.detach().cpu() for h in s) if s is not None else None for s in states]}
+
+    def restore_carry(self, last):
+        return tuple(tuple(h.to(self.ctx.device) for h in s) if s is not None else None for s in last["hidden"])

@@ -1,0 +1,277 @@
+"""One generation of Born-Again training, for every task: the skeleton.
+
+`train_generation(ctx, gen, teacher, task, resume) -> GenResult` builds the student of
+generation `gen` (fresh from its own seed, then `inherit`ed parts copied from the teacher),
+trains it for `gen.training.epochs` epochs on `gen.objective` and returns it with its metrics
+and its test-set probabilities. What is the same for every task lives here: build + inherit,
+the gen_start event, the objective/optimizer/precision parts, restoring checkpoints/last.pt,
+the epoch loop's bookkeeping (running sums, the finite check, stopping on SIGTERM, the epoch
+record, `end_epoch`, `save_last`) and the final evaluation. What differs (batches, the steps of
+one epoch, evaluation, ensemble metrics, the model's build arguments) comes from the task
+(engine/tasks/: `image`, `lm`; the protocol is in engine/tasks/__init__.py).
+
+Reproducibility: the student's initialisation comes from the generation's seed; each epoch's
+order, augmentation and dropout from (seed, epoch) (the task's `begin_epoch`); DKPP's
+permutations from a generator seeded by (seed, "dkpp") whose state is checkpointed. last.pt is
+written after every epoch and, on SIGTERM, after the current step (the task says when it can
+stop), with the global RNG state and the task's carried state (an LM's hidden states), so a
+resumed generation continues where it stopped and ends with the same numbers.
+
+Nothing per generation hides in the Context: the data is the task's, and where the generation
+resumes is `resume` (a `Resume`: last.pt's contents, and whether gen_start is already written).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine import checkpoint, ddp, optim, spec
+from engine.context import Context, derive_seed, describe
+from engine.errors import Cancelled, ConfigError, RunError
+from engine.tasks import Loop, Task
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a generation stands in its run directory before it trains."""
+    last: dict | None = None     # checkpoints/last.pt of this generation: continue from it
+    started: bool = False        # its gen_start event is already written
+
+
+FRESH = Resume()
+
+
+@dataclass
+class GenResult:
+    model: torch.nn.Module           # the trained student (unwrapped: no DDP, no compile)
+    final: dict                      # the last epoch's metrics (the headline)
+    best: dict                       # the minimum of each metric over the epochs
+    test_probs: np.ndarray | None    # float32 test-set probabilities for ensembles (None: none)
+    seconds: float
+
+
+@dataclass
+class Parts:
+    """What every step of a generation uses besides its batch (made once per generation)."""
+    objective: object                # engine.objectives.OBJECTIVES[gen.objective]
+    options: dict                    # its options (DKPP: with its generator)
+    dkpp: torch.Generator | None     # DKPP's permutations (checkpointed), else None
+    optimizer: torch.optim.Optimizer
+    autocast: object                 # () -> the forward passes' autocast context
+    scaler: torch.amp.GradScaler     # enabled for fp16 only
+
+
+@dataclass
+class Progress:
+    """Where the epoch loop stands: after `epoch` finished epochs and `step` steps of the next."""
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)   # the epoch records so far
+    best: dict = field(default_factory=dict)      # the minimum of each metric so far
+    running: dict | None = None                   # the sums of the epoch in progress (step > 0)
+
+
+# ---- before the loop ------------------------------------------------------------------------
+
+def build_model(ctx: Context, gen: spec.Generation, task: Task) -> torch.nn.Module:
+    """Generation gen's model for the task's data, freshly initialised from its seed (on the CPU)."""
+    from engine import models
+    torch.manual_seed(ctx.gen_seed(gen))
+    try:
+        return models.build(gen.model, **task.model_args(), **gen.model_options)
+    except (KeyError, ValueError, TypeError) as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        raise ConfigError(f"{describe(gen)}: cannot build model {gen.model!r} for data set "
+                          f"{ctx.exp.dataset.name!r}: {msg}") from exc
+
+
+def build_student(ctx: Context, gen: spec.Generation, teacher, task: Task) -> torch.nn.Module:
+    """The fresh student with the teacher's inherited parts, placed on the device by the task."""
+    task.check(ctx, gen, describe(gen))
+    model = build_model(ctx, gen, task)
+    if gen.inherit:
+        from engine.models.inherit import inherit
+        try:
+            inherit(model, teacher, gen.inherit, gen.freeze)
+        except ValueError as exc:
+            raise ConfigError(f"{describe(gen)}: {exc}") from exc
+    return task.place(ctx, gen, model)
+
+
+def emit_gen_start(ctx: Context, gen: spec.Generation, model, **extra) -> None:
+    from engine.models import count_params
+    t = gen.training
+    ctx.emit("gen_start", gen=gen.index, role=gen.role, objective=gen.objective, model=gen.model,
+             params=count_params(model), teacher=gen.teacher, epochs=t.epochs, seed=ctx.gen_seed(gen),
+             batch_size=t.batch_size, lr=t.optimizer.lr, inherit=gen.inherit, freeze=gen.freeze, **extra)
+
+
+def step_parts(gen: spec.Generation, model, seed: int, device: torch.device) -> Parts:
+    """The objective and its options (DKPP's permutations from a CPU generator seeded by the
+    generation, so they are the same on any device), the optimizer, autocast and loss scaling."""
+    from engine.objectives import OBJECTIVES
+    objective, options = OBJECTIVES[gen.objective], dict(gen.objective_options)
+    dkpp = None
+    if gen.objective == "dkpp":
+        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
+        options["generator"] = dkpp
+    optimizer = optim.make_optimizer(model, gen.training.optimizer, device)
+    dtype = optim.autocast_dtype(gen.training.precision, device)
+    return Parts(objective, options, dkpp, optimizer, optim.autocast(dtype, device), optim.grad_scaler(dtype, device))
+
+
+def restore(ctx: Context, last: dict | None, model, parts: Parts) -> Progress:
+    """The model, optimizer, loss scaler and DKPP generator as last.pt saved them, and where
+    the loop stands. Under DDP rank 0 alone continues the saved running sums (they are global)."""
+    if last is None:
+        return Progress()
+    model.load_state_dict(last["state_dict"])
+    parts.optimizer.load_state_dict(last["optimizer"])
+    if "scaler" in last:
+        parts.scaler.load_state_dict(last["scaler"])
+    if parts.dkpp is not None:
+        parts.dkpp.set_state(last["dkpp"])
+    running = last["running"] if last["step"] else None
+    if running is not None and not ctx.main:
+        running = {k: v if k == "seconds" else {d: 0.0 for d in v} if k == "diag" else type(v)(0)
+                   for k, v in running.items()}
+    return Progress(last["epoch"], last["step"], list(last["history"]), dict(last["best"]), running)
+
+
+# ---- the loop's bookkeeping -----------------------------------------------------------------
+
+def new_sums(keys) -> dict:
+    """Running sums of an epoch: the task's sums (loss * n, errors, ...), samples, seconds, diagnostics."""
+    return {**{k: 0.0 for k in keys}, "n": 0, "seconds": 0.0, "diag": {}}
+
+
+def reduce_sums(sums: dict, device) -> dict:
+    """The sums over all DDP ranks (seconds: rank 0's); the same numbers with one process."""
+    keys = [k for k in sums if k not in ("seconds", "diag")]
+    diag = sorted(sums["diag"])
+    totals = ddp.all_reduce([sums[k] for k in keys] + [sums["diag"][k] for k in diag], device)
+    out = {k: int(v) if k == "n" else v for k, v in zip(keys, totals)}
+    return {**out, "seconds": sums["seconds"], "diag": dict(zip(diag, totals[len(keys):]))}
+
+
+def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
+              best: dict, **extra) -> None:
+    """checkpoints/last.pt: everything to continue generation `gen` after `epoch` finished
+    epochs and `step` steps of the next one (rank 0 only; temp file + rename)."""
+    if ctx.main:
+        checkpoint.save({"gen": gen.index, "epoch": epoch, "step": step, "state_dict": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
+                         "history": history, "best": best, **extra}, ctx.paths.last_checkpoint)
+
+
+def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save) -> None:
+    """Book a finished epoch: its history entry, the per-metric minima (updated in place, so
+    that `save` writes them), checkpoints/last.pt through `save()`, then the `epoch` event.
+    Saved before the event, so an event never announces an epoch that a crash could lose."""
+    history.append(record)
+    best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
+    save()
+    ctx.emit("epoch", **record)
+
+
+def check_finite(ctx: Context, stop: bool, value: float, where: str, epoch: int, step: int) -> bool:
+    """Raise RunError when the loss is nan/inf on any rank; return the agreed stop flag.
+    `epoch` and `step` count from 1 (as the message shows them)."""
+    stop, bad = ctx.agree(stop, not math.isfinite(value))
+    if bad:
+        what = "nan" if math.isnan(value) else "inf" if math.isinf(value) else "non-finite (on another rank)"
+        raise RunError(f"{where}: loss became {what} at epoch {epoch} step {step}")
+    return stop
+
+
+@dataclass
+class Generation:
+    """One generation in training: what the skeleton's steps below share."""
+    ctx: Context
+    gen: spec.Generation
+    task: Task
+    loop: Loop                       # the task's per-generation part
+    model: torch.nn.Module
+    parts: Parts
+    schedule: optim.LRSchedule
+    progress: Progress
+    last: dict | None                # last.pt when the generation resumed
+
+    def save(self, epoch: int, step: int, sums: dict | None, carry=None) -> None:
+        extra = {"schedule": self.schedule.state_dict(), "scaler": self.parts.scaler.state_dict(),
+                 "running": sums, **self.loop.carry_state(carry)}
+        if self.parts.dkpp is not None:
+            extra["dkpp"] = self.parts.dkpp.get_state()
+        p = self.progress
+        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.best, **extra)
+
+    def train_epoch(self, epoch: int, skip: int, sums: dict, carry) -> dict:
+        """The epoch's steps from `skip` on, as the task runs them; at each of the task's
+        read-backs the finite check and, when SIGTERM asked on any rank, last.pt and Cancelled.
+        Returns the epoch's sums over every rank."""
+        ctx, steps, t0 = self.ctx, self.loop.steps, time.perf_counter()
+        lr_at = lambda i: self.schedule(epoch * steps + i)   # noqa: E731
+        for done, losses, carry in self.loop.train(epoch, skip, sums, carry, lr_at):
+            step, value = next(((i, v) for i, v in losses if not math.isfinite(v)), losses[-1])
+            if check_finite(ctx, ctx.stop.is_set(), value, describe(self.gen), epoch + 1, step):
+                sums["seconds"] += time.perf_counter() - t0
+                self.save(epoch, done, reduce_sums(sums, ctx.device), carry)
+                raise Cancelled(f"{describe(self.gen)}: stopped at epoch {epoch + 1} step {done}")
+        sums["seconds"] += time.perf_counter() - t0
+        return reduce_sums(sums, ctx.device)
+
+    def run_epoch(self, epoch: int):
+        """Train, evaluate and book one epoch; the test probabilities when it is the last."""
+        t, p = self.gen.training, self.progress
+        self.loop.begin_epoch(epoch)
+        sums, carry = new_sums(self.task.sums), None
+        if p.running is not None:   # continuing mid-epoch: the RNG and the task's state as they were at the stop
+            sums, carry = p.running, self.loop.restore_carry(self.last)
+            checkpoint.set_rng_state(self.last["rng"])
+        skip, p.running = p.step, None
+        sums = self.train_epoch(epoch, skip, sums, carry)
+        p.step = 0
+        train_seconds, n = sums["seconds"], sums["n"]
+        lr = self.schedule(epoch * self.loop.steps + self.loop.steps - 1)   # the epoch's last step's
+        t1 = time.perf_counter()
+        metrics, probs = self.loop.evaluate(sums, keep_probs=epoch == t.epochs - 1)
+        seconds = train_seconds + time.perf_counter() - t1
+        self.schedule.epoch_end(self.task.plateau_metric(metrics))
+        from engine.objectives import summarize_diagnostics
+        record = {"gen": self.gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
+                  "seconds": round(seconds, 3), **self.task.throughput(n, train_seconds),
+                  "diagnostics": summarize_diagnostics(sums["diag"]) if sums["diag"] else {}}
+        end_epoch(self.ctx, record, metrics, p.history, p.best, lambda: self.save(epoch + 1, 0, None))
+        return probs
+
+    def result(self, probs) -> GenResult:
+        """The final evaluation: the last epoch's metrics, and the test probabilities (again when
+        the generation resumed after its last epoch had been saved)."""
+        history = self.progress.history
+        if probs is None:
+            probs = self.loop.test_probs()
+        final = {k: history[-1][k] for k in self.task.metrics if k in history[-1]}
+        return GenResult(self.model, final, self.progress.best, probs, sum(h["seconds"] for h in history))
+
+
+def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, resume: Resume = FRESH) -> GenResult:
+    """Train generation `gen` of ctx.exp on the task's data, from scratch or from resume.last."""
+    model = build_student(ctx, gen, teacher, task)
+    if not resume.started:
+        emit_gen_start(ctx, gen, model, **task.gen_start_extra())
+    parts = step_parts(gen, model, ctx.gen_seed(gen), ctx.device)
+    progress = restore(ctx, resume.last, model, parts)
+    loop = task.start(ctx, gen, model, teacher, parts)
+    t = gen.training
+    schedule = optim.LRSchedule(t.schedule, t.optimizer.lr, t.epochs, loop.steps)
+    if resume.last is not None:
+        schedule.load_state_dict(resume.last["schedule"])
+    g = Generation(ctx, gen, task, loop, model, parts, schedule, progress, resume.last)
+    probs = None
+    for epoch in range(progress.epoch, t.epochs):
+        probs = g.run_epoch(epoch)
+    return g.result(probs)

@@ -1,0 +1,93 @@
+"""Tasks: what one kind of data set trains like. engine/generation.py owns everything a
+generation does the same for every task; a task supplies only what differs.
+
+A task (a `Task` subclass) holds the loaded data of a run and says how to build, place and
+judge models for it; `Task.start` makes the per-generation part (a `Loop` subclass): the
+batches, the placed teacher, the steps of one epoch and the evaluation. A new task (say, a text
+classifier) is one new module with a subclass of each, plus its line in
+`engine.chain.load_task`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from engine import spec
+
+
+class Loop(ABC):
+    """One generation's task-specific part, made by `Task.start` (which places the teacher,
+    makes the batches and wraps the model for DDP/compile)."""
+    steps: int                       # optimizer steps per epoch
+
+    @abstractmethod
+    def begin_epoch(self, epoch: int) -> None:
+        """Seed what epoch `epoch` draws (order, augmentation, dropout) from (seed, epoch)."""
+
+    @abstractmethod
+    def train(self, epoch: int, skip: int, sums: dict, carry, lr_at: Callable[[int], float]) -> Iterator:
+        """The epoch's steps from step `skip` on (`carry`: the state restore_carry gave, or None),
+        setting the learning rate of step i to lr_at(i) and adding into `sums` (the keys of
+        Task.sums, "n", "diag"). Yields (steps done, [(step from 1, loss), ...] since the last
+        yield, carry) wherever the generation may stop; every rank yields at the same steps."""
+
+    @abstractmethod
+    def evaluate(self, sums: dict, keep_probs: bool) -> tuple[dict, np.ndarray | None]:
+        """(the epoch's metrics: the training ones from its global sums, then validation and
+        test; the test probabilities for ensembles when keep_probs, else None)."""
+
+    @abstractmethod
+    def test_probs(self) -> np.ndarray:
+        """The test probabilities of the model as it is (a generation resumed after its end)."""
+
+    def carry_state(self, carry) -> dict:
+        """Entries of last.pt that continue the epoch mid-way (carry None: at an epoch's end)."""
+        return {}
+
+    def restore_carry(self, last: dict):
+        """The carry of a generation stopped mid-epoch, from its last.pt."""
+        return None
+
+
+class Task(ABC):
+    """What one kind of data set trains like, holding the run's data (`self.data`)."""
+    metrics: tuple[str, ...]         # the epoch metrics that make gen_end's `final`
+    sums: tuple[str, ...]            # running sums of an epoch besides "n", "seconds", "diag"
+
+    def __init__(self, data):
+        self.data = data
+        self.num_classes: int = data.num_classes
+
+    def check(self, ctx, gen: spec.Generation, where: str) -> None:
+        """ConfigError for a generation this task cannot train."""
+
+    @abstractmethod
+    def model_args(self) -> dict:
+        """Keyword arguments of engine.models.build besides the name and gen.model_options."""
+
+    @abstractmethod
+    def place(self, ctx, gen: spec.Generation, model: torch.nn.Module) -> torch.nn.Module:
+        """The student on ctx.device (in its memory layout)."""
+
+    def gen_start_extra(self) -> dict:
+        """Fields the gen_start event adds for this task."""
+        return {}
+
+    @abstractmethod
+    def start(self, ctx, gen: spec.Generation, model, teacher, parts) -> Loop:
+        """The generation's Loop (parts: engine.generation.Parts)."""
+
+    @abstractmethod
+    def plateau_metric(self, metrics: dict) -> float:
+        """What the plateau schedule watches (never a test metric)."""
+
+    @abstractmethod
+    def throughput(self, n: int, seconds: float) -> dict:
+        """The epoch record's count and rate fields."""
+
+    @abstractmethod
+    def ensemble_metrics(self, member_probs: list) -> dict:
+        """An ensemble's test metrics from its members' stored test probabilities."""
