@@ -81,6 +81,14 @@ def find(runs_dir: Path, ref: str) -> Path:
         fail(str(exc))
 
 
+def find_many(runs_dir: Path, refs: list[str]) -> list[Path]:
+    """Runs by reference, in the order given, each once; an experiment name means all its runs."""
+    roots = []
+    for ref in refs:
+        roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
+    return list(dict.fromkeys(roots))
+
+
 def chain_summary(exp: spec.Experiment) -> str:
     """One line: data set, generations with objectives, model, epochs, ensembles, seeds."""
     objectives = " -> ".join(g.objective for g in exp.generations)
@@ -350,10 +358,7 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
     runs_dir = default_runs_dir(runs_dir)
-    roots = []
-    for ref in refs or []:  # an experiment name means all its runs
-        roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
-    roots = roots if refs else list_runs(runs_dir)
+    roots = find_many(runs_dir, refs) if refs else list_runs(runs_dir)
     rep = report_mod.collect(dict.fromkeys(roots))
     console = out()
     if fmt == "json":
@@ -401,6 +406,45 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                         ("paper", "paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
+
+
+@app.command()
+def plot(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs or experiment names (overlaid)."),
+         output: Path = typer.Option(..., "-o", "--output", help="FILE.png, FILE.svg or FILE.pdf."),
+         panels: Optional[List[str]] = typer.Option(None, "--panel", help="curves, generations, loss or gradients "
+                                                                          "(repeatable; default: all four)."),
+         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """A figure of runs for a paper or a slide: test error (%) per epoch over the whole chain with
+    the generations marked, the final error per generation with the ensembles, the loss curves and
+    the gradient decomposition (eq. 7). Needs matplotlib: pip install 'ban[plot]'."""
+    from ban_tui import plot as plot_mod
+    roots = find_many(default_runs_dir(runs_dir), run_refs)
+    try:
+        written = plot_mod.save(roots, output, tuple(panels or plot_mod.PANELS))
+    except plot_mod.PlotError as exc:
+        fail(str(exc))
+    say(out(), f"wrote {written}")
+
+
+@app.command()
+def export(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs or experiment names."),
+           tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs under DIR "
+                                                                                  "(DIR/experiment/run-id/generation)."),
+           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Export runs' stored events to other tools: --tensorboard DIR (then: tensorboard --logdir DIR).
+    Needs the tensorboard package: pip install 'ban[export]'."""
+    from ban_tui import export as export_mod
+    if tensorboard is None:
+        fail("say where to export: --tensorboard DIR")
+    roots = find_many(default_runs_dir(runs_dir), run_refs)
+    try:
+        written = export_mod.tensorboard(roots, tensorboard)
+    except export_mod.ExportError as exc:
+        fail(str(exc))
+    console = out()
+    for d in written:
+        say(console, f"wrote {d}")
+    say(console, f"view with: tensorboard --logdir {shlex.quote(str(tensorboard))}")
 
 
 # ---- remote hosts (ban_tui.remote) ----------------------------------------------------------
