@@ -1,7 +1,8 @@
 """`ban`: the headless experiment manager (run, follow, list, show, report, resume, cancel).
 
 Every command is a plain function whose docstring is its help. Nothing here imports torch:
-`ban models` imports the model registry inside the command only.
+`ban models` reads the committed counts of engine.param_counts, and imports the model registry
+inside the command only for a size outside that table.
 Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 bad input
 (config problems, unknown names), 130 cancelled.
 """
@@ -380,20 +381,21 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                                                              "for models it reports, else 10)."),
            in_channels: int = typer.Option(3, "--in-channels")):
     """The model registry with parameter counts, beside the paper's where it gives one."""
-    from engine import catalog
-    from engine import models as registry  # torch: only this command needs it
-    paper = getattr(registry, "PAPER_PARAMS", {})
-    paper_classes = getattr(registry, "PAPER_NUM_CLASSES", {})
+    from engine import catalog, param_counts
+    paper, paper_classes = param_counts.PAPER_PARAMS, param_counts.PAPER_NUM_CLASSES
     rows, notes = [], []
-    for name in names or dict.fromkeys(catalog.model_examples() + list(paper)):
+    for name in names or param_counts.listed():
         try:
             family = catalog.resolve_model(name)[0]
         except KeyError:
             family = None
-        lm = family is not None and family.kind == "lm"
-        n_classes = classes or paper_classes.get(name, 10000 if lm else 10)  # PTB's vocabulary for LMs
+        n_classes = classes or param_counts.default_classes(name)
+        count = param_counts.cached(name, n_classes, in_channels)   # the listing's sizes: no torch
         try:
-            ours = params_str(registry.param_count(name, n_classes, in_channels))
+            if count is None:
+                from engine import models as registry  # torch: only a size outside the table needs it
+                count = registry.param_count(name, n_classes, in_channels)
+            ours = params_str(count)
         except Exception as exc:  # a name the registry cannot build alone: say why below, keep listing
             ours = "n/a"
             notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
