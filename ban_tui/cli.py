@@ -21,7 +21,7 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec_check import did_you_mean
-from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
@@ -245,7 +245,8 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    print_table(console, RUN_COLUMNS, [run_row(d, load_state(d), now) for d in shown])
+    print_table(console, RUN_COLUMNS + [("tags", "tags")],
+                [{**run_row(d, load_state(d), now), "tags": notes_mod.tags_str(d)} for d in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
 
@@ -261,6 +262,14 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
     say(console, f"{state.experiment}/{state.run_id}  status {status}  seed {state.seed}  "
                  f"device {state.device or '-'}  host {state.host or '-'}  started {clock(state.started)}")
     say(console, f"directory {root}")
+    try:
+        notes = notes_mod.read(root)
+        if notes.tags:
+            say(console, f"tags {', '.join(notes.tags)}")
+        for n in notes.notes:
+            say(console, f"note {clock(n.get('ts'))}  {n['text']}")
+    except notes_mod.NotesError as exc:
+        say(console, f"notes: {exc}")
     print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), "generations")
     if state.ensembles:
         print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
@@ -372,6 +381,37 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
         say(console, report_mod.to_csv(rep))
     else:
         print_table(console, *report_mod.table(rep))
+
+
+@app.command()
+def note(run_ref: str = typer.Argument(..., metavar="RUN"),
+         text: Optional[str] = typer.Argument(None, help="The note (omit to list the run's notes)."),
+         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Add a note to a run (kept in its notes.json, never in events.jsonl), or list its notes."""
+    root = find(default_runs_dir(runs_dir), run_ref)
+    try:
+        notes = notes_mod.add_note(root, text) if text is not None else notes_mod.read(root)
+    except notes_mod.NotesError as exc:
+        fail(str(exc))
+    console = out()
+    for n in notes.notes:
+        say(console, f"{clock(n.get('ts'))}  {n['text']}")
+    if not notes.notes:
+        say(console, f"no notes on {root.parent.name}/{root.name}")
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def tag(run_ref: str = typer.Argument(..., metavar="RUN"),
+        changes: Optional[List[str]] = typer.Argument(None, metavar="[+NAME|-NAME...]",
+                                                     help="+name (or name) adds a tag, -name removes it; none: list."),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Add or remove a run's tags (shown by `ban ls`), or list them."""
+    root = find(default_runs_dir(runs_dir), run_ref)
+    try:
+        notes = notes_mod.change_tags(root, changes) if changes else notes_mod.read(root)
+    except notes_mod.NotesError as exc:
+        fail(str(exc))
+    say(out(), f"{root.parent.name}/{root.name}: tags {', '.join(notes.tags) or '(none)'}")
 
 
 @app.command()

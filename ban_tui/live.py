@@ -24,7 +24,7 @@ def say(console: Console, text: str) -> None:
 STATUS_STYLES = {"ok": "green", "running": "cyan", "failed": "red", "dead": "red", "stale": "yellow",
                  "cancelled": "yellow"}
 TEXT_COLUMNS = ("generation", "run", "ensemble", "members", "model", "objective", "status", "started",
-                "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit")
+                "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit", "tags")
 
 
 def print_table(console: Console, columns: list[tuple[str, str]], rows: list[dict], title: str = "") -> None:
