@@ -23,6 +23,7 @@ from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_ru
 from engine.spec_check import did_you_mean
 from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
+from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
                             diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row)
@@ -245,10 +246,17 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    print_table(console, RUN_COLUMNS + [("tags", "tags")],
-                [{**run_row(d, load_state(d), now), "tags": notes_mod.tags_str(d)} for d in shown])
+    print_table(console, RUN_COLUMNS + [("eta", "ETA"), ("tags", "tags")], [ls_row(d, now) for d in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
+
+
+def ls_row(root: Path, now: float) -> dict:
+    """run_row with the epochs planned over the whole chain (from the snapshot), its ETA, its tags."""
+    state = load_state(root)
+    p = chain_progress(state, load_plan(root))
+    eta = hms(p.eta) if state.status(now) == "running" else "-"
+    return {**run_row(root, state, now), "progress": str(p), "eta": eta, "tags": notes_mod.tags_str(root)}
 
 
 @app.command()
