@@ -543,7 +543,8 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     shown = runs if every else runs[-20:]
     now = time.time()
     # the status comes from the host, where the engine's pid can be checked
-    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status} for r in shown])
+    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status,
+                                        "progress": str(chain_progress(r.state))} for r in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
     return 0
