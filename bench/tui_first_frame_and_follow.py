@@ -24,6 +24,7 @@ The machine may be shared: the load average is printed beside the numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -56,12 +57,15 @@ def proc_cpu(pid: int) -> float:
     return total
 
 
+SESSIONS = itertools.count()
+
+
 def first_frame_tmux(work: Path, root: Path = ROOT) -> tuple[float, float] | None:
     """(wall, CPU) seconds from the spawn to the experiments tab on screen; None without tmux."""
     if shutil.which("tmux") is None:
         return None
     argv = [sys.executable, "-m", "ban_tui.app"]
-    sock = f"ban-bench-{os.getpid()}"
+    sock = f"ban-bench-{os.getpid()}-{next(SESSIONS)}"   # a fresh server each time: the last may still be exiting
     tmux = ["tmux", "-L", sock]
     env = checkout_env(root)
     t0 = time.perf_counter()
