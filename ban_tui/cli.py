@@ -1,7 +1,8 @@
 """`ban`: the headless experiment manager (run, follow, list, show, report, resume, cancel).
 
 Every command is a plain function whose docstring is its help. Nothing here imports torch:
-`ban models` imports the model registry inside the command only.
+`ban models` reads the committed counts of engine.param_counts, and imports the model registry
+inside the command only for a size outside that table.
 Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 bad input
 (config problems, unknown names), 130 cancelled.
 """
@@ -20,12 +21,13 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
-from ban_tui import hosts as hosts_mod, launch, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod
 from ban_tui.remote import operations as remote
 from ban_tui.remote.gpus import gpu_status
 from ban_tui.remote.source import RemoteSource
 from ban_tui.remote.transport import RemoteError
 from ban_tui.follow import LocalSource, follow as follow_sources
+from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
                             clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row)
@@ -83,6 +85,14 @@ def find(runs_dir: Path, ref: str) -> Path:
         return find_run(runs_dir, ref)
     except LookupError as exc:
         fail(str(exc))
+
+
+def find_many(runs_dir: Path, refs: list[str]) -> list[Path]:
+    """Runs by reference, in the order given, each once; an experiment name means all its runs."""
+    roots = []
+    for ref in refs:
+        roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
+    return list(dict.fromkeys(roots))
 
 
 def chain_summary(exp: spec.Experiment) -> str:
@@ -240,9 +250,17 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    print_table(console, RUN_COLUMNS, [run_row(d, load_state(d), now) for d in shown])
+    print_table(console, RUN_COLUMNS + [("eta", "ETA"), ("tags", "tags")], [ls_row(d, now) for d in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
+
+
+def ls_row(root: Path, now: float) -> dict:
+    """run_row with the epochs planned over the whole chain (from the snapshot), its ETA, its tags."""
+    state = load_state(root)
+    p = chain_progress(state, load_plan(root))
+    eta = hms(p.eta) if state.status(now) == "running" else "-"
+    return {**run_row(root, state, now), "progress": str(p), "eta": eta, "tags": notes_mod.tags_str(root)}
 
 
 @app.command()
@@ -256,6 +274,14 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
     say(console, f"{state.experiment}/{state.run_id}  status {status}  seed {state.seed}  "
                  f"device {state.device or '-'}  host {state.host or '-'}  started {clock(state.started)}")
     say(console, f"directory {root}")
+    try:
+        notes = notes_mod.read(root)
+        if notes.tags:
+            say(console, f"tags {', '.join(notes.tags)}")
+        for n in notes.notes:
+            say(console, f"note {clock(n.get('ts'))}  {n['text']}")
+    except notes_mod.NotesError as exc:
+        say(console, f"notes: {exc}")
     print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), "generations")
     if state.ensembles:
         print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
@@ -354,10 +380,7 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
     runs_dir = default_runs_dir(runs_dir)
-    roots = []
-    for ref in refs or []:  # an experiment name means all its runs
-        roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
-    roots = roots if refs else list_runs(runs_dir)
+    roots = find_many(runs_dir, refs) if refs else list_runs(runs_dir)
     rep = report_mod.collect(dict.fromkeys(roots))
     console = out()
     if fmt == "json":
@@ -373,26 +396,58 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
 
 
 @app.command()
+def note(run_ref: str = typer.Argument(..., metavar="RUN"),
+         text: Optional[str] = typer.Argument(None, help="The note (omit to list the run's notes)."),
+         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Add a note to a run (kept in its notes.json, never in events.jsonl), or list its notes."""
+    root = find(default_runs_dir(runs_dir), run_ref)
+    try:
+        notes = notes_mod.add_note(root, text) if text is not None else notes_mod.read(root)
+    except notes_mod.NotesError as exc:
+        fail(str(exc))
+    console = out()
+    for n in notes.notes:
+        say(console, f"{clock(n.get('ts'))}  {n['text']}")
+    if not notes.notes:
+        say(console, f"no notes on {root.parent.name}/{root.name}")
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def tag(run_ref: str = typer.Argument(..., metavar="RUN"),
+        changes: Optional[List[str]] = typer.Argument(None, metavar="[+NAME|-NAME...]",
+                                                     help="+name (or name) adds a tag, -name removes it; none: list."),
+        runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Add or remove a run's tags (shown by `ban ls`), or list them."""
+    root = find(default_runs_dir(runs_dir), run_ref)
+    try:
+        notes = notes_mod.change_tags(root, changes) if changes else notes_mod.read(root)
+    except notes_mod.NotesError as exc:
+        fail(str(exc))
+    say(out(), f"{root.parent.name}/{root.name}: tags {', '.join(notes.tags) or '(none)'}")
+
+
+@app.command()
 def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]",
                                                       help="Only these models (any registry name)."),
            classes: Optional[int] = typer.Option(None, help="Classes of the head (default: the paper's "
                                                              "for models it reports, else 10)."),
            in_channels: int = typer.Option(3, "--in-channels")):
     """The model registry with parameter counts, beside the paper's where it gives one."""
-    from engine import catalog
-    from engine import models as registry  # torch: only this command needs it
-    paper = getattr(registry, "PAPER_PARAMS", {})
-    paper_classes = getattr(registry, "PAPER_NUM_CLASSES", {})
+    from engine import catalog, param_counts
+    paper, paper_classes = param_counts.PAPER_PARAMS, param_counts.PAPER_NUM_CLASSES
     rows, notes = [], []
-    for name in names or dict.fromkeys(catalog.model_examples() + list(paper)):
+    for name in names or param_counts.listed():
         try:
             family = catalog.resolve_model(name)[0]
         except KeyError:
             family = None
-        lm = family is not None and family.kind == "lm"
-        n_classes = classes or paper_classes.get(name, 10000 if lm else 10)  # PTB's vocabulary for LMs
+        n_classes = classes or param_counts.default_classes(name)
+        count = param_counts.cached(name, n_classes, in_channels)   # the listing's sizes: no torch
         try:
-            ours = params_str(registry.param_count(name, n_classes, in_channels))
+            if count is None:
+                from engine import models as registry  # torch: only a size outside the table needs it
+                count = registry.param_count(name, n_classes, in_channels)
+            ours = params_str(count)
         except Exception as exc:  # a name the registry cannot build alone: say why below, keep listing
             ours = "n/a"
             notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
@@ -405,6 +460,45 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                         ("paper", "paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
+
+
+@app.command()
+def plot(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs or experiment names (overlaid)."),
+         output: Path = typer.Option(..., "-o", "--output", help="FILE.png, FILE.svg or FILE.pdf."),
+         panels: Optional[List[str]] = typer.Option(None, "--panel", help="curves, generations, loss or gradients "
+                                                                          "(repeatable; default: all four)."),
+         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """A figure of runs for a paper or a slide: test error (%) per epoch over the whole chain with
+    the generations marked, the final error per generation with the ensembles, the loss curves and
+    the gradient decomposition (eq. 7). Needs matplotlib: pip install 'ban[plot]'."""
+    from ban_tui import plot as plot_mod
+    roots = find_many(default_runs_dir(runs_dir), run_refs)
+    try:
+        written = plot_mod.save(roots, output, tuple(panels or plot_mod.PANELS))
+    except plot_mod.PlotError as exc:
+        fail(str(exc))
+    say(out(), f"wrote {written}")
+
+
+@app.command()
+def export(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs or experiment names."),
+           tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs under DIR "
+                                                                                  "(DIR/experiment/run-id/generation)."),
+           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+    """Export runs' stored events to other tools: --tensorboard DIR (then: tensorboard --logdir DIR).
+    Needs the tensorboard package: pip install 'ban[export]'."""
+    from ban_tui import export as export_mod
+    if tensorboard is None:
+        fail("say where to export: --tensorboard DIR")
+    roots = find_many(default_runs_dir(runs_dir), run_refs)
+    try:
+        written = export_mod.tensorboard(roots, tensorboard)
+    except export_mod.ExportError as exc:
+        fail(str(exc))
+    console = out()
+    for d in written:
+        say(console, f"wrote {d}")
+    say(console, f"view with: tensorboard --logdir {shlex.quote(str(tensorboard))}")
 
 
 # ---- remote hosts (ban_tui.remote) ----------------------------------------------------------
@@ -453,7 +547,8 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     shown = runs if every else runs[-20:]
     now = time.time()
     # the status comes from the host, where the engine's pid can be checked
-    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status} for r in shown])
+    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status,
+                                        "progress": str(chain_progress(r.state))} for r in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
     return 0

@@ -6,12 +6,15 @@ colour. Rich honours NO_COLOR by itself. The rows come from ban_tui.tables.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_STYLE, duration, ensemble_rows, event_line,
                             gen_eta, gen_rows, metric_str, num, render_plain)
 
@@ -22,7 +25,7 @@ def say(console: Console, text: str) -> None:
 
 
 TEXT_COLUMNS = ("generation", "run", "ensemble", "members", "model", "objective", "status", "started",
-                "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit")
+                "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit", "tags")
 
 
 def print_table(console: Console, columns: list[tuple[str, str]], rows: list[dict], title: str = "") -> None:
@@ -85,6 +88,7 @@ class LiveView(PlainView):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.fields[info]}"), console=console, refresh_per_second=4)
         self.tasks: dict[tuple[str, int], int] = {}
+        self.plans: dict[str, list | None] = {}
 
     def __enter__(self):
         self.progress.start()
@@ -111,8 +115,16 @@ class LiveView(PlainView):
         loss = g.last.get("train_loss")
         info = (f"epoch {g.epoch}/{g.epochs}  loss {num(loss)}  "
                 f"{'ppl' if g.metric == 'ppl' else 'err'} {metric_str(g.test, g.metric)}  "
-                f"ETA {duration(gen_eta(g))}")
+                f"ETA {hms(gen_eta(g))}  (chain {self.chain(source)})")
         self.progress.update(self.tasks[key], completed=g.epoch, total=g.epochs or None, info=info)
+
+    def chain(self, source) -> str:
+        """'33/60 epochs, ETA 0:02:21': the whole chain, planned from a local run's snapshot."""
+        if source.name not in self.plans:   # a remote source's run_dir is a str: no local snapshot
+            root = getattr(source, "run_dir", None)
+            self.plans[source.name] = load_plan(root) if isinstance(root, Path) else None
+        p = chain_progress(source.state, self.plans[source.name])
+        return f"{p} epochs, ETA {hms(p.eta)}"
 
 
 def open_view(console: Console) -> PlainView:

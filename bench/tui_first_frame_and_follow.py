@@ -1,11 +1,20 @@
-"""Benchmark of ban-tui (not a test): time to the first frame, and the CPU the app uses while it
-follows 20 runs that each write 200 events a second for ~10 s.
+"""Benchmark of ban-tui (not a test): time to the first frame, `ban models`, and the CPU the app
+uses while it follows 20 runs that each write 200 events a second for ~10 s.
 
     .venv/bin/python bench/tui_first_frame_and_follow.py [--runs 20] [--rate 200] [--seconds 10]
+        [--startup-only] [--compare DIR]
 
-First frame: `ban-tui` is started in a real terminal (tmux) and the screen is read until the
-experiments tab is drawn; wall time from the spawn (Python start-up and imports included).
-Without tmux, a headless app measures from before its import to its first refresh.
+First frame: `python -m ban_tui.app` is started in a real terminal (tmux) and the screen is read
+until the experiments tab is drawn; wall time from the spawn (Python start-up and imports
+included) and the CPU time the app had used by then (its /proc utime + stime: on a shared
+machine the wall time mostly measures the others' load). Without tmux, a headless app measures
+from before its import to its first refresh.
+
+`ban models`: `python -m ban_tui.cli models` to its exit, wall and CPU (rusage of the child).
+
+--compare DIR measures a second checkout as well (e.g. the previous commit:
+`git worktree add --detach /tmp/prev HEAD~1`), each measure alternating between the two with
+PYTHONPATH set to each checkout, and prints the ratios. The Python is this one (same venv).
 
 Following: the app runs headless in its own process (runs tab shown, or with --monitor a run
 monitor open as well), the writers are separate processes using engine.events.EventWriter; the
@@ -15,6 +24,7 @@ The machine may be shared: the load average is printed beside the numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -28,38 +38,96 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = '[[experiment]]\nname = "bench"\ndataset = { name = "digits" }\nepochs = 2\ngenerations = 1\n'
 
 
-def first_frame_tmux(work: Path) -> float | None:
+def checkout_env(root: Path) -> dict:
+    """The environment that runs `root`'s code with this Python (PYTHONPATH before the editable install)."""
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process and its children still running (tmux may start a shell first)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+SESSIONS = itertools.count()
+
+
+def first_frame_tmux(work: Path, root: Path = ROOT) -> tuple[float, float] | None:
+    """(wall, CPU) seconds from the spawn to the experiments tab on screen; None without tmux."""
     if shutil.which("tmux") is None:
         return None
-    entry = Path(sys.executable).with_name("ban-tui")
-    argv = [str(entry)] if entry.exists() else [sys.executable, "-m", "ban_tui.app"]
-    sock = f"ban-bench-{os.getpid()}"
+    argv = [sys.executable, "-m", "ban_tui.app"]
+    sock = f"ban-bench-{os.getpid()}-{next(SESSIONS)}"   # a fresh server each time: the last may still be exiting
     tmux = ["tmux", "-L", sock]
+    env = checkout_env(root)
     t0 = time.perf_counter()
-    subprocess.run(tmux + ["new-session", "-d", "-s", "b", "-x", "120", "-y", "40", "-c", str(work)]
-                   + argv + ["experiments.toml", "--runs-dir", "runs"], check=True)
+    subprocess.run(tmux + ["new-session", "-d", "-s", "b", "-x", "120", "-y", "40", "-c", str(work),
+                           "-e", f"PYTHONPATH={root}"] + argv + ["experiments.toml", "--runs-dir", "runs"],
+                   check=True, env=env)
     try:
+        pane = int(subprocess.run(tmux + ["display", "-p", "-t", "b", "#{pane_pid}"], capture_output=True,
+                                  text=True).stdout.strip() or 0)
         while time.perf_counter() - t0 < 60:
             screen = subprocess.run(tmux + ["capture-pane", "-p", "-t", "b"], capture_output=True, text=True).stdout
             if "Experiments" in screen and "bench" in screen:
-                return time.perf_counter() - t0
+                return time.perf_counter() - t0, proc_cpu(pane) if pane else float("nan")
             time.sleep(0.01)
         return None
     finally:
         subprocess.run(tmux + ["kill-server"], capture_output=True)
 
 
-def first_frame_headless(work: Path) -> float:
+def first_frame_headless(work: Path, root: Path = ROOT) -> tuple[float, float]:
     code = ("import time; t0 = time.perf_counter()\n"
             "from ban_tui.app import BanApp\n"
             "app = BanApp('experiments.toml', 'runs')\n"
             "async def pilot(p):\n"
             "    await p.pause()\n"
-            "    print(time.perf_counter() - t0)\n"
+            "    print(time.perf_counter() - t0, time.process_time())\n"
             "    p.app.exit()\n"
             "app.run(headless=True, auto_pilot=pilot)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, check=True,
+                         env=checkout_env(root))
+    wall, cpu = out.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(cpu)
+
+
+def ban_models(work: Path, root: Path = ROOT) -> tuple[float, float]:
+    """(wall, CPU) seconds of `ban models` (the listing of the whole registry) to its exit."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "ban_tui.cli", "models"], cwd=work, env=checkout_env(root),
+                         stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, f"ban models exited {p.returncode}"
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+
+
+def startup(work: Path, roots: dict[str, Path], repeat: int = 3) -> None:
+    """First frame and `ban models` of each checkout, alternating, best of `repeat`; ratios."""
+    frame = first_frame_tmux if shutil.which("tmux") else first_frame_headless
+    how = "tmux, spawn to experiments tab on screen" if frame is first_frame_tmux else "headless, import to first refresh"
+    for what, measure in ((f"first frame ({how})", frame), ("ban models", ban_models)):
+        got: dict[str, list] = {name: [] for name in roots}
+        for _ in range(repeat):
+            for name, root in roots.items():
+                got[name].append(measure(work, root))
+        best = {}
+        for name, values in got.items():
+            best[name] = (min(w for w, _ in values), min(c for _, c in values))
+            print(f"{what} [{name}]: best {best[name][0]:.2f} s wall, {best[name][1]:.2f} s CPU; runs: "
+                  + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in values))
+        if len(roots) == 2:
+            (a, (wa, ca)), (b, (wb, cb)) = best.items()
+            print(f"{what}: {a} / {b} = {wa / wb:.2f}x wall, {ca / cb:.2f}x CPU")
 
 
 WRITER = """
@@ -141,19 +209,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--rate", type=int, default=200, help="events per second per run")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--startup-only", action="store_true", help="only the first frame and `ban models`")
+    parser.add_argument("--compare", type=Path, help="another checkout to measure side by side (e.g. the previous commit)")
     args = parser.parse_args()
+    roots = {"this": ROOT} | ({"compared": args.compare.resolve()} if args.compare else {})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "experiments.toml").write_text(CONFIG)
         (work / "runs").mkdir()
-        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-        frames = [first_frame_tmux(work) for _ in range(3)]
-        if None in frames:
-            frames = [first_frame_headless(work) for _ in range(3)]
-            how = "headless, import to first refresh"
-        else:
-            how = "tmux, spawn to experiments tab on screen"
-        print(f"first frame ({how}): best {min(frames):.2f} s, runs: " + ", ".join(f"{f:.2f}" for f in frames))
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"
+              + (f"; compared: {args.compare}" if args.compare else ""))
+        startup(work, roots)
+        if args.startup_only:
+            print(f"load average {os.getloadavg()[0]:.1f} at the end")
+            return
         for monitor in (False, True):
             r = follow(work, args.runs, args.rate, args.seconds, monitor)
             view = "runs tab + run monitor" if monitor else "runs tab"

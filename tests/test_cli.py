@@ -376,7 +376,7 @@ def test_live_view_on_a_terminal_draws_a_bar_per_generation(runs):
     bars = [(t.description.split()[-1], t.completed, t.total) for t in view.progress.tasks]
     assert bars == [("Teacher", 3, 3), ("BAN-1", 3, 3), ("BAN-2", 3, 3)]
     text = console.file.getvalue()
-    assert f"epoch 3/3  loss {1 / 3 + 2:.4f}  err {100 * finals[0][2]:.2f}%  ETA 0.0s" in text
+    assert f"epoch 3/3  loss {1 / 3 + 2:.4f}  err {100 * finals[0][2]:.2f}%  ETA 0:00:00  (chain 9/9 epochs, ETA 0:00:00)" in text
     assert "ended ok" in text                                   # other events print above the bars
     assert isinstance(open_view(Console(file=io.StringIO())), PlainView)   # not a terminal: plain lines
 

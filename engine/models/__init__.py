@@ -115,27 +115,9 @@ def param_count(name: str, num_classes: int, in_channels: int = 3, **options) ->
         return count_params(build(name, num_classes, in_channels, **options))
 
 
-# Parameter counts (millions) that the paper reports, by registry name. The WRN counts are
-# for CIFAR-10 (10 classes, Table 1); every DenseNet and every Table 4-5 student is counted
-# for CIFAR-100 (100 classes, Tables 2, 4, 5); PAPER_NUM_CLASSES says which. See densenet.py
-# and resnet.py for how our counts compare and why some cannot match.
-PAPER_PARAMS: dict[str, float] = {
-    "wrn-28-1": 0.38, "wrn-28-2": 1.48, "wrn-28-5": 9.16, "wrn-28-10": 36.0,
-    "densenet-bc-112-33": 6.3, "densenet-bc-90-60": 16.1, "densenet-bc-80-80": 22.4,
-    "densenet-bc-80-120": 50.4,
-    # Table 4: DenseNet-90-60 students with the teacher's widths at each transition
-    "densenet-bc-90-60-depth0.5": 21.2, "densenet-bc-90-60-depth2": 13.7,
-    "densenet-bc-90-60-depth3": 12.9, "densenet-bc-90-60-depth4": 12.6,
-    "densenet-bc-90-60-comp0.5": 5.1, "densenet-bc-90-60-comp0.75": 10.1,
-    "densenet-bc-90-60-comp1.5": 80.5,
-    # Table 5: residual students of a DenseNet-90-60 teacher (paper names in resnet.py)
-    "ban-preresnet-14-0.5": 7.3, "ban-preresnet-14-1": 17.7, "ban-wrn-1-1": 20.9,
-    "ban-wrn-2-1": 43.1, "ban-wrn-4-0.5": 24.3, "ban-wrn-4-1": 87.3,
-    # Penn Treebank language models (Table 6), 10,000-word vocabulary
-    "lstm-tied-2x1500": 52.0, "char-cnn-lstm-2x650": 19.0,
-}
-PAPER_NUM_CLASSES: dict[str, int] = {n: 10 if n.startswith("wrn-") else 10000 if "lstm" in n else 100
-                                     for n in PAPER_PARAMS}
+# The paper's parameter counts live torch-free in engine.param_counts (`ban models` reads them
+# without torch); kept here under their old names.
+from engine.param_counts import PAPER_NUM_CLASSES, PAPER_PARAMS  # noqa: E402,F401
 
 # The families register themselves on import (they use `register` and `he_init` from above).
 from engine.models import airbench, cnn, densenet, resnet  # noqa: E402,F401
