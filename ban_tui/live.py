@@ -22,7 +22,7 @@ def say(console: Console, text: str) -> None:
 
 
 STATUS_STYLES = {"ok": "green", "running": "cyan", "failed": "red", "dead": "red", "stale": "yellow",
-                 "cancelled": "yellow"}
+                 "cancelled": "yellow", "preempted": "yellow"}
 TEXT_COLUMNS = ("generation", "run", "ensemble", "members", "model", "objective", "status", "started",
                 "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit")
 

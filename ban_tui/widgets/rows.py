@@ -6,8 +6,8 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
-                "stale": "bold magenta", "dead": "bold red"}
-STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
+                "stale": "bold magenta", "dead": "bold red", "preempted": "bold yellow"}
+STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗", "preempted": "■"}
 
 
 def status_text(status: str) -> Text:
