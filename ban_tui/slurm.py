@@ -147,10 +147,12 @@ def submit_here(payload: dict) -> list[dict]:
     chains = payload["chains"]
     for c in chains:
         c["run_dir"] = str(here(c["run_dir"]))
+        root = Path(c["run_dir"])
         if c.get("snapshot") is not None:
-            root = Path(c["run_dir"])
             root.mkdir(parents=True, exist_ok=True)
             write_file(RunPaths(root).snapshot, c["snapshot"])
+        else:   # a resume: refuse what the engine would refuse, before a job is queued for it
+            check_resumable(root)
     names = sorted({c["experiment"] for c in chains})
     ex = executor(here(payload["runs_dir"]) / ".slurm", payload["python"], cfg,
                   "ban:" + (names[0] if len(names) == 1 else f"{len(names)}-experiments"))
@@ -161,6 +163,18 @@ def submit_here(payload: dict) -> list[dict]:
         write_file(Path(c["run_dir"]) / JOB_FILE, f"{job.job_id}\n")
         out.append({"run_dir": c["run_dir"], "job": str(job.job_id)})
     return out
+
+
+def check_resumable(root: Path) -> None:
+    name = f"{root.parent.name}/{root.name}"
+    if not RunPaths(root).snapshot.is_file():
+        raise RuntimeError(f"{root}: expected a run directory with experiment.toml, found none")
+    end = load_state(root).end
+    if end is not None and end.get("status") == "ok":
+        raise RuntimeError(f"{name} already finished ok; nothing to resume")
+    job, state = job_active(root)
+    if state:
+        raise RuntimeError(f"{name} is in Slurm job {job} ({state.lower()}); nothing to resume")
 
 
 def job_of(root: Path) -> str | None:
@@ -185,13 +199,13 @@ def queue() -> dict[str, dict]:
 
 
 def jobs_here(runs_dir: str) -> dict[str, dict]:
-    """{run directory: {job, state, reason, time}} for the runs under runs_dir that have a job;
-    state "" once the job left squeue."""
+    """{experiment/run-id: {job, state, reason, time}} for the runs under runs_dir that have a
+    job; state "" once the job left squeue."""
     active = queue()
     out = {}
     for d in list_runs(here(runs_dir)):
         if (job := job_of(d)) is not None:
-            out[str(d)] = {"job": job, **active.get(job, {"state": "", "reason": "", "time": ""})}
+            out[f"{d.parent.name}/{d.name}"] = {"job": job, **active.get(job, {"state": "", "reason": "", "time": ""})}
     return out
 
 
@@ -281,7 +295,7 @@ def resubmit(host: Host, run_dir: str) -> SlurmLaunch:
 
 
 def list_jobs(host: Host) -> dict[str, dict]:
-    """{run directory on the host: {job, state, reason, time}} (squeue there)."""
+    """{experiment/run-id: {job, state, reason, time}} of the host's runs (squeue there)."""
     return remote_slurm(host, ["jobs", remote_runs_dir(host)], "listing Slurm jobs")
 
 
