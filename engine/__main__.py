@@ -144,13 +144,19 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "ban": ban}
 
 
+def catch_signals() -> tuple[threading.Event, threading.Event]:
+    """(stop, preempt): SIGTERM/SIGINT set stop; SIGUSR2 sets both (checkpoint, stop to be requeued)."""
+    stop, preempt = threading.Event(), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if hasattr(signal, "SIGUSR2"):
+        signal.signal(signal.SIGUSR2, lambda *_: (preempt.set(), stop.set()))
+    return stop, preempt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stop, preempt = threading.Event(), threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
-        signal.signal(sig, lambda *_: stop.set())
-    if hasattr(signal, "SIGUSR2"):   # checkpoint and stop to be requeued
-        signal.signal(signal.SIGUSR2, lambda *_: (preempt.set(), stop.set()))
+    stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
