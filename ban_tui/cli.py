@@ -511,6 +511,8 @@ def ls_remote(host: spec.Host, every: bool) -> int:
                 row["job"] = f"{j['job']} {j['state'].lower() or 'done'}" + (f" ({j['reason']})" if j["state"] == "PENDING" else "")
                 if j["state"] == "PENDING":
                     row["status"] = "pending"
+                elif j["state"] == "RUNNING" and r.state.end is not None:   # a new job, before its run_start
+                    row["status"] = "starting"
                 elif not j["state"] and not r.state.n_events:
                     row["status"] = "never started"
     print_table(console, columns, rows)
