@@ -225,12 +225,29 @@ class BanApp(App):
             self.call_from_thread(self.show_panel, "runs")
 
     def _local(self, run_dir: str, verb: str) -> bool:
+        """True for a local run; a run on a host is handed to control_remote (False)."""
         model = self.watcher.models.get(Path(run_dir))
         if model is not None and not model.source.local:
-            self.notify(f"{model.source.name} runs on a host: {verb} it there (ban {verb} on the host)",
-                        severity="warning")
+            self.notify(f"{verb}: {model.source.name} on {model.source.host.name}...")
+            self.control_remote(verb, run_dir, model.source)
             return False
         return True
+
+    @work(thread=True, group="control")
+    def control_remote(self, verb: str, run_dir: str, source) -> None:
+        """cancel / resume a run on its host (ban_tui.remote.control): over ssh, never in the UI thread."""
+        from ban_tui.remote import control as remote_control
+        try:
+            if verb == "resume":
+                run = remote_control.resume(source.host, source.run_dir)
+                self.watcher.add(Path(run_dir), remote.RemoteSource(source.host, run.run_dir, run.pid))
+                said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
+            else:
+                said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]
+        except remote.RemoteError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.call_from_thread(self.notify, said)
 
     def cancel_run(self, run_dir: str) -> None:
         if not self._local(run_dir, "cancel"):

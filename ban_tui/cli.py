@@ -1,4 +1,4 @@
-"""`ban`: the headless experiment manager (run, follow, list, show, report, resume, cancel).
+"""`ban`: the headless experiment manager (run, follow, list, show, report, resume, cancel, rm).
 
 Every command is a plain function whose docstring is its help. Nothing here imports torch:
 `ban models` reads the committed counts of engine.param_counts, and imports the model registry
@@ -21,7 +21,8 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
-from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
+from ban_tui.remote import control as remote_control
 from ban_tui.remote import operations as remote
 from ban_tui.remote.gpus import gpu_status
 from ban_tui.remote.source import RemoteSource
@@ -185,9 +186,13 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
         for exp in exps:
             print_chain(console, file, exp, runs_dir or Path(exp.runs_dir), device)
         return
-    launched = []
+    launched, to_slurm = [], {}
     for exp in exps:
         for seed in exp.seeds:
+            name = host or exp.host
+            if name and host_named(name, config=config).slurm is not None:   # one job array per host
+                to_slurm.setdefault(name, []).append((exp, seed))
+                continue
             try:
                 if host or exp.host:
                     launched.append(remote.launch(host_named(host or exp.host, config=config), exp, seed, device=device))
@@ -195,21 +200,31 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
                     launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
             except (OSError, ValueError, RemoteError) as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
+    for name, chains in to_slurm.items():
+        try:
+            launched += slurm.submit(host_named(name, config=config), chains, device)
+        except (OSError, ValueError, RemoteError) as exc:
+            fail(f"cannot submit to {name}: {exc}", EXIT_FAILED)
     local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
     remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
     for r in launched:
+        if isinstance(r, slurm.SlurmLaunch):
+            say(console, f"submitted {r.name} as Slurm job {r.job} in {r.host}:{r.run_dir}")
+            continue
         where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
         say(console, f"started {r.name} (pid {r.pid}) in {where}")
+    # the printed follow command names the config when the host is one of its [hosts]
+    via = file if any(r.host in config.hosts for r in remotes) and file != Path("experiments.toml") else None
     if detach:
         if local:
             say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
-        say_follow_remote(console, remotes)
+        say_follow_remote(console, remotes, config_file=via)
         return
     sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
                + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
 
     def on_interrupt() -> int:
-        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ")
+        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ", via)
         return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
 
     raise typer.Exit(watch(console, sources, on_interrupt))
@@ -331,8 +346,14 @@ def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
 @app.command()
 def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
-           detach: bool = typer.Option(False, "--detach", help="Return at once.")):
-    """Continue a cancelled or interrupted run from its last checkpoint, and follow it."""
+           detach: bool = typer.Option(False, "--detach", help="Return at once."),
+           host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+           config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
+    """Continue a cancelled or interrupted run from its last checkpoint, and follow it.
+
+    With --host: on that host (a new job on a Slurm host)."""
+    if host:
+        raise typer.Exit(resume_remote(host_named(host, config_file), run_ref, detach, config_file))
     root = find(default_runs_dir(runs_dir), run_ref)
     try:
         r = launch.resume_local(root)
@@ -351,8 +372,14 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
 def cancel(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
            wait: bool = typer.Option(True, help="Wait until the engines have checkpointed and stopped."),
-           timeout: float = typer.Option(120.0, help="Seconds to wait.")):
-    """Stop runs gracefully: SIGTERM, the engine checkpoints and ends the run as cancelled."""
+           timeout: float = typer.Option(120.0, help="Seconds to wait."),
+           host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+           config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
+    """Stop runs gracefully: SIGTERM, the engine checkpoints and ends the run as cancelled.
+
+    With --host: on that host (scancel for a run in a Slurm job)."""
+    if host:
+        raise typer.Exit(on_host(host_named(host, config_file), "cancel", run_refs, wait=wait, timeout=timeout))
     roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
     console = out()
     code = 0
@@ -367,6 +394,27 @@ def cancel(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
     if wait:
         for root in roots:
             say(console, f"{root.parent.name}/{root.name}: {load_state(root).status()}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def rm(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
+       runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+       host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
+       config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
+    """Remove finished, failed or cancelled runs (their directories); refuse a running one.
+
+    A queued run leaves the queue (a pending Slurm job is cancelled). Exit 1 if any was refused."""
+    if host:
+        raise typer.Exit(on_host(host_named(host, config_file), "rm", run_refs))
+    console = out()
+    code = 0
+    for root in [find(default_runs_dir(runs_dir), ref) for ref in run_refs]:
+        try:
+            say(console, remote_control.rm_here(root))
+        except (remote_control.ControlError, RuntimeError, OSError) as exc:
+            print(f"ban: {exc}", file=sys.stderr)
+            code = EXIT_FAILED
     raise typer.Exit(code)
 
 
@@ -516,7 +564,7 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
 
 def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> RemoteSource:
     """A RemoteSource that says when its connection drops and when it is back."""
-    source = RemoteSource(host, run_dir, pid)
+    source = RemoteSource(host, run_dir, pid) if host.slurm is None else slurm.SlurmSource(host, run_dir)
 
     def tell(s: RemoteSource) -> None:
         if not s.connected:
@@ -530,9 +578,10 @@ def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | No
     return source
 
 
-def say_follow_remote(console: Console, runs, prefix: str = "follow with: ") -> None:
+def say_follow_remote(console: Console, runs, prefix: str = "follow with: ", config_file: Path | None = None) -> None:
+    via = ["--config", str(config_file)] if config_file else []
     for name in dict.fromkeys(r.host for r in runs):
-        say(console, prefix + shlex.join(["ban", "follow"] + [r.name for r in runs if r.host == name] + ["--host", name]))
+        say(console, prefix + shlex.join(["ban", "follow"] + [r.name for r in runs if r.host == name] + ["--host", name] + via))
 
 
 def ls_remote(host: spec.Host, every: bool) -> int:
@@ -547,8 +596,26 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     shown = runs if every else runs[-20:]
     now = time.time()
     # the status comes from the host, where the engine's pid can be checked
-    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status,
-                                        "progress": str(chain_progress(r.state))} for r in shown])
+    rows = [{**run_row(Path(r.dir), r.state, now), "status": r.status,
+             "progress": str(chain_progress(r.state))} for r in shown]
+    columns = RUN_COLUMNS
+    if host.slurm is not None:   # each run's job, as squeue says (pending before its start or a requeue)
+        try:
+            jobs = slurm.list_jobs(host)
+        except RemoteError as exc:
+            fail(str(exc), EXIT_FAILED)
+        columns = RUN_COLUMNS + [("job", "slurm job")]
+        for r, row in zip(shown, rows):
+            j = jobs.get(r.name)
+            if j:
+                row["job"] = f"{j['job']} {j['state'].lower() or 'done'}" + (f" ({j['reason']})" if j["state"] == "PENDING" else "")
+                if j["state"] == "PENDING":
+                    row["status"] = "pending"
+                elif j["state"] == "RUNNING" and r.state.end is not None:   # a new job, before its run_start
+                    row["status"] = "starting"
+                elif not j["state"] and not r.state.n_events:
+                    row["status"] = "never started"
+    print_table(console, columns, rows)
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
     return 0
@@ -571,6 +638,38 @@ def follow_remote(host: spec.Host, refs: list[str]) -> int:
         return EXIT_CANCELLED
 
     return watch(console, [remote_source(console, host, d) for d in dirs], detach_msg)
+
+
+def on_host(host: spec.Host, verb: str, refs: list[str], **kw) -> int:
+    """cancel / rm on a host, each run in turn; 1 if any was refused."""
+    console = out()
+    code = 0
+    for ref in refs:
+        try:
+            say(console, remote_control.control(host, verb, ref, **kw)["message"])
+        except RemoteError as exc:
+            print(f"ban: {exc}", file=sys.stderr)
+            code = EXIT_FAILED
+    return code
+
+
+def resume_remote(host: spec.Host, ref: str, detach: bool, config_file: Path | None) -> int:
+    console = out()
+    try:
+        r = remote_control.resume(host, ref)
+    except RemoteError as exc:
+        fail(str(exc), EXIT_FAILED)
+    how = f"as Slurm job {r.job}" if isinstance(r, slurm.SlurmLaunch) else f"(pid {r.pid})"
+    say(console, f"resumed {r.name} {how} in {host.name}:{r.run_dir}")
+    if detach:
+        say_follow_remote(console, [r], config_file=config_file)
+        return 0
+
+    def detach_msg() -> int:
+        say_follow_remote(console, [r], "stopped following; the run keeps going. Again: ", config_file)
+        return EXIT_CANCELLED
+
+    return watch(console, [remote_source(console, host, r.run_dir, r.pid)], detach_msg)
 
 
 @app.command()

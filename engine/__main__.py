@@ -7,7 +7,9 @@ directory from its snapshot, checkpoints and events (`seq` continues). The launc
 stdout/stderr; this process writes only what a view reads: events, checkpoints, results.json.
 
 Signals: SIGTERM/SIGINT finish the current step, write checkpoints/last.pt, end the run with
-`run_end cancelled` and exit 0. Errors: an `error` event, `run_end failed`, ONE line on stderr
+`run_end cancelled` and exit 0. SIGUSR2 (the warning Slurm sends before a job's time limit, as
+submitit asks for it) does the same but ends the run with `run_end preempted`: a run stopped to be
+requeued, which `resume` continues (ban_tui.slurm requeues the job). Errors: an `error` event, `run_end failed`, ONE line on stderr
 (the traceback too with BAN_DEBUG=1), exit 2 for a config error (spec, model, data, checkpoint
 shapes) and 1 for a failed run. Under torchrun (RANK/WORLD_SIZE set) rank 0 alone writes.
 """
@@ -142,11 +144,19 @@ def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "ban": ban}
 
 
+def catch_signals() -> tuple[threading.Event, threading.Event]:
+    """(stop, preempt): SIGTERM/SIGINT set stop; SIGUSR2 sets both (checkpoint, stop to be requeued)."""
+    stop, preempt = threading.Event(), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if hasattr(signal, "SIGUSR2"):
+        signal.signal(signal.SIGUSR2, lambda *_: (preempt.set(), stop.set()))
+    return stop, preempt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
-        signal.signal(sig, lambda *_: stop.set())
+    stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
@@ -207,7 +217,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Cancelled:
-        status = "cancelled"
+        status = "preempted" if preempt.is_set() else "cancelled"
     except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
         config = isinstance(exc, (spec.SpecError, ConfigError))
         status, error = "failed", one_line(exc)

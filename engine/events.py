@@ -31,7 +31,7 @@ KINDS = {
     "error": ("message",),
     "run_end": ("status", "error"),
 }
-END_STATUSES = ("ok", "failed", "cancelled")
+END_STATUSES = ("ok", "failed", "cancelled", "preempted")   # preempted: stopped to be requeued (Slurm)
 
 
 def _clean(value):

@@ -1,5 +1,6 @@
 """Launching a chain on a host from the TUI: an experiment with `host = ...` starts there over
-ssh (a real OpenSSH server on 127.0.0.1, tests/sshd.py) and is followed through RemoteSource."""
+ssh (a real OpenSSH server on 127.0.0.1, tests/sshd.py), is followed through RemoteSource, and
+`x` / `r` cancel and resume it there."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from test_tui_support import cells, wait_for
 async def test_launch_on_a_host_and_follow_it(sshd, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))   # no user hosts file
     config = tmp_path / "experiments.toml"
-    config.write_text('[[experiment]]\nname = "far"\nepochs = 1\ngenerations = 1\nhost = "loop"\n\n'
+    config.write_text('[[experiment]]\nname = "far"\nepochs = 5\ngenerations = 1\nhost = "loop"\n\n'
                       f'[hosts.loop]\nssh = "loop"\nworkdir = "{sshd.workdir}"\npython = "{sys.executable}"\n')
     app = BanApp(config, tmp_path / "runs")
     engine = None
@@ -33,9 +34,13 @@ async def test_launch_on_a_host_and_follow_it(sshd, tmp_path, monkeypatch):  # n
             row = await wait_for(pilot, lambda: table.row_count and dict(zip([k for k, _ in table.spec], cells(table)[0])))
             assert row["run"].startswith("far/") and row["status"].endswith("running")
             assert not (tmp_path / "runs").exists()                       # nothing ran here
-            await pilot.press("x")                                       # cancel: on the host, not here
-            await pilot.pause(0.2)
-            assert pid_alive(*engine)
+            await pilot.press("x")                                       # cancel: on the host, over ssh
+            await wait_for(pilot, lambda: (model.state.end or {}).get("status") == "cancelled", 180)
+            assert not (tmp_path / "runs").exists()
+            await wait_for(pilot, lambda: not pid_alive(*engine), 60)
+            await pilot.press("r")                                       # resume: there again
+            await wait_for(pilot, lambda: model.state.end is None and model.state.pid not in (None, engine[0]), 180)
+            engine = (model.state.pid, model.state.pid_start)
     finally:
         if engine and pid_alive(*engine):   # loopback: the host's engine is a process of this machine
             os.killpg(engine[0], signal.SIGKILL)

@@ -23,6 +23,7 @@ from engine.runs import gen_label
 WHY = {
     "failed": "the run failed",
     "cancelled": "the run was cancelled; r resumes it from its last checkpoint",
+    "preempted": "stopped for a requeue (Slurm); it continues from its last checkpoint when the job runs again",
     "stale": "no event lately and the engine is not known to be alive; x cancels, r resumes",
     "dead": "the engine process is gone and the run never ended; r resumes it",
 }

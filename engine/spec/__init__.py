@@ -12,8 +12,8 @@ from engine.spec.checks import Checker, did_you_mean
 from engine.spec.loading import dumps_experiment, load, loads
 from engine.spec.locate import Locator
 from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
-                                Problem, Schedule, SpecError, Training)
+                                Problem, Schedule, Slurm, SpecError, Training)
 
 __all__ = ["TRAINING_KEYS", "Checker", "Config", "Dataset", "Experiment", "Generation", "Host", "Locator",
-           "Optimizer", "Problem", "Schedule", "SpecError", "Training", "did_you_mean", "dumps_experiment",
+           "Optimizer", "Problem", "Schedule", "Slurm", "SpecError", "Training", "did_you_mean", "dumps_experiment",
            "load", "loads"]

@@ -19,7 +19,7 @@ from engine import catalog
 from engine.runs import check_name
 from engine.spec.locate import Locator
 from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
-                                Problem, Schedule, SpecError, Training)
+                                Problem, Schedule, Slurm, SpecError, Training)
 
 EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
                    "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
@@ -32,6 +32,8 @@ OPTIMIZER_KEYS = tuple(f.name for f in fields(Optimizer))
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
 HOST_KEYS = ("ssh", "workdir", "python", "runs_dir")
+SLURM_KEYS = tuple(f.name for f in fields(Slurm))
+SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
@@ -179,7 +181,7 @@ class Checker:
                 continue
             if self.table(p, h) is None:
                 continue
-            self.unknown_keys(p, h, HOST_KEYS)
+            self.unknown_keys(p, h, HOST_KEYS + ("slurm",))
             if "ssh" not in h:
                 self.bad(p, "expected key 'ssh' (an ssh destination or ~/.ssh/config alias), found none")
                 continue
@@ -189,8 +191,50 @@ class Checker:
             if vals["ssh"].startswith("-") or any(c in vals["ssh"] for c in " \n\t'\";$`"):
                 self.bad(p + ("ssh",), f"expected an ssh destination like user@host or an alias, found {vals['ssh']!r}")
                 continue
+            if "slurm" in h:
+                vals["slurm"] = self.slurm(p + ("slurm",), h["slurm"])
             out[name] = Host(name=name, **vals)
         return out
+
+    def slurm(self, path, raw) -> Slurm | None:
+        """A host's `slurm` table (see engine.spec.schema.Slurm)."""
+        if self.table(path, raw) is None:
+            return None
+        self.unknown_keys(path, raw, SLURM_KEYS)
+        out = Slurm()
+        for k in ("partition", "account", "qos", "constraint"):
+            if k in raw and (v := self.str_(path + (k,), raw[k])) is not None:
+                setattr(out, k, v)
+        for k, lo in (("gpus_per_job", 0), ("cpus_per_job", 1), ("signal_delay_s", 1), ("max_parallel", 1)):
+            if k in raw and (v := self.int_(path + (k,), raw[k], lo)) is not None:
+                setattr(out, k, v)
+        if "mem_gb" in raw and (v := self.num(path + ("mem_gb",), raw["mem_gb"], 0, lo_open=True)) is not None:
+            out.mem_gb = v
+        if "time" in raw:
+            out.time = self.slurm_time(path + ("time",), raw["time"])
+        if "setup" in raw:
+            lines = raw["setup"]
+            if self.expect(path + ("setup",), lines, "an array of strings (shell lines)",
+                           isinstance(lines, list) and all(isinstance(x, str) for x in lines)):
+                out.setup = list(lines)
+        return out
+
+    def slurm_time(self, path, v) -> int:
+        """Minutes from a Slurm time ("4:00:00", "1-12:00:00", "90" or an integer of minutes)."""
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+            return v
+        m = SLURM_TIME.fullmatch(v) if isinstance(v, str) else None
+        if m is None:
+            self.bad(path, f"expected a Slurm time like \"4:00:00\", \"1-12:00:00\" or minutes >= 1, found {describe(v)}")
+            return Slurm.time
+        days, a, b, c = (int(x) if x else None for x in m.groups())
+        if days is not None:      # days-hours[:minutes[:seconds]]
+            seconds = ((days * 24 + a) * 60 + (b or 0)) * 60 + (c or 0)
+        elif c is not None:       # hours:minutes:seconds
+            seconds = (a * 60 + b) * 60 + c
+        else:                     # minutes[:seconds]
+            seconds = a * 60 + (b or 0)
+        return max(1, -(-seconds // 60))
 
     def training(self, path, raw: dict, base: Training) -> Training:
         t = Training(**{f.name: getattr(base, f.name) for f in fields(Training)})

@@ -144,12 +144,31 @@ class Experiment:
 
 
 @dataclass
+class Slurm:
+    """A host's `slurm = {...}` table: `ban run --host` submits one Slurm job per chain there
+    (ban_tui.slurm, through submitit). `time` is the job's limit in minutes; Slurm sends SIGUSR2
+    `signal_delay_s` before it, the engine checkpoints and the job is requeued."""
+    partition: str | None = None
+    time: int = 240
+    gpus_per_job: int = 1
+    cpus_per_job: int | None = None
+    mem_gb: float | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    signal_delay_s: int = 120
+    max_parallel: int | None = None     # at most this many jobs of one array at once
+    setup: list[str] = field(default_factory=list)   # shell lines run before the engine (module load ...)
+
+
+@dataclass
 class Host:
     name: str
     ssh: str
     workdir: str = "~/ban"
     python: str = "python3"
     runs_dir: str = "runs"
+    slurm: Slurm | None = None
 
 
 @dataclass
