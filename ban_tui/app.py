@@ -213,7 +213,7 @@ class BanApp(App):
                 self.notify(f"not launched: {name} seed {seed}: {exc}", severity="error")
                 continue
             self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
-            self.notify(f"launched {run.name} (pid {run.pid})")
+            self.notify(f"launched {run.name} ({run.how})")
             launched.append(run)
         if launched:
             self.show_panel("runs")

@@ -13,10 +13,10 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine import spec
+from engine import scheduler, spec
 from engine.runs import RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, run_dir
 
 
@@ -29,12 +29,18 @@ class LaunchedRun:
     experiment: str
     run_id: str
     run_dir: Path
-    pid: int
+    pid: int | None                # None while it waits in the queue
     pid_start: int | None = None   # the kernel's start time of pid, to tell a recycled pid apart
+    queued: int | None = None      # its position in the queue when no slot was free
 
     @property
     def name(self) -> str:
         return f"{self.experiment}/{self.run_id}"
+
+    @property
+    def how(self) -> str:
+        """"pid 123", or "queued #2" for a run that waits for a slot."""
+        return f"pid {self.pid}" if self.pid is not None else f"queued #{self.queued}"
 
 
 def python_m(python: str, gpus: int) -> list[str]:
@@ -61,29 +67,23 @@ def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list
 
 def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
     """Start argv detached with its output in root's log files; (pid, pid start time)."""
-    paths = RunPaths(root)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # so stdout.log/stderr.log fill as it runs
-    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                start_new_session=True, close_fds=True)
-    start = process_start_time(proc.pid)
-    # Reap the child when it exits (a long-lived launcher such as the TUI would otherwise keep
-    # zombies); the thread is a daemon, so it never keeps the launcher alive.
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid, start
+    return scheduler.spawn_detached(argv, root)
 
 
 def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
                  python=None) -> LaunchedRun:
-    """Start `python -m engine run` for one (experiment, seed) and return at once."""
+    """Queue `python -m engine run` for one (experiment, seed) in runs_dir (engine.scheduler):
+    it starts at once on a free slot (`pid` set), else waits for one (`queued` set). Returns at
+    once either way. The run directory holds the resolved experiment from the start, so editing
+    the config afterwards does not change a queued run."""
     runs_dir = Path(runs_dir).resolve()
     run_id = new_run_id(seed)
     root = run_dir(runs_dir, exp.name, run_id)
-    root.mkdir(parents=True)
-    argv = engine_command(Path(config_path).resolve(), exp.name, seed, runs_dir, run_id, device,
+    argv = engine_command(RunPaths(root).snapshot, exp.name, seed, runs_dir, run_id, device,
                           exp.gpus, python or sys.executable)
-    pid, start = _spawn(argv, root)
-    return LaunchedRun(exp.name, run_id, root, pid, start)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    got = scheduler.submit(root, spec.dumps_experiment(replace(exp, host=None)), argv, exp.gpus)
+    return LaunchedRun(exp.name, run_id, root, got.get("pid"), got.get("pid_start"), got.get("position"))
 
 
 def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
@@ -98,6 +98,9 @@ def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
         pass
     if state.pid:
         found.append((state.pid, state.pid_start))
+    slot = scheduler.read_json(root / scheduler.SLOT)   # the pid the scheduler started, before it writes any
+    if isinstance(slot, dict) and slot.get("pid"):
+        found.append((slot["pid"], slot.get("pid_start")))
     return trusted(found)
 
 

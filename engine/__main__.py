@@ -1,6 +1,8 @@
 """The engine process: `python -m engine run CONFIG --experiment NAME [--seed S] [--runs-dir DIR]
 [--run-id ID] [--device D]` and `python -m engine resume RUN_DIR [--device D]`.
 
+`python -m engine schedule RUNS_DIR` is the queue's scheduler (engine/scheduler.py, no torch).
+
 `run` makes `<runs_dir>/<experiment>/<run_id>/` with the resolved snapshot (experiment.toml, the
 seed recorded), the pid file and events.jsonl, then trains the chain. `resume` continues a run
 directory from its snapshot, checkpoints and events (`seq` continues). The launcher redirects
@@ -47,6 +49,8 @@ def parse_args(argv):
     s = sub.add_parser("resume", help="continue a run directory")
     s.add_argument("run_dir")
     s.add_argument("--device")
+    q = sub.add_parser("schedule", help="start the queued runs of a runs directory as slots free")
+    q.add_argument("runs_dir")
     return p.parse_args(argv)
 
 
@@ -144,6 +148,9 @@ def versions() -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "schedule":   # torch-free: the queue's scheduler (engine/scheduler.py)
+        from engine import scheduler
+        return scheduler.serve(Path(args.runs_dir))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
         signal.signal(sig, lambda *_: stop.set())
@@ -194,7 +201,8 @@ def main(argv=None) -> int:
                       rank=rank, world_size=world_size)
         ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
                  pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
-                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size)
+                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size,
+                 slot=os.environ.get("BAN_SLOT"), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         if exp.gpus > 1 and world_size == 1:
             ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
                     "(start it with `ban run` or torchrun for DDP)", "warning")

@@ -213,6 +213,7 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     n_events: int = 0
     last_seq: int = 0
+    queued: int | None = None      # position in its runs directory's queue (engine.scheduler)
 
     def apply(self, e: dict) -> None:
         kind = e.get("kind")
@@ -267,9 +268,12 @@ class RunState:
 
     def status(self, now: float | None = None, check_pid: bool = True) -> str:
         """ok / failed / cancelled once ended; else running, stale (no heartbeat lately, the
-        process not known alive) or dead (the process is gone, the run never ended)."""
+        process not known alive) or dead (the process is gone, the run never ended); queued while
+        it waits in the queue for a slot."""
         if self.end is not None:
             return self.end.get("status", "failed")
+        if self.queued is not None and self.pid is None:
+            return "queued"
         now = time.time() if now is None else now
         alive = pid_alive(self.pid, self.pid_start) if check_pid else None
         if alive is False:
@@ -287,6 +291,14 @@ def load_state(path: Path) -> RunState:
     if not state.run_id:
         state.run_id = path.name if path.is_dir() else path.parent.name
         state.experiment = state.experiment or (path.parent.name if path.is_dir() else "")
+    return mark_queued(state, path)
+
+
+def mark_queued(state: RunState, root: Path) -> RunState:
+    """Set a not yet started run's queue position from its directory's `queued` marker."""
+    if state.pid is None and Path(root).is_dir():
+        from engine.scheduler import queue_position
+        state.queued = queue_position(root)
     return state
 
 
@@ -301,4 +313,5 @@ class RunFollower:
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
+        mark_queued(self.state, self.paths.root)
         return events

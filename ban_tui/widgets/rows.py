@@ -6,12 +6,13 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
-                "stale": "bold magenta", "dead": "bold red"}
-STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
+                "stale": "bold magenta", "dead": "bold red", "queued": "cyan"}
+STATUS_MARK = {"queued": "…", "running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗"}
 
 
 def status_text(status: str) -> Text:
-    return Text(f"{STATUS_MARK.get(status, ' ')} {status}", style=STATUS_STYLE.get(status, ""))
+    word = status.split(" ")[0]   # "queued #2"
+    return Text(f"{STATUS_MARK.get(word, ' ')} {status}", style=STATUS_STYLE.get(word, ""))
 
 
 class RowsTable(DataTable):
