@@ -26,14 +26,14 @@ from engine.events import EventReader, read_events
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER = 3 * HEARTBEAT_SECONDS  # no event for this long and the process is not known alive
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,127}$")   # = and , for sweep cells
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Experiment and run names become directory names: keep them to a safe alphabet so a
     name can never escape the runs directory or mean something to a shell."""
     if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
-        raise ValueError(f"invalid {what} {name!r}: expected letters, digits and . _ + - "
+        raise ValueError(f"invalid {what} {name!r}: expected letters, digits and . _ + - = , "
                          "(starting with a letter or digit, at most 128 characters)")
     return name
 

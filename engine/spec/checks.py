@@ -17,6 +17,7 @@ else:  # pragma: no cover
 
 from engine import catalog
 from engine.runs import check_name
+from engine.spec import sweep
 from engine.spec.locate import Locator
 from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
                                 Problem, Schedule, SpecError, Training)
@@ -155,16 +156,19 @@ class Checker:
             exps = []
         if not exps and not self.problems:
             self.bad(("experiment",), "expected at least one [[experiment]] table, found none")
+        sweeps: dict[str, dict[str, dict]] = {}
         for i, raw in enumerate(exps):
-            exp = self.experiment(i, defaults, raw, hosts)
-            if exp is None:
-                continue
-            if exp.name in experiments:
-                self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
-            experiments[exp.name] = exp
+            for exp, parent, cell in sweep.expand(self, i, raw, defaults, lambda r, i=i: self.experiment(i, defaults, r, hosts)):
+                if exp is None:
+                    continue
+                if exp.name in experiments:
+                    self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
+                experiments[exp.name] = exp
+                if parent is not None:
+                    sweeps.setdefault(parent, {})[exp.name] = cell
         if self.problems:
             raise SpecError(self.problems)
-        return Config(self.file, experiments, hosts)
+        return Config(self.file, experiments, hosts, sweeps)
 
     def hosts(self, raw) -> dict[str, Host]:
         out = {}

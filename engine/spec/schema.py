@@ -157,6 +157,7 @@ class Config:
     path: str
     experiments: dict[str, Experiment]
     hosts: dict[str, Host]
+    sweeps: dict[str, dict[str, dict]] = field(default_factory=dict)   # parent -> {child name: cell}
 
 
 def _drop_none(x):
