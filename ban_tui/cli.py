@@ -7,6 +7,7 @@ Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 b
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import shlex
 import sys
@@ -17,10 +18,10 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from engine import spec
+from engine import scheduler, spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
-from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
+from ban_tui import hosts as hosts_mod, launch, remote, remote_queue, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
@@ -30,6 +31,7 @@ app = typer.Typer(help="Born-Again Networks: run, follow and report experiment c
                   no_args_is_help=True, add_completion=False)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+MAX_CELLS = 1000   # a bigger sweep runs only with --yes
 HOST_HELP = "Act on this host over ssh: a \\[hosts.NAME] table (from the config or ~/.config/ban/hosts.toml)."
 CONFIG_HELP = "Config file whose \\[hosts] to use (default: ./experiments.toml when there is one)."
 
@@ -57,21 +59,65 @@ def load_config(file: Path) -> spec.Config:
 
 
 def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
-    """--only names (in the order given); --all; else quickstart, else the first marked default,
-    else the file's first experiment."""
+    """--only names, sweep names (all their cells) or globs over the expanded names, in the order
+    given; --all; else quickstart, else the first marked default, else the file's first experiment
+    (with the rest of its sweep)."""
     exps = config.experiments
     if only:
-        for name in only:
-            if name not in exps:
-                fail(f"{config.path}: no experiment {name!r}{did_you_mean(name, list(exps))}; "
-                     f"expected one of: {', '.join(exps)}")
-        return [exps[n] for n in dict.fromkeys(only)]
+        picked = []
+        for pattern in only:
+            names = (list(config.sweeps[pattern]) if pattern in config.sweeps else
+                     [pattern] if pattern in exps else fnmatch.filter(exps, pattern))
+            if not names:
+                fail(f"{config.path}: no experiment {pattern!r}{did_you_mean(pattern, list(exps) + list(config.sweeps))}; "
+                     f"expected one of: {', '.join(list(config.sweeps) + [n for n in exps if not sweep_of(config, n)])} "
+                     "(or a glob over the expanded names, e.g. 'NAME.objective=ban*')")
+            picked += names
+        return [exps[n] for n in dict.fromkeys(picked)]
     if every:
         return list(exps.values())
     if "quickstart" in exps:
         return [exps["quickstart"]]
     marked = [e for e in exps.values() if getattr(e, "default", False)]
-    return [(marked or list(exps.values()))[0]]
+    first = (marked or list(exps.values()))[0]
+    parent = sweep_of(config, first.name)
+    return [exps[n] for n in config.sweeps[parent]] if parent else [first]
+
+
+def sweep_of(config: spec.Config, name: str) -> str | None:
+    """The sweep an expanded experiment comes from (None for a plain one)."""
+    return next((parent for parent, cells in config.sweeps.items() if name in cells), None)
+
+
+def print_grids(console: Console, config: spec.Config, names=None) -> None:
+    """Each sweep as a table of its cells (only `names` when given), with the grid's size."""
+    for parent, cells in config.sweeps.items():
+        shown = {n: c for n, c in cells.items() if names is None or n in names}
+        if not shown:
+            continue
+        keys = list(next(iter(cells.values())))
+        sizes = " x ".join(f"{len({json.dumps(c[k], sort_keys=True) for c in cells.values()})} {k}" for k in keys)
+        say(console, f"sweep {parent}: {len(cells)} experiments ({sizes})"
+                     + (f", {len(shown)} picked" if len(shown) != len(cells) else ""))
+        rows = [{"experiment": n, **{k: cell_text(config.experiments[n], k, v) for k, v in c.items()}}
+                for n, c in shown.items()]
+        print_table(console, [("experiment", "experiment")] + [(k, k) for k in keys], rows)
+
+
+def cell_text(exp: spec.Experiment, key: str, value) -> str:
+    """A swept value as the grid shows it; `n/a` for an objective option no generation takes."""
+    head, _, sub = key.partition(".")
+    if head == "objective_options" and not any(sub in g.objective_options for g in exp.generations):
+        return "n/a"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def refuse_big_sweeps(config: spec.Config, exps, yes: bool) -> None:
+    for parent, cells in config.sweeps.items():
+        n = sum(e.name in cells for e in exps)
+        if n > MAX_CELLS and not yes:
+            fail(f"{config.path}: sweep {parent} has {n:,} cells to run (more than {MAX_CELLS:,}); "
+                 "run them with --yes, or pick some with --only GLOB")
 
 
 def find(runs_dir: Path, ref: str) -> Path:
@@ -125,6 +171,10 @@ def cancel_and_explain(console: Console, run_dirs) -> int:
     """Ctrl-C while watching runs we started: SIGTERM them, wait for their checkpoints, say how
     to resume. A second Ctrl-C stops waiting (the engines still stop on their own)."""
     say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
+    waiting = [d for d in run_dirs if scheduler.dequeue(d)]
+    for d in waiting:
+        say(console, f"{d.parent.name}/{d.name}: taken out of the queue (it never started)")
+    run_dirs = [d for d in run_dirs if d not in waiting]
     for d in run_dirs:
         try:
             launch.cancel(d)
@@ -148,44 +198,44 @@ def validate(file: Path = typer.Argument(..., help="experiments.toml")):
     console = out()
     for exp in config.experiments.values():
         say(console, chain_summary(exp))
+    print_grids(console, config)
 
 
 @app.command()
 def run(file: Path = typer.Argument(..., help="experiments.toml"),
-        only: Optional[List[str]] = typer.Option(None, "--only", help="Experiment to run (repeatable)."),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="Experiment, sweep, or a glob over the expanded names (repeatable)."),
         every: bool = typer.Option(False, "--all", help="Run every experiment of the file."),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (overrides the config)."),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where runs go (default: the config's runs_dir)."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved chains; launch nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and the resolved chains; launch nothing."),
         detach: bool = typer.Option(False, "--detach", help="Return at once; follow later with `ban follow`."),
-        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP + " (default: the experiment's host)")):
-    """Validate FILE, start one engine per (experiment, seed) and follow them live.
+        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP + " (default: the experiment's host)"),
+        hosts: Optional[str] = typer.Option(None, "--hosts", help="Spread the chains over these hosts' free slots "
+                                            "(comma-separated; `local` is this machine)."),
+        yes: bool = typer.Option(False, "--yes", help=f"Run a sweep of more than {MAX_CELLS:,} cells.")):
+    """Validate FILE, queue one chain per (experiment, seed) on the slots of its host (this
+    machine by default) and follow them live. A chain starts at once on a free slot, else waits
+    in the host's queue (`queued #N`) and starts, oldest first, as slots free.
 
-    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them); runs on a
-    host keep going there (`ban follow RUN --host NAME` follows them again).
-    Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
+    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them; queued ones
+    leave the queue); runs on a host keep going there (`ban follow RUN --host NAME` follows them
+    again). Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
     config = load_config(file)
     exps = pick_experiments(config, only or [], every)
     console = out()
     if dry_run:
+        print_grids(console, config, {e.name for e in exps})
         for exp in exps:
             print_chain(console, file, exp, runs_dir or Path(exp.runs_dir), device)
         return
-    launched = []
-    for exp in exps:
-        for seed in exp.seeds:
-            try:
-                if host or exp.host:
-                    launched.append(remote.launch(host_named(host or exp.host, config=config), exp, seed, device=device))
-                else:
-                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
-            except (OSError, ValueError, remote.RemoteError) as exc:
-                fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
+    refuse_big_sweeps(config, exps, yes)
+    launched = submit_chains(config, file, exps, device, runs_dir, host, hosts)
     local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
     remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
     for r in launched:
         where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
-        say(console, f"started {r.name} (pid {r.pid}) in {where}")
+        say(console, f"started {r.name} (pid {r.pid}) in {where}" if r.pid is not None
+                     else f"queued {r.name} (#{r.queued}) in {where}")
     if detach:
         if local:
             say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
@@ -199,6 +249,51 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
         return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
 
     raise typer.Exit(watch(console, sources, on_interrupt))
+
+
+def target_host(name: str, config: spec.Config) -> spec.Host:
+    """A host by name; `local` is this machine, with or without a [hosts.local] table."""
+    if name == "local" and "local" not in hosts_mod.all_hosts(config):
+        return spec.Host(name="local", ssh="")
+    return host_named(name, config=config)
+
+
+def submit_chains(config: spec.Config, file: Path, exps, device, runs_dir, host, hosts) -> list:
+    """Queue every (experiment, seed) on its host: --hosts spreads them over the hosts' free
+    slots (the least loaded first: busy, queued and just placed chains per slot), --host or the
+    experiment's host takes them all, else this machine."""
+    spread = [target_host(n.strip(), config) for n in hosts.split(",") if n.strip()] if hosts else []
+    loads = {}
+    for h in spread:
+        try:
+            if h.local:
+                local_runs = runs_dir or Path(exps[0].runs_dir)
+                scheduler.configure(local_runs, h.gpus, h.slots)
+                loads[h.name] = scheduler.load(local_runs)
+            else:
+                remote.check_engine(h)
+                loads[h.name] = remote_queue.host_load(h)
+        except (OSError, remote.RemoteError) as exc:
+            fail(f"cannot reach {h.name}: {exc}", EXIT_FAILED)
+    checked, launched = set(loads), []
+    for exp in exps:
+        for seed in exp.seeds:
+            if spread:
+                h = min(spread, key=lambda h: (loads[h.name]["busy"] + loads[h.name]["queued"] + 1)
+                        / max(1, loads[h.name]["slots"]))
+                loads[h.name]["queued"] += exp.gpus
+            else:
+                name = host or exp.host
+                h = target_host(name, config) if name else hosts_mod.all_hosts(config).get("local")
+            try:
+                if h is None or h.local:
+                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device, host=h))
+                else:
+                    launched.append(remote_queue.submit(h, exp, seed, device=device, checked=h.name in checked))
+                    checked.add(h.name)
+            except (OSError, ValueError, remote.RemoteError) as exc:
+                fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
+    return launched
 
 
 def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
@@ -229,6 +324,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
     if host:
         raise typer.Exit(ls_remote(host_named(host, config_file), every))
     runs_dir = default_runs_dir(runs_dir)
+    scheduler.ensure_scheduler(runs_dir)   # queued runs there: make sure they will start
     runs = list_runs(runs_dir)
     console = out()
     if not runs:
@@ -246,6 +342,7 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
     """A run's generations, ensembles and gradient diagnostics (and its stderr when it failed)."""
     root = find(default_runs_dir(runs_dir), run_ref)
+    scheduler.ensure_scheduler(root.parent.parent)
     state = load_state(root)
     console = out()
     status = state.status()
@@ -288,6 +385,8 @@ def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
     if host:
         raise typer.Exit(follow_remote(host_named(host, config_file), run_refs))
     roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
+    for d in dict.fromkeys(r.parent.parent for r in roots):
+        scheduler.ensure_scheduler(d)
     console = out()
 
     def detach_msg() -> int:
@@ -418,7 +517,7 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
 
 def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> remote.RemoteSource:
     """A RemoteSource that says when its connection drops and when it is back."""
-    source = remote.RemoteSource(host, run_dir, pid)
+    source = remote_queue.QueuedRemoteSource(host, run_dir, pid)   # (it may wait in the host's queue)
 
     def tell(s: remote.RemoteSource) -> None:
         if not s.connected:
@@ -496,7 +595,7 @@ def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
     from concurrent.futures import ThreadPoolExecutor
     path = config_file or Path("experiments.toml")
     try:
-        known = hosts_mod.all_hosts(load_config(path) if config_file or path.exists() else None)
+        known = hosts_mod.ssh_hosts(hosts_mod.all_hosts(load_config(path) if config_file or path.exists() else None))
     except spec.SpecError as exc:
         fail(str(exc))
     console = out()

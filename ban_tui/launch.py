@@ -71,17 +71,18 @@ def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
 
 
 def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
-                 python=None) -> LaunchedRun:
+                 python=None, host: spec.Host | None = None) -> LaunchedRun:
     """Queue `python -m engine run` for one (experiment, seed) in runs_dir (engine.scheduler):
     it starts at once on a free slot (`pid` set), else waits for one (`queued` set). Returns at
     once either way. The run directory holds the resolved experiment from the start, so editing
-    the config afterwards does not change a queued run."""
+    the config afterwards does not change a queued run. `host`: the `[hosts.local]` table, whose
+    `gpus`/`slots` become this runs directory's slots (without one: this machine's GPUs, else one)."""
     runs_dir = Path(runs_dir).resolve()
     run_id = new_run_id(seed)
     root = run_dir(runs_dir, exp.name, run_id)
     argv = engine_command(RunPaths(root).snapshot, exp.name, seed, runs_dir, run_id, device,
                           exp.gpus, python or sys.executable)
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    scheduler.configure(runs_dir, host.gpus if host else None, host.slots if host else None)
     got = scheduler.submit(root, spec.dumps_experiment(replace(exp, host=None)), argv, exp.gpus)
     return LaunchedRun(exp.name, run_id, root, got.get("pid"), got.get("pid_start"), got.get("position"))
 

@@ -102,11 +102,14 @@ def slot_names(config: dict | None) -> list[str]:
 
 
 def configure(runs_dir: Path, gpus: list[int] | None = None, slots: int | None = None) -> None:
-    """Record a host's slots in its runs directory (what a restarted scheduler reads)."""
+    """Record a host's slots in its runs directory (what a restarted scheduler reads); with
+    neither, forget them (the machine's GPUs, else one CPU slot)."""
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     value = {"gpus": list(gpus)} if gpus else {"slots": int(slots)} if slots else None
-    if value is not None and read_json(runs_dir / SLOTS_FILE) != value:
+    if value is None:   # back to what the machine has
+        (runs_dir / SLOTS_FILE).unlink(missing_ok=True)
+    elif read_json(runs_dir / SLOTS_FILE) != value:
         write_json(runs_dir / SLOTS_FILE, value)
 
 
@@ -294,3 +297,11 @@ def serve(runs_dir: Path, interval: float = INTERVAL) -> int:
         # the lock is released: a run queued since the last look is ours, or a new scheduler's
         if not run_dirs(runs_dir, QUEUED):
             return 0
+
+
+def load(runs_dir: Path) -> dict:
+    """{"slots": N, "busy": slots in use, "queued": runs waiting}: how full a host is, to spread
+    a grid over several."""
+    runs_dir = Path(runs_dir)
+    return {"slots": len(host_slots(runs_dir)), "busy": len(busy_slots(runs_dir)) if runs_dir.is_dir() else 0,
+            "queued": len(run_dirs(runs_dir, QUEUED)) if runs_dir.is_dir() else 0}

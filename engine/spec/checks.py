@@ -33,6 +33,7 @@ OPTIMIZER_KEYS = tuple(f.name for f in fields(Optimizer))
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
 HOST_KEYS = ("ssh", "workdir", "python", "runs_dir")
+SLOT_KEYS = ("gpus", "slots")
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
@@ -183,18 +184,32 @@ class Checker:
                 continue
             if self.table(p, h) is None:
                 continue
-            self.unknown_keys(p, h, HOST_KEYS)
-            if "ssh" not in h:
+            self.unknown_keys(p, h, HOST_KEYS + SLOT_KEYS)
+            if "ssh" not in h and name != "local":
                 self.bad(p, "expected key 'ssh' (an ssh destination or ~/.ssh/config alias), found none")
                 continue
             vals = {k: self.str_(p + (k,), h[k]) for k in HOST_KEYS if k in h}
-            if None in vals.values():
+            slots = self.host_slots(p, h)
+            if None in vals.values() or slots is None:
                 continue
-            if vals["ssh"].startswith("-") or any(c in vals["ssh"] for c in " \n\t'\";$`"):
+            ssh = vals.setdefault("ssh", "")
+            if ssh.startswith("-") or any(c in ssh for c in " \n\t'\";$`"):
                 self.bad(p + ("ssh",), f"expected an ssh destination like user@host or an alias, found {vals['ssh']!r}")
                 continue
-            out[name] = Host(name=name, **vals)
+            out[name] = Host(name=name, **vals, **slots)
         return out
+
+    def host_slots(self, p, h) -> dict | None:
+        """`gpus = [0, 1, 3]` (distinct GPU indices) or `slots = N` (CPU slots); None if bad."""
+        gpus, slots = h.get("gpus"), h.get("slots")
+        if gpus is not None and not (isinstance(gpus, list) and gpus and len(set(gpus)) == len(gpus) and all(
+                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)):
+            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices like [0, 1, 3], found "
+                     + (repr(gpus) if isinstance(gpus, list) else describe(gpus)))
+            return None
+        if slots is not None and self.int_(p + ("slots",), slots, 1) is None:
+            return None
+        return {"gpus": gpus, "slots": slots}
 
     def training(self, path, raw: dict, base: Training) -> Training:
         t = Training(**{f.name: getattr(base, f.name) for f in fields(Training)})

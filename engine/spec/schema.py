@@ -150,6 +150,13 @@ class Host:
     workdir: str = "~/ban"
     python: str = "python3"
     runs_dir: str = "runs"
+    gpus: list[int] | None = None   # the GPUs to hand out as slots (default: what nvidia-smi lists)
+    slots: int | None = None        # CPU slots of a box without GPUs (default 1)
+
+    @property
+    def local(self) -> bool:
+        """`[hosts.local]` without `ssh` describes this machine (its slots)."""
+        return not self.ssh
 
 
 @dataclass

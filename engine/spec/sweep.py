@@ -112,11 +112,12 @@ def _entries(text: str, pos: int) -> list[int]:
                 return found
         elif depth == 1 and c == ",":
             expect = True
-        elif depth == 1 and expect and not c.isspace():
-            found.append(k)
-            expect = False
-        if c in "\"'" and not quote and depth >= 1:
-            quote = c
+        else:
+            if depth == 1 and expect and not c.isspace():
+                found.append(k)
+                expect = False
+            if c in "\"'":
+                quote = c
         k += 1
     return found
 
@@ -242,7 +243,8 @@ def expand(checker, i: int, raw: dict, defaults: dict, validate) -> list[tuple]:
     """[(experiment or None, parent name or None, cell)] of experiment i: one without a sweep,
     else one per cell. `validate(raw)` checks one experiment table (Checker.experiment); a
     problem of a swept value is moved to its entry in the sweep, and each is reported once.
-    An objective option is set only in the cells whose objective takes it (`applies`)."""
+    An objective option (swept, or the experiment's own when objectives are swept) is set only in
+    the cells whose objective takes it (`applies`)."""
     table = grid(checker, i, raw) if isinstance(raw, dict) else {}
     if table is None:   # the rest of the experiment is still checked, once
         validate({k: v for k, v in raw.items() if k != "sweep"})
@@ -259,6 +261,10 @@ def expand(checker, i: int, raw: dict, defaults: dict, validate) -> list[tuple]:
         for k, v in cell.items():
             if applies(k, {**defaults, **child}):
                 set_key(child, k, v)
+        shared = {**defaults, **child}.get("objective_options")
+        if "objective" in cell and isinstance(shared, dict):   # the options of the objectives that take them
+            child["objective_options"] = {o: v for o, v in shared.items()
+                                          if applies(f"objective_options.{o}", {**defaults, **child})}
         child["name"] = cell_name(parent, cell)
         n = len(checker.problems)
         exp = validate(child)
