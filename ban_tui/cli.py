@@ -10,8 +10,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import shlex
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -140,7 +142,7 @@ def chain_summary(exp: spec.Experiment) -> str:
 
 def exit_code(sources) -> int:
     statuses = [s.status() for s in sources]
-    if any(st in ("failed", "dead", "stale") for st in statuses):
+    if any(st in ("failed", "dead", "stale", "broken") for st in statuses):
         return EXIT_FAILED
     return EXIT_CANCELLED if "cancelled" in statuses else 0
 
@@ -157,6 +159,30 @@ def watch(console: Console, sources, on_interrupt) -> int:
     return exit_code(sources)
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def cancel_on_signals() -> None:
+    """From here on SIGINT and SIGTERM raise KeyboardInterrupt, whatever this process inherited:
+    a script's background job starts with SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt. Engines started later inherit the default disposition, not the ignore."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for sig in SIGNALS:
+        signal.signal(sig, interrupt)
+
+
+@contextmanager
+def signals_held():
+    """SIGINT/SIGTERM wait until the block ends, so that a Ctrl-C never falls between starting
+    (or signalling) an engine and noting it."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def wait_stopped(runs, timeout: float) -> bool:
     """Wait until none of the runs has a live engine; True if they all stopped in time."""
     deadline = time.time() + timeout
@@ -167,25 +193,36 @@ def wait_stopped(runs, timeout: float) -> bool:
     return True
 
 
+def sigterm_all(run_dirs) -> None:
+    with signals_held():
+        for d in run_dirs:
+            try:
+                launch.cancel(d)
+            except launch.LaunchError:
+                pass
+
+
 def cancel_and_explain(console: Console, run_dirs) -> int:
-    """Ctrl-C while watching runs we started: SIGTERM them, wait for their checkpoints, say how
-    to resume. A second Ctrl-C stops waiting (the engines still stop on their own)."""
-    say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
+    """Ctrl-C (or SIGTERM) while watching runs we started: SIGTERM them first (runs still in the
+    queue leave it), then say so, wait for their checkpoints and say how to resume. A second
+    Ctrl-C stops waiting (the engines still stop on their own); output that fails (say, tee died)
+    is dropped and stops nothing."""
     waiting = [d for d in run_dirs if scheduler.dequeue(d)]
-    for d in waiting:
-        say(console, f"{d.parent.name}/{d.name}: taken out of the queue (it never started)")
     run_dirs = [d for d in run_dirs if d not in waiting]
-    for d in run_dirs:
-        try:
-            launch.cancel(d)
-        except launch.LaunchError:
-            pass
     try:
+        sigterm_all(run_dirs)   # a signal held meanwhile arrives as the block ends: ignored here
+    except KeyboardInterrupt:
+        pass
+    try:
+        for d in waiting:
+            say(console, f"{d.parent.name}/{d.name}: taken out of the queue (it never started)")
+        say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
         wait_stopped(run_dirs, timeout=120)
     except KeyboardInterrupt:
         pass
-    for d in run_dirs:
-        say(console, f"{d.parent.name}/{d.name}: {load_state(d).status()}; resume with: ban resume {d}")
+    with signals_held():
+        for d in run_dirs:
+            say(console, f"{d.parent.name}/{d.name}: {load_state(d).status()}; resume with: ban resume {d}")
     return EXIT_CANCELLED
 
 
@@ -229,26 +266,35 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
             print_chain(console, file, exp, runs_dir or Path(exp.runs_dir), device)
         return
     refuse_big_sweeps(config, exps, yes)
-    launched = submit_chains(config, file, exps, device, runs_dir, host, hosts)
-    local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
-    remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
-    for r in launched:
-        where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
-        say(console, f"started {r.name} (pid {r.pid}) in {where}" if r.pid is not None
-                     else f"queued {r.name} (#{r.queued}) in {where}")
-    if detach:
-        if local:
-            say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
-        say_follow_remote(console, remotes)
-        return
-    sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
-               + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
+    launched = []
 
-    def on_interrupt() -> int:
-        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ")
-        return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
+    def on_interrupt() -> int:   # every engine started so far, whenever the signal came
+        local = [r.run_dir for r in launched if not isinstance(r, remote.RemoteLaunch)]
+        say_follow_remote(console, [r for r in launched if isinstance(r, remote.RemoteLaunch)],
+                          "stopped following; on the hosts the runs keep going. Again: ")
+        return cancel_and_explain(console, local) if local else EXIT_CANCELLED
 
-    raise typer.Exit(watch(console, sources, on_interrupt))
+    cancel_on_signals()   # before the first engine starts: SIGINT/SIGTERM cancel in every setting
+    try:
+        with signals_held():   # a signal while starting engines cancels every one started
+            submit_chains(launched, config, file, exps, device, runs_dir, host, hosts)
+        local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
+        remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
+        for r in launched:
+            where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
+            say(console, f"started {r.name} (pid {r.pid}) in {where}" if r.pid is not None
+                         else f"queued {r.name} (#{r.queued}) in {where}")
+        if detach:
+            if local:
+                say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
+            say_follow_remote(console, remotes)
+            return
+        sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
+                   + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
+        code = watch(console, sources, on_interrupt)
+    except KeyboardInterrupt:
+        code = on_interrupt()
+    raise typer.Exit(code)
 
 
 def target_host(name: str, config: spec.Config) -> spec.Host:
@@ -258,8 +304,8 @@ def target_host(name: str, config: spec.Config) -> spec.Host:
     return host_named(name, config=config)
 
 
-def submit_chains(config: spec.Config, file: Path, exps, device, runs_dir, host, hosts) -> list:
-    """Queue every (experiment, seed) on its host: --hosts spreads them over the hosts' free
+def submit_chains(launched: list, config: spec.Config, file: Path, exps, device, runs_dir, host, hosts) -> None:
+    """Queue every (experiment, seed) on its host, appending each to `launched` as it goes: --hosts spreads them over the hosts' free
     slots (the least loaded first: busy, queued and just placed chains per slot), --host or the
     experiment's host takes them all, else this machine."""
     spread = [target_host(n.strip(), config) for n in hosts.split(",") if n.strip()] if hosts else []
@@ -275,7 +321,7 @@ def submit_chains(config: spec.Config, file: Path, exps, device, runs_dir, host,
                 loads[h.name] = remote_queue.host_load(h)
         except (OSError, remote.RemoteError) as exc:
             fail(f"cannot reach {h.name}: {exc}", EXIT_FAILED)
-    checked, launched = set(loads), []
+    checked = set(loads)
     for exp in exps:
         for seed in exp.seeds:
             if spread:
@@ -293,7 +339,6 @@ def submit_chains(config: spec.Config, file: Path, exps, device, runs_dir, host,
                     checked.add(h.name)
             except (OSError, ValueError, remote.RemoteError) as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
-    return launched
 
 
 def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
@@ -332,7 +377,11 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    print_table(console, RUN_COLUMNS, [run_row(d, load_state(d), now) for d in shown])
+    states = {d: load_state(d) for d in shown}
+    print_table(console, RUN_COLUMNS, [run_row(d, s, now) for d, s in states.items()])
+    for d, s in states.items():
+        if s.status(now) == "broken":
+            say(console, f"{d.parent.name}/{d.name}: broken: {s.broken_reason}")
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
 
@@ -357,7 +406,9 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
         print_table(console, DIAGNOSTIC_COLUMNS, diag, "diagnostics (last epoch of each generation)")
     for message in state.errors:
         say(console, f"error: {message}")
-    if status in ("failed", "dead", "stale"):
+    if status == "broken":
+        say(console, f"broken: {state.broken_reason}")
+    if status in ("failed", "dead", "stale", "broken"):
         if state.end and state.end.get("error"):
             say(console, f"run_end: {state.end['error']}")
         tail = stderr_tail(root)
@@ -403,6 +454,7 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
            detach: bool = typer.Option(False, "--detach", help="Return at once.")):
     """Continue a cancelled or interrupted run from its last checkpoint, and follow it."""
     root = find(default_runs_dir(runs_dir), run_ref)
+    cancel_on_signals()
     try:
         r = launch.resume_local(root)
     except launch.LaunchError as exc:

@@ -8,7 +8,6 @@ Every command is an argv list: no shell anywhere.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,8 +15,11 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from engine import scheduler, spec
-from engine.runs import RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, run_dir
+from engine.runs import (RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, read_pid_file,
+                         run_dir)
 
 
 class LaunchError(Exception):
@@ -91,12 +93,9 @@ def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
     """Candidate (pid, start time) of a run's engine: its pid file first (written at every
     start and resume), then the pid of its latest run_start event."""
     found = []
-    try:
-        numbers = [int(x) for x in re.findall(r"\d+", RunPaths(root).pid.read_text())]
-        if numbers:
-            found.append((numbers[0], numbers[1] if len(numbers) > 1 else None))
-    except OSError:
-        pass
+    pid, start = read_pid_file(root)
+    if pid:
+        found.append((pid, start))
     if state.pid:
         found.append((state.pid, state.pid_start))
     slot = scheduler.read_json(root / scheduler.SLOT)   # the pid the scheduler started, before it writes any
@@ -110,11 +109,17 @@ def trusted(pids: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
     return [(pid, start) for pid, start in pids if start is not None or _runs_engine(pid)]
 
 
-def _runs_engine(pid: int) -> bool:
+def _runs_engine(pid: int, run_names: tuple = ()) -> bool:
+    """The process's command line is `... -m engine run|resume ...` and, given run_names (the run
+    id, `experiment/run-id`), names the run: `--run-id ID` or the run directory's path."""
     try:
-        return b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
         return False
+    if "engine" not in argv or not any(a in ("run", "resume") for a in argv):
+        return False
+    return not run_names or any(a == n or a.rstrip("/") == n or a.rstrip("/").endswith("/" + n)
+                                for a in argv for n in run_names)
 
 
 def running_pid(run) -> int | None:
@@ -133,7 +138,9 @@ def resume_local(run, python=None) -> LaunchedRun:
     state = load_state(root)
     name = f"{state.experiment}/{state.run_id}"
     if not RunPaths(root).snapshot.exists():
-        raise LaunchError(f"{root}: expected a run directory with experiment.toml, found none")
+        why = f" ({state.broken_reason})" if state.status() == "broken" else ""
+        raise LaunchError(f"{root}: expected a run directory with experiment.toml, found none{why}; "
+                          "start it again with `ban run`")
     if (pid := running_pid(root)) is not None:
         raise LaunchError(f"{name} is still running (pid {pid}); nothing to resume")
     if state.end is not None and state.end.get("status") == "ok":
@@ -146,10 +153,11 @@ def resume_local(run, python=None) -> LaunchedRun:
     return LaunchedRun(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
 
 
-def terminate(pid: int, pid_start: int | None) -> bool:
+def terminate(pid: int, pid_start: int | None, run_names: tuple = ()) -> bool:
     """SIGTERM to an engine (and, when it leads its own process group as our launches do, to
-    the whole group: torchrun and its workers). False when that process is not alive."""
-    if not pid_alive(pid, pid_start):
+    the whole group: torchrun and its workers). False when that process is not alive, or is not
+    an engine of the run named by run_names (its id, its directory): never signal a stranger."""
+    if not pid_alive(pid, pid_start) or not _runs_engine(pid, run_names):
         return False
     try:
         if os.getpgid(pid) == pid:
@@ -161,23 +169,30 @@ def terminate(pid: int, pid_start: int | None) -> bool:
     return True
 
 
+def run_names(root: Path, run_id: str) -> tuple:
+    """How an engine's command line names this run: its id (`--run-id ID`) or a path ending in
+    `experiment/run-id` (`resume DIR`)."""
+    root = Path(root)
+    return (run_id or root.name, f"{root.parent.name}/{run_id or root.name}")
+
+
 def cancel(run) -> str:
     """Ask a run's engine to stop (it finishes the step, checkpoints, writes run_end cancelled).
 
     `run` is a run directory, a LaunchedRun or a RunState (a local run's folded events). Returns
     what was done; raises LaunchError with the reason when there is no live engine to stop."""
     if isinstance(run, LaunchedRun):
-        if terminate(run.pid, run.pid_start):
+        if terminate(run.pid, run.pid_start, run_names(run.run_dir, run.run_id)):
             return f"sent SIGTERM to {run.name} (pid {run.pid})"
         run = run.run_dir
     if isinstance(run, RunState):
-        state, pids = run, trusted([(run.pid, run.pid_start)] if run.pid else [])
+        state, pids, names = run, trusted([(run.pid, run.pid_start)] if run.pid else []), (run.run_id,)
     else:
         state = load_state(Path(run))
-        pids = engine_pids(Path(run), state)
+        pids, names = engine_pids(Path(run), state), run_names(Path(run), state.run_id)
     name = f"{state.experiment}/{state.run_id}"
     for pid, start in pids:
-        if terminate(pid, start):
+        if terminate(pid, start, names):
             return f"sent SIGTERM to {name} (pid {pid})"
     if state.end is not None:
         raise LaunchError(f"{name} already ended {state.end.get('status')}; nothing to cancel")

@@ -8,6 +8,11 @@ seed recorded), the pid file and events.jsonl, then trains the chain. `resume` c
 directory from its snapshot, checkpoints and events (`seq` continues). The launcher redirects
 stdout/stderr; this process writes only what a view reads: events, checkpoints, results.json.
 
+One writer per run: the engine locks the run directory (engine/lock.py) before it reads or
+writes anything else there; a second engine or resume of the same run exits 2 with "run ... is
+already being written by pid N (host H)" and touches nothing. With the lock held it removes the
+`.tmp` leftovers of writes a killed engine never finished.
+
 Signals: SIGTERM/SIGINT finish the current step, write checkpoints/last.pt, end the run with
 `run_end cancelled` and exit 0. Errors: an `error` event, `run_end failed`, ONE line on stderr
 (the traceback too with BAN_DEBUG=1), exit 2 for a config error (spec, model, data, checkpoint
@@ -26,7 +31,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from engine import runs, spec
+from engine import lock, runs, spec
 from engine.runs import HEARTBEAT_SECONDS, RunPaths
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
@@ -107,6 +112,26 @@ def resolve_device(name: str, local_rank: int, world_size: int):
     return device
 
 
+def given_dir(args) -> Path | None:
+    """The run directory the command line names: resume's, or run's --run-id under --runs-dir."""
+    if args.command == "resume":
+        return Path(args.run_dir)
+    if args.run_id:
+        try:
+            return runs.run_dir(args.runs_dir or "runs", args.experiment, args.run_id)
+        except ValueError:
+            return None
+    return None
+
+
+def claim(root: Path) -> lock.RunLock:
+    """This process becomes the run's only writer (lock.Locked if another one is), then clears
+    what killed writes left behind."""
+    held = lock.acquire(root)
+    runs.remove_tmp(root)
+    return held
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -154,18 +179,23 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
         signal.signal(sig, lambda *_: stop.set())
+    held = None   # the run's lock: taken first where the directory is known, before torch loads
+    if int(os.environ.get("RANK", 0)) == 0 and (early := given_dir(args)) is not None and early.is_dir():
+        try:
+            held = claim(early)
+        except lock.Locked as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except OSError as exc:
+            print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
     from engine.train import Cancelled, ConfigError, Context, RunError
 
     rank, world_size, local_rank = ddp.from_env()
-    root = Path(args.run_dir) if args.command == "resume" else None
-    if args.command == "run" and args.run_id:   # a launcher made the directory: report errors there
-        try:
-            root = runs.run_dir(args.runs_dir or "runs", args.experiment, args.run_id)
-        except ValueError:
-            root = None
+    root = given_dir(args)   # a launcher made the directory: report errors there
     writer = beat = None
     status, error, code = "ok", None, 0
     try:
@@ -180,6 +210,12 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--run-id: {exc}") from None
         paths = RunPaths(root)
         if rank == 0:
+            if held is None or held.root != root:
+                if held is not None:
+                    held.release()
+                    held = None
+                root.mkdir(parents=True, exist_ok=True)
+                held = claim(root)
             if args.command == "resume":
                 check_not_running(root)
             elif runs.load_state(root).n_events:
@@ -210,7 +246,7 @@ def main(argv=None) -> int:
             beat = Heartbeat(writer)
             beat.start()
         chain.run_chain(ctx)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, lock.Locked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Cancelled:
@@ -218,7 +254,7 @@ def main(argv=None) -> int:
     except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
         config = isinstance(exc, (spec.SpecError, ConfigError))
         status, error = "failed", one_line(exc)
-        if not config and not isinstance(exc, (RunError, KeyboardInterrupt)):
+        if not config and not isinstance(exc, (RunError, KeyboardInterrupt, checkpoint.FileError)):
             error = f"{type(exc).__name__}: {error}"
         code = EXIT_CONFIG if config else EXIT_FAILED
         if rank == 0 or not (config or isinstance(exc, RunError)):
@@ -229,7 +265,7 @@ def main(argv=None) -> int:
         if beat is not None:
             beat.stop()
     if rank == 0:
-        if writer is None and root is not None and root.is_dir():
+        if writer is None and held is not None and root.is_dir():
             writer = EventWriter(RunPaths(root).events, root.name)
         if writer is not None:
             if error is not None:

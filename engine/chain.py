@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from engine import catalog, checkpoint, ddp
 from engine.events import read_events
 from engine.runs import RunState, gen_label, load_state
@@ -106,7 +104,7 @@ def emit_ensembles(ctx: Context, trainer, done: set, emitted: set) -> None:
         if not all(f.exists() for f in files):
             ctx.log(f"Ens*{k}: no stored test probabilities for every member; skipped", "warning")
         else:
-            metrics = trainer.ensemble_metrics(ctx, [np.load(f) for f in files])
+            metrics = trainer.ensemble_metrics(ctx, [checkpoint.load_npy(f) for f in files])
             ctx.emit("ensemble", k=k, members=members, **metrics)
         emitted.add(k)
 

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.runs import RunPaths, pid_alive, process_start_time
+from engine.runs import RunPaths, pid_alive, process_start_time, read_pid_file, write_atomic
 
 QUEUED, SLOT = "queued", "slot.json"
 SLOTS_FILE, LOCK, ASSIGN_LOCK, LOG = ".slots.json", ".scheduler.lock", ".assign.lock", ".scheduler.log"
@@ -252,14 +252,19 @@ def dequeue(root: Path) -> bool:
 # ---- processes ------------------------------------------------------------------------------
 
 def spawn_detached(argv: list[str], root: Path, env: dict | None = None, cwd=None) -> tuple[int, int | None]:
-    """Start argv in its own session, stdin from /dev/null, output in root's log files; (pid,
-    start time). A daemon thread reaps it, so a long-lived parent keeps no zombie."""
+    """Start argv in its own session, stdin from /dev/null, output in root's log files, its pid
+    file written; (pid, start time). A daemon thread reaps it, so a long-lived parent keeps no
+    zombie."""
     paths = RunPaths(Path(root))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}   # logs fill as it runs
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
                                 cwd=cwd, start_new_session=True, close_fds=True)
     start = process_start_time(proc.pid)
+    try:   # at once, so views tell "starting" from "broken" before the engine writes it itself
+        write_atomic(paths.pid, f"{proc.pid} {start}\n".encode(), tmp_name="pid.launch.tmp")
+    except OSError:
+        pass   # the engine writes it too (and removed our temp file, taking the run's lock)
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid, start
 

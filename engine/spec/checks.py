@@ -6,6 +6,7 @@ found, and a "did you mean" for misspelled keys and names. No torch, no textual.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from dataclasses import fields
@@ -37,11 +38,21 @@ SLOT_KEYS = ("gpus", "slots")
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
+# Upper bounds by key: far above any real run, low enough that a slip (a few extra zeros) is caught
+# here rather than by an engine that overflows or never ends.
+MOST = {"epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
+        "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "lr": 100, "weight_decay": 1, "grad_clip": 1e6,
+        "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
+        "label_weight": 1e3}
 
 
 def did_you_mean(word, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fmt(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def describe(v) -> str:
@@ -65,6 +76,7 @@ class Checker:
         self.file, self.text = file, text
         self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
         self.problems: list[Problem] = []
+        self._seen: set = set()
         self.loc = Locator(text)
 
     # -- reporting --
@@ -86,6 +98,12 @@ class Checker:
                          + ", ".join(allowed))
 
     # -- typed getters: return the value, or None after recording a problem --
+    def too_big(self, path, v, hi, kind: str) -> bool:
+        if hi is not None and v > hi:
+            self.bad(path, f"expected {kind} <= {_fmt(hi)} (the upper bound for {path[-1]}), found {_fmt(v)}")
+            return True
+        return False
+
     def int_(self, path, v, lo=None):
         if not isinstance(v, int) or isinstance(v, bool):
             self.expect(path, v, "an integer" + (f" >= {lo}" if lo is not None else ""), False)
@@ -93,11 +111,16 @@ class Checker:
         if lo is not None and v < lo:
             self.bad(path, f"expected an integer >= {lo}, found {v}")
             return None
-        return v
+        return None if self.too_big(path, v, MOST.get(path[-1]), "an integer") else v
 
     def num(self, path, v, lo=None, hi=None, lo_open=False):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             self.expect(path, v, "a number", False)
+            return None
+        if not math.isfinite(v):
+            self.bad(path, f"expected a finite number, found {v}")
+            return None
+        if hi is None and self.too_big(path, v, MOST.get(path[-1]), "a number"):
             return None
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             rng = (f"> {lo}" if lo_open else f">= {lo}") if lo is not None else ""
@@ -329,12 +352,20 @@ class Checker:
             if not isinstance(gl, list) or not gl:
                 self.bad(p + ("generation",), f"expected an array of [[experiment.generation]] tables, found {describe(gl)}")
                 gl = []
+            if len(gl) > MOST["generations"] + 1:
+                self.bad(p + ("generation",), f"expected at most {MOST['generations'] + 1} generations "
+                         f"(the upper bound for generations), found {len(gl)}")
+                gl = []
             for j, g in enumerate(gl):
+                if isinstance(g, dict) and "model" not in g and model is not None:   # takes the shared options
+                    self.model_options(where("model_options"), model, model_options)
                 gens.append(self.generation(p + ("generation", j), j, g, model, model_options, objective_options, training))
         else:
             n = merged.get("generations", 3)
             n = self.int_(where("generations"), n, 0)
             obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
+            if model is not None:
+                self.model_options(where("model_options"), model, model_options)
             if n is not None and obj is not None:
                 gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
                 opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
@@ -355,6 +386,9 @@ class Checker:
         seeds = merged.get("seeds", [0])
         if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
             self.bad(where("seeds"), f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
+            seeds = [0]
+        elif max(seeds) > MOST["seed"]:
+            self.bad(where("seeds"), f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
             seeds = [0]
         elif len(set(seeds)) != len(seeds):
             self.bad(where("seeds"), f"expected distinct seeds, found {seeds}")
@@ -435,9 +469,26 @@ class Checker:
         if obj is None or m is None:
             return None
         own_model_options = self.options(p + ("model_options",), raw.get("model_options", {}))
+        self.model_options(p + ("model_options",), m, own_model_options)
         return Generation(j, obj, m, own_model_options if "model" in raw else {**model_options, **own_model_options},
                           self.objective_options(p, obj, objective_options, raw.get("objective_options", {})),
                           teacher, seed, lists["inherit"], lists["freeze"], t)
+
+    def model_options(self, path, model, options: dict) -> None:
+        """Every option is a keyword argument of the model family's builder (catalog.MODEL_OPTIONS)
+        with a finite value; each problem reported once however many generations share it."""
+        if not self._known(model):
+            return
+        allowed = catalog.MODEL_OPTIONS[catalog.resolve_model(model)[0].family]
+        for k, v in options.items():
+            if (path, k, model) in self._seen:
+                continue
+            self._seen.add((path, k, model))
+            if k not in allowed:
+                self.bad(path + (k,), f"unknown option for model {model!r}{did_you_mean(k, allowed)}; "
+                         "expected one of: " + (", ".join(allowed) or "none"))
+            elif isinstance(v, float) and not math.isfinite(v):
+                self.bad(path + (k,), f"expected a finite number, found {v}")
 
     def objective_options(self, p, obj, shared: dict, own) -> dict:
         """The experiment's options apply where the objective takes them; a generation's own
