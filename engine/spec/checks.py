@@ -18,7 +18,7 @@ else:  # pragma: no cover
 
 from engine import catalog
 from engine.runs import check_name
-from engine.spec import sweep
+from engine.spec.sweep import expand as expand_sweep
 from engine.spec.locate import Locator
 from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
                                 Problem, Schedule, SpecError, Training)
@@ -72,6 +72,9 @@ def describe(v) -> str:
 
 
 class Checker:
+    # what engine.spec.sweep (below this module) reports with
+    describe, did_you_mean, experiment_keys = staticmethod(describe), staticmethod(did_you_mean), EXPERIMENT_KEYS
+
     def __init__(self, file: str, text: str, extra_hosts=()):
         self.file, self.text = file, text
         self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
@@ -182,7 +185,7 @@ class Checker:
             self.bad(("experiment",), "expected at least one [[experiment]] table, found none")
         sweeps: dict[str, dict[str, dict]] = {}
         for i, raw in enumerate(exps):
-            for exp, parent, cell in sweep.expand(self, i, raw, defaults, lambda r, i=i: self.experiment(i, defaults, r, hosts)):
+            for exp, parent, cell in expand_sweep(self, i, raw, defaults, lambda r, i=i: self.experiment(i, defaults, r, hosts)):
                 if exp is None:
                     continue
                 if exp.name in experiments:

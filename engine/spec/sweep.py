@@ -12,7 +12,8 @@ is one directory of the runs layout). A key is any experiment key but `name`, `g
 the last key changing fastest. A problem of a cell's value is reported at the line and column of
 its entry in the sweep's list.
 
-Imports no torch and no textual.
+Imports no torch and no textual; below engine.spec.checks, which calls it: what it reports with
+(`describe`, `did_you_mean`, the experiment keys) comes through the checker.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import re
 from dataclasses import fields
 
 from engine import catalog
-from engine.spec.schema import Dataset, Optimizer, Schedule
+from engine.spec.schema import Dataset, Optimizer, Problem, Schedule
 
 NOT_SWEPT = ("name", "generation", "seeds", "sweep")
 TABLE_KEYS = {"dataset": tuple(f.name for f in fields(Dataset)),
@@ -149,9 +150,9 @@ def locate(loc, i: int, key: str) -> tuple[tuple[int, int] | None, list[tuple[in
 
 def _check_key(checker, path, key: str, values) -> bool:
     """A sweep key and its list: known key, a non-empty array, tables where the key takes one."""
-    from engine.spec.checks import EXPERIMENT_KEYS, describe, did_you_mean
+    describe, did_you_mean = checker.describe, checker.did_you_mean
     head, dot, sub = key.partition(".")
-    allowed = [k for k in EXPERIMENT_KEYS if k not in NOT_SWEPT]
+    allowed = [k for k in checker.experiment_keys if k not in NOT_SWEPT]
     if head in NOT_SWEPT:
         checker.bad(path, f"expected a key to sweep, found {head!r}, which cannot be swept"
                     + (" (seeds is already a list: every cell runs every seed)" if head == "seeds" else ""))
@@ -180,14 +181,13 @@ def _check_key(checker, path, key: str, values) -> bool:
 
 
 def _bad_entry(checker, i: int, key: str, j: int, message: str) -> None:
-    from engine.spec.schema import Problem
     key_at, entries = locate(checker.loc, i, key)
     line, col = entries[j] if j < len(entries) else key_at or checker.loc.find(("experiment", i, "sweep"))
     checker.problems.append(Problem(checker.file, line, col, f"experiment[{i}].sweep.{key}[{j}]", message))
 
 
 def _table_entries(checker, i: int, key: str, values: list) -> bool:
-    from engine.spec.checks import describe
+    describe = checker.describe
     ok = True
     if key in TAKES_TABLE:
         for j, v in enumerate(values):
@@ -200,7 +200,7 @@ def _table_entries(checker, i: int, key: str, values: list) -> bool:
 
 def grid(checker, i: int, raw: dict) -> dict[str, list] | None:
     """The checked sweep table of experiment i ({} without one, None when it is bad)."""
-    from engine.spec.checks import describe
+    describe = checker.describe
     sweep = raw.get("sweep")
     if sweep is None:
         return {}
