@@ -8,7 +8,8 @@ with BAN_THREADS = cores / slots on CPU slots; BAN_SLOT names the slots taken.
 The queue is plain files in the runs directory:
 
     <runs_dir>/.slots.json                  {"gpus": [0, 1]} or {"slots": 2}; absent: detected
-    <runs_dir>/.scheduler.lock              flock held by the one scheduler of the directory
+    <runs_dir>/.scheduler.lock              flock held by the one scheduler of the directory (its pid)
+    <runs_dir>/.scheduler.json              {"pid", "pid_start"} of the scheduler last started
     <runs_dir>/.assign.lock                 flock held while slots are handed out
     <runs_dir>/<exp>/<run-id>/experiment.toml   the resolved experiment (written first)
     <runs_dir>/<exp>/<run-id>/queued        {"submitted", "argv", "need", "cwd"} (written last)
@@ -40,6 +41,7 @@ from engine.runs import RunPaths, pid_alive, process_start_time, read_pid_file, 
 
 QUEUED, SLOT = "queued", "slot.json"
 SLOTS_FILE, LOCK, ASSIGN_LOCK, LOG = ".slots.json", ".scheduler.lock", ".assign.lock", ".scheduler.log"
+SPAWNED = ".scheduler.json"   # the scheduler last started, so a second is not started while it starts
 INTERVAL = float(os.environ.get("BAN_SCHEDULE_INTERVAL", "0.5"))   # seconds between looks at the queue
 
 
@@ -277,11 +279,15 @@ def ensure_scheduler(runs_dir: Path, python: str = sys.executable) -> int | None
     with flocked(runs_dir / LOCK, blocking=False) as free:
         if not free:
             return None
+    spawned = read_json(runs_dir / SPAWNED) or {}
+    if pid_alive(spawned.get("pid"), spawned.get("pid_start")):
+        return None   # one is starting (it has not taken the lock yet): do not start a second
     log = open(runs_dir / LOG, "ab")
     with log:
         proc = subprocess.Popen([python, "-m", "engine", "schedule", str(runs_dir.resolve())],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 close_fds=True, cwd=str(runs_dir.resolve()))
+    write_json(runs_dir / SPAWNED, {"pid": proc.pid, "pid_start": process_start_time(proc.pid)})
     threading.Thread(target=proc.wait, daemon=True).start()
     return proc.pid
 
