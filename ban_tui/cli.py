@@ -27,7 +27,7 @@ from ban_tui import hosts as hosts_mod, launch, remote, remote_queue, report as 
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
-                            diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row)
+                            diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row, status_label)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
@@ -600,7 +600,7 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     shown = runs if every else runs[-20:]
     now = time.time()
     # the status comes from the host, where the engine's pid can be checked
-    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": r.status} for r in shown])
+    print_table(console, RUN_COLUMNS, [{**run_row(Path(r.dir), r.state, now), "status": status_label(r.status, r.state)} for r in shown])
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
     return 0

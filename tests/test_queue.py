@@ -20,7 +20,10 @@ from engine.runs import pid_alive
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 BAN = str(Path(sys.executable).parent / "ban")
-ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "BAN_SCHEDULE_INTERVAL": "0.2"}
+
+
+def env() -> dict:   # read at each call: the sshd fixture sets BAN_SSH_CONFIG
+    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "BAN_SCHEDULE_INTERVAL": "0.2"}
 
 CHAINS = """
 [defaults]
@@ -51,7 +54,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def ban(*args, cwd, timeout=120):
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env())
 
 
 def ended(root: Path) -> dict | None:
@@ -87,7 +90,7 @@ def check_slots_and_overlap(roots: list[Path], slots: set[str], most: int) -> No
 def test_five_chains_on_two_slots_survive_a_killed_launcher_and_a_killed_scheduler(tmp_path):
     (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2, 3, 4], host="", name="local", ssh=""))
     runs = tmp_path / "runs"
-    launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+    launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         wait_for(lambda: len(list(runs.glob("q/*/experiment.toml"))) == 5, 60, "five run directories")
@@ -202,14 +205,15 @@ def test_the_queue_on_an_ssh_host_survives_the_launcher_and_the_scheduler(sshd, 
                                                    ssh=f'ssh = "loop"\nworkdir = "{sshd.workdir}"\n'
                                                        f'python = "{sys.executable}"\nruns_dir = "{runs_name}"\n'))
     runs = Path(sshd.workdir) / runs_name
-    launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+    launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     try:
-        wait_for(lambda: len(list(runs.glob("q/*/experiment.toml"))) == 3 and len(scheduler.queued(runs)) == 1,
-                 90, "two started and one queued on the host")
+        wait_for(lambda: launcher.poll() is None and len(list(runs.glob("q/*/experiment.toml"))) == 3
+                 and len(scheduler.queued(runs)) == 1 or launcher.poll() is not None, 90, "two started, one queued")
     finally:
         launcher.send_signal(signal.SIGKILL)
         launcher.wait()
+    assert launcher.returncode == -signal.SIGKILL, launcher.stdout.read()
     sshd.kill_clients()   # and every ssh connection of ours
     kill_scheduler(runs)
     roots = sorted(p.parent for p in runs.glob("q/*/experiment.toml"))
