@@ -58,6 +58,8 @@ def parse_args(argv):
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, spec.SpecError):
         return "; ".join(str(p) for p in exc.problems)
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:   # e.g. a read-only run directory
+        return f"{exc.filename}: {exc.strerror}"
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
 
@@ -155,6 +157,27 @@ class Heartbeat(threading.Thread):
         self.done.set()
         if self.is_alive():
             self.join()
+
+
+def end_run(writer, root: Path, status: str, error: str | None) -> None:
+    """The error and run_end events, then results.json, as far as the directory still takes them
+    (one made read-only mid-run keeps its open events file writable); never a traceback."""
+    from engine import chain
+    from engine.events import EventWriter
+    try:
+        writer = writer or EventWriter(RunPaths(root).events, root.name)
+        if error is not None:
+            writer.emit("error", message=error)
+        writer.emit("run_end", status=status, error=error)
+        writer.close()
+    except OSError as exc:
+        print(f"error: {exc.filename or RunPaths(root).events}: {exc.strerror or exc}; run_end not recorded",
+              file=sys.stderr)
+        return
+    try:
+        chain.write_results(RunPaths(root))
+    except OSError:
+        pass   # results.json is a summary of the events, which say how the run ended
 
 
 def versions() -> dict:
@@ -256,15 +279,8 @@ def main(argv=None) -> int:
     finally:
         if beat is not None:
             beat.stop()
-    if rank == 0:
-        if writer is None and held is not None and root.is_dir():
-            writer = EventWriter(RunPaths(root).events, root.name)
-        if writer is not None:
-            if error is not None:
-                writer.emit("error", message=error)
-            writer.emit("run_end", status=status, error=error)
-            writer.close()
-            chain.write_results(RunPaths(root))
+    if rank == 0 and (writer is not None or (held is not None and root.is_dir())):
+        end_run(writer, root, status, error)
     ddp.shutdown()
     return code
 
