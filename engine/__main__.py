@@ -130,6 +130,23 @@ def claim(root: Path) -> lock.RunLock:
     return held
 
 
+def lock_given_dir(args) -> tuple[lock.RunLock | None, int | None]:
+    """(lock, None) of the run directory the command line names, taken before torch loads; (None,
+    exit status) with one line on stderr when another process holds it; (None, None) when there is
+    no such directory yet (or this is not rank 0): the lock is then taken once it is made."""
+    early = given_dir(args)
+    if int(os.environ.get("RANK", 0)) != 0 or early is None or not early.is_dir():
+        return None, None
+    try:
+        return claim(early), None
+    except lock.Locked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, EXIT_CONFIG
+    except OSError as exc:
+        print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
+        return None, EXIT_FAILED
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -195,16 +212,9 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
         signal.signal(sig, lambda *_: stop.set())
-    held = None   # the run's lock: taken first where the directory is known, before torch loads
-    if int(os.environ.get("RANK", 0)) == 0 and (early := given_dir(args)) is not None and early.is_dir():
-        try:
-            held = claim(early)
-        except lock.Locked as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        except OSError as exc:
-            print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_FAILED
+    held, code = lock_given_dir(args)
+    if code is not None:
+        return code
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter

@@ -15,7 +15,6 @@ namespaces cannot be made (no root, no `ip netns`), or where sshd is missing.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile

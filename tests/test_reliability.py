@@ -192,6 +192,22 @@ def test_ctrl_c_through_tee_cancels(tmp_path):
     assert "started tiny/" in (tmp_path / "out.log").read_text()
 
 
+def test_sigterm_to_ban_run_cancels(tmp_path):
+    """`kill PID` (SIGTERM) of a following `ban run`: the same graceful cancel as Ctrl-C."""
+    config(tmp_path, epochs=40)
+    ban = subprocess.Popen(BAN + ["run", "c.toml", "--runs-dir", "runs"], cwd=tmp_path, env=ENV,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        root = the_run(tmp_path)
+        ban.send_signal(signal.SIGTERM)
+        out, err = ban.communicate(timeout=180)
+    finally:
+        kill(ban)
+    assert ban.returncode == 130 and "Traceback" not in err, out + err
+    assert f"resume with: ban resume {root}" in out
+    assert_cancelled_and_resumable(root)
+
+
 def test_sigint_to_a_background_ban_run_of_a_script_cancels_and_resume_finishes(tmp_path):
     """A script's `ban run ... &` starts with SIGINT ignored; `kill -INT` still cancels it (and
     SIGTERM would too). Then `ban resume` continues the run to the end."""
