@@ -25,7 +25,7 @@ from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_ru
 from engine.spec.checks import did_you_mean
 from ban_tui import hosts as hosts_mod, launch, remote, remote_queue, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
-from ban_tui.live import metric_header, open_view, print_summary, print_table, say
+from ban_tui.live import OutputConsole, metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
                             diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row, status_label)
 
@@ -39,7 +39,7 @@ CONFIG_HELP = "Config file whose \\[hosts] to use (default: ./experiments.toml w
 
 
 def out() -> Console:
-    return Console(highlight=False)
+    return OutputConsole(highlight=False)
 
 
 def fail(message: str, code: int = EXIT_USAGE):
@@ -174,13 +174,18 @@ def cancel_on_signals() -> None:
 
 @contextmanager
 def signals_held():
-    """SIGINT/SIGTERM wait until the block ends, so that a Ctrl-C never falls between starting
-    (or signalling) an engine and noting it."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    """SIGINT/SIGTERM are noted and raised as KeyboardInterrupt once the block ends, so that a
+    Ctrl-C never falls between starting (or signalling) an engine and noting it. (Not a blocked
+    signal mask: engines started meanwhile would inherit it and never see their SIGTERM.)"""
+    caught = []
+    before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def wait_stopped(runs, timeout: float) -> bool:

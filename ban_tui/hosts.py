@@ -19,6 +19,7 @@ else:  # pragma: no cover
 
 from engine.spec import Config, Host, Problem, SpecError
 from engine.spec.checks import Checker
+from engine.spec.loading import decode
 
 
 def user_hosts_path() -> Path:
@@ -30,7 +31,7 @@ def load_user_hosts(path: Path | None = None) -> dict[str, Host]:
     """The hosts of the user file ({} when there is none); SpecError naming file:line on bad input."""
     path = Path(path) if path is not None else user_hosts_path()
     try:
-        text = path.read_text()
+        text = decode(str(path), path.read_bytes())   # SpecError where it is not UTF-8
     except FileNotFoundError:
         return {}
     except OSError as exc:

@@ -29,6 +29,14 @@ def say(console: Console, text: str) -> None:
         drop_stdout()
 
 
+class OutputConsole(Console):
+    """A rich Console whose closed pipe ends the output, not the program (rich's default is
+    SystemExit(1), which would stop `ban run` half way through cancelling its engines)."""
+
+    def on_broken_pipe(self) -> None:
+        drop_stdout()
+
+
 def drop_stdout() -> None:
     """From now on stdout goes to /dev/null (so neither later lines nor the final flush fail)."""
     try:

@@ -62,6 +62,8 @@ def parse_args(argv):
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, spec.SpecError):
         return "; ".join(str(p) for p in exc.problems)
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:   # e.g. a read-only run directory
+        return f"{exc.filename}: {exc.strerror}"
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
 
@@ -132,6 +134,23 @@ def claim(root: Path) -> lock.RunLock:
     return held
 
 
+def lock_given_dir(args) -> tuple[lock.RunLock | None, int | None]:
+    """(lock, None) of the run directory the command line names, taken before torch loads; (None,
+    exit status) with one line on stderr when another process holds it; (None, None) when there is
+    no such directory yet (or this is not rank 0): the lock is then taken once it is made."""
+    early = given_dir(args)
+    if int(os.environ.get("RANK", 0)) != 0 or early is None or not early.is_dir():
+        return None, None
+    try:
+        return claim(early), None
+    except lock.Locked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, EXIT_CONFIG
+    except OSError as exc:
+        print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
+        return None, EXIT_FAILED
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -161,6 +180,27 @@ class Heartbeat(threading.Thread):
             self.join()
 
 
+def end_run(writer, root: Path, status: str, error: str | None) -> None:
+    """The error and run_end events, then results.json, as far as the directory still takes them
+    (one made read-only mid-run keeps its open events file writable); never a traceback."""
+    from engine import chain
+    from engine.events import EventWriter
+    try:
+        writer = writer or EventWriter(RunPaths(root).events, root.name)
+        if error is not None:
+            writer.emit("error", message=error)
+        writer.emit("run_end", status=status, error=error)
+        writer.close()
+    except OSError as exc:
+        print(f"error: {exc.filename or RunPaths(root).events}: {exc.strerror or exc}; run_end not recorded",
+              file=sys.stderr)
+        return
+    try:
+        chain.write_results(RunPaths(root))
+    except OSError:
+        pass   # results.json is a summary of the events, which say how the run ended
+
+
 def versions() -> dict:
     import importlib.metadata
     import torch
@@ -179,16 +219,9 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):   # first thing: a signal during imports must not kill us
         signal.signal(sig, lambda *_: stop.set())
-    held = None   # the run's lock: taken first where the directory is known, before torch loads
-    if int(os.environ.get("RANK", 0)) == 0 and (early := given_dir(args)) is not None and early.is_dir():
-        try:
-            held = claim(early)
-        except lock.Locked as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-        except OSError as exc:
-            print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_FAILED
+    held, code = lock_given_dir(args)
+    if code is not None:
+        return code
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
@@ -264,15 +297,8 @@ def main(argv=None) -> int:
     finally:
         if beat is not None:
             beat.stop()
-    if rank == 0:
-        if writer is None and held is not None and root.is_dir():
-            writer = EventWriter(RunPaths(root).events, root.name)
-        if writer is not None:
-            if error is not None:
-                writer.emit("error", message=error)
-            writer.emit("run_end", status=status, error=error)
-            writer.close()
-            chain.write_results(RunPaths(root))
+    if rank == 0 and (writer is not None or (held is not None and root.is_dir())):
+        end_run(writer, root, status, error)
     ddp.shutdown()
     return code
 

@@ -386,15 +386,7 @@ class Checker:
             if not 1 <= k <= max(n_students, 0):
                 self.bad(where("ensembles"), f"expected each k between 1 and the number of student generations "
                          f"({n_students}), found {k}")
-        seeds = merged.get("seeds", [0])
-        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-            self.bad(where("seeds"), f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
-            seeds = [0]
-        elif max(seeds) > MOST["seed"]:
-            self.bad(where("seeds"), f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
-            seeds = [0]
-        elif len(set(seeds)) != len(seeds):
-            self.bad(where("seeds"), f"expected distinct seeds, found {seeds}")
+        seeds = self.seeds(where("seeds"), merged.get("seeds", [0]))
         device = merged.get("device", "auto")
         if self.str_(where("device"), device) is not None and not DEVICES.fullmatch(device):
             self.bad(where("device"), f"expected auto, cpu, cuda or cuda:N, found {device!r}")
@@ -424,6 +416,17 @@ class Checker:
         return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
                           ensemble_include_teacher=include, seeds=list(seeds), device=device,
                           runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+
+    def seeds(self, path, seeds) -> list:
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            self.bad(path, f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
+            return [0]
+        if max(seeds) > MOST["seed"]:
+            self.bad(path, f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
+            return [0]
+        if len(set(seeds)) != len(seeds):
+            self.bad(path, f"expected distinct seeds, found {seeds}")
+        return seeds
 
     @staticmethod
     def _known(model) -> bool:
