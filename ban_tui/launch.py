@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from engine import scheduler, spec
-from engine.runs import (RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, read_pid_file,
+from engine.runs import (RunPaths, RunState, load_state, new_run_id, pid_alive, read_pid_file,
                          run_dir)
 
 

@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine.runs import RunPaths, pid_alive, process_start_time, read_pid_file, write_atomic
+from engine.runs import RunPaths, pid_alive, process_start_time, write_atomic
 
 QUEUED, SLOT = "queued", "slot.json"
 SLOTS_FILE, LOCK, ASSIGN_LOCK, LOG = ".slots.json", ".scheduler.lock", ".assign.lock", ".scheduler.log"

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from engine import scheduler
 from engine.events import read_events
 from engine.runs import pid_alive
@@ -199,7 +197,6 @@ def test_a_run_already_started_is_not_started_twice(tmp_path):
 
 
 def test_the_queue_on_an_ssh_host_survives_the_launcher_and_the_scheduler(sshd, tmp_path):
-    host = sshd.host()
     runs_name = f"qruns-{os.getpid()}"
     (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2], host='host = "loop"', name="loop",
                                                    ssh=f'ssh = "loop"\nworkdir = "{sshd.workdir}"\n'
