@@ -37,7 +37,12 @@ scheduler.configure(runs, req["gpus"], req["slots"])
 argv = [at(w) if i in req["paths"] else os.path.expanduser(w) for i, w in enumerate(req["argv"])]
 got = scheduler.submit(root, req["snapshot"], argv, req["need"], cwd)
 deadline = time.time() + req["wait"]
-while "pid" in got and time.time() < deadline and not RunPaths(root).events.exists():
+def first_event():
+    try:
+        return RunPaths(root).events.stat().st_size > 0
+    except OSError:
+        return False
+while "pid" in got and time.time() < deadline and not first_event():
     if not scheduler.pid_alive(got["pid"], got["pid_start"]):
         tail = RunPaths(root).stderr.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
         got["died"] = tail[0]
