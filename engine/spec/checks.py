@@ -39,9 +39,10 @@ DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
 # Upper bounds by key: far above any real run, low enough that a slip (a few extra zeros) is caught
-# here rather than by an engine that overflows or never ends.
+# here rather than by an engine that overflows or never ends. (No bound on lr: a learning rate
+# that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
 MOST = {"epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
-        "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "lr": 100, "weight_decay": 1, "grad_clip": 1e6,
+        "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "weight_decay": 1, "grad_clip": 1e6,
         "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
         "label_weight": 1e3}
 
