@@ -25,6 +25,7 @@ from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
 from ban_tui import hosts, launch
+from ban_tui.remote import queue as remote_queue
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
 from ban_tui.remote import operations as remote
@@ -193,18 +194,19 @@ class BanApp(App):
         except KeyError:
             self.notify(f"not launched: no experiment {name!r} in {self.config_path} (save it first)", severity="error")
             return []
-        if host is not None:
+        if host is not None and not host.local:
             self.launch_remote(exp, host)
             return []
+        local = hosts.all_hosts(config).get("local")   # this machine's slots, where a table gives them
         launched = []
         for seed in exp.seeds:
             try:
-                run = launch.launch_local(self.config_path, exp, seed, self.runs_dir)
+                run = launch.launch_local(self.config_path, exp, seed, self.runs_dir, host=local)
             except (OSError, ValueError, launch.LaunchError) as exc:
                 self.notify(f"not launched: {name} seed {seed}: {exc}", severity="error")
                 continue
             self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
-            self.notify(f"launched {run.name} (pid {run.pid})")
+            self.notify(f"launched {run.name} ({run.how})")
             launched.append(run)
         if launched:
             self.show_panel("runs")
@@ -216,12 +218,12 @@ class BanApp(App):
         for seed in exp.seeds:
             self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
             try:
-                run = remote.launch(host, exp, seed)
+                run = remote_queue.submit(host, exp, seed)   # on the host's slots, maybe queued
             except (OSError, ValueError, RemoteError) as exc:
                 self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), RemoteSource(host, run.run_dir, run.pid).start())
-            self.call_from_thread(self.notify, f"launched {run.name} on {host.name} (pid {run.pid})")
+            self.watcher.add(Path(run.run_dir), remote_queue.QueuedRemoteSource(host, run.run_dir, run.pid).start())
+            self.call_from_thread(self.notify, f"launched {run.name} on {host.name} ({run.how})")
             self.call_from_thread(self.show_panel, "runs")
 
     def _local(self, run_dir: str, verb: str) -> bool:

@@ -8,41 +8,47 @@ Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 b
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import shlex
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from engine import spec
+from engine import scheduler, spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
 from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
 from ban_tui.remote import control as remote_control
 from ban_tui.remote import operations as remote
+from ban_tui.remote import queue as remote_queue
 from ban_tui.remote.gpus import gpu_status
 from ban_tui.remote.source import RemoteSource
 from ban_tui.remote.transport import RemoteError
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.progress import chain_progress, hms, load_plan
-from ban_tui.live import metric_header, open_view, print_summary, print_table, say
+from ban_tui.live import OutputConsole, metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
-                            clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row)
+                            clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row,
+                            status_label)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
 
 EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
+MAX_CELLS = 1000   # a bigger sweep runs only with --yes
 HOST_HELP = "Act on this host over ssh: a \\[hosts.NAME] table (from the config or ~/.config/ban/hosts.toml)."
 CONFIG_HELP = "Config file whose \\[hosts] to use (default: ./experiments.toml when there is one)."
 
 
 def out() -> Console:
-    return Console(highlight=False)
+    return OutputConsole(highlight=False)
 
 
 def fail(message: str, code: int = EXIT_USAGE):
@@ -64,21 +70,65 @@ def load_config(file: Path) -> spec.Config:
 
 
 def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
-    """--only names (in the order given); --all; else quickstart, else the first marked default,
-    else the file's first experiment."""
+    """--only names, sweep names (all their cells) or globs over the expanded names, in the order
+    given; --all; else quickstart, else the first marked default, else the file's first experiment
+    (with the rest of its sweep)."""
     exps = config.experiments
     if only:
-        for name in only:
-            if name not in exps:
-                fail(f"{config.path}: no experiment {name!r}{did_you_mean(name, list(exps))}; "
-                     f"expected one of: {', '.join(exps)}")
-        return [exps[n] for n in dict.fromkeys(only)]
+        picked = []
+        for pattern in only:
+            names = (list(config.sweeps[pattern]) if pattern in config.sweeps else
+                     [pattern] if pattern in exps else fnmatch.filter(exps, pattern))
+            if not names:
+                fail(f"{config.path}: no experiment {pattern!r}{did_you_mean(pattern, list(exps) + list(config.sweeps))}; "
+                     f"expected one of: {', '.join(list(config.sweeps) + [n for n in exps if not sweep_of(config, n)])} "
+                     "(or a glob over the expanded names, e.g. 'NAME.objective=ban*')")
+            picked += names
+        return [exps[n] for n in dict.fromkeys(picked)]
     if every:
         return list(exps.values())
     if "quickstart" in exps:
         return [exps["quickstart"]]
     marked = [e for e in exps.values() if getattr(e, "default", False)]
-    return [(marked or list(exps.values()))[0]]
+    first = (marked or list(exps.values()))[0]
+    parent = sweep_of(config, first.name)
+    return [exps[n] for n in config.sweeps[parent]] if parent else [first]
+
+
+def sweep_of(config: spec.Config, name: str) -> str | None:
+    """The sweep an expanded experiment comes from (None for a plain one)."""
+    return next((parent for parent, cells in config.sweeps.items() if name in cells), None)
+
+
+def print_grids(console: Console, config: spec.Config, names=None) -> None:
+    """Each sweep as a table of its cells (only `names` when given), with the grid's size."""
+    for parent, cells in config.sweeps.items():
+        shown = {n: c for n, c in cells.items() if names is None or n in names}
+        if not shown:
+            continue
+        keys = list(next(iter(cells.values())))
+        sizes = " x ".join(f"{len({json.dumps(c[k], sort_keys=True) for c in cells.values()})} {k}" for k in keys)
+        say(console, f"sweep {parent}: {len(cells)} experiments ({sizes})"
+                     + (f", {len(shown)} picked" if len(shown) != len(cells) else ""))
+        rows = [{"experiment": n, **{k: cell_text(config.experiments[n], k, v) for k, v in c.items()}}
+                for n, c in shown.items()]
+        print_table(console, [("experiment", "experiment")] + [(k, k) for k in keys], rows)
+
+
+def cell_text(exp: spec.Experiment, key: str, value) -> str:
+    """A swept value as the grid shows it; `n/a` for an objective option no generation takes."""
+    head, _, sub = key.partition(".")
+    if head == "objective_options" and not any(sub in g.objective_options for g in exp.generations):
+        return "n/a"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def refuse_big_sweeps(config: spec.Config, exps, yes: bool) -> None:
+    for parent, cells in config.sweeps.items():
+        n = sum(e.name in cells for e in exps)
+        if n > MAX_CELLS and not yes:
+            fail(f"{config.path}: sweep {parent} has {n:,} cells to run (more than {MAX_CELLS:,}); "
+                 "run them with --yes, or pick some with --only GLOB")
 
 
 def find(runs_dir: Path, ref: str) -> Path:
@@ -109,7 +159,7 @@ def chain_summary(exp: spec.Experiment) -> str:
 
 def exit_code(sources) -> int:
     statuses = [s.status() for s in sources]
-    if any(st in ("failed", "dead", "stale") for st in statuses):
+    if any(st in ("failed", "dead", "stale", "broken") for st in statuses):
         return EXIT_FAILED
     return EXIT_CANCELLED if "cancelled" in statuses else 0
 
@@ -126,6 +176,35 @@ def watch(console: Console, sources, on_interrupt) -> int:
     return exit_code(sources)
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def cancel_on_signals() -> None:
+    """From here on SIGINT and SIGTERM raise KeyboardInterrupt, whatever this process inherited:
+    a script's background job starts with SIGINT ignored, and Python then never turns it into
+    KeyboardInterrupt. Engines started later inherit the default disposition, not the ignore."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    for sig in SIGNALS:
+        signal.signal(sig, interrupt)
+
+
+@contextmanager
+def signals_held():
+    """SIGINT/SIGTERM are noted and raised as KeyboardInterrupt once the block ends, so that a
+    Ctrl-C never falls between starting (or signalling) an engine and noting it. (Not a blocked
+    signal mask: engines started meanwhile would inherit it and never see their SIGTERM.)"""
+    caught = []
+    before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def wait_stopped(runs, timeout: float) -> bool:
     """Wait until none of the runs has a live engine; True if they all stopped in time."""
     deadline = time.time() + timeout
@@ -136,21 +215,36 @@ def wait_stopped(runs, timeout: float) -> bool:
     return True
 
 
+def sigterm_all(run_dirs) -> None:
+    with signals_held():
+        for d in run_dirs:
+            try:
+                launch.cancel(d)
+            except launch.LaunchError:
+                pass
+
+
 def cancel_and_explain(console: Console, run_dirs) -> int:
-    """Ctrl-C while watching runs we started: SIGTERM them, wait for their checkpoints, say how
-    to resume. A second Ctrl-C stops waiting (the engines still stop on their own)."""
-    say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
-    for d in run_dirs:
-        try:
-            launch.cancel(d)
-        except launch.LaunchError:
-            pass
+    """Ctrl-C (or SIGTERM) while watching runs we started: SIGTERM them first (runs still in the
+    queue leave it), then say so, wait for their checkpoints and say how to resume. A second
+    Ctrl-C stops waiting (the engines still stop on their own); output that fails (say, tee died)
+    is dropped and stops nothing."""
+    waiting = [d for d in run_dirs if scheduler.dequeue(d)]
+    run_dirs = [d for d in run_dirs if d not in waiting]
     try:
+        sigterm_all(run_dirs)   # a signal held meanwhile arrives as the block ends: ignored here
+    except KeyboardInterrupt:
+        pass
+    try:
+        for d in waiting:
+            say(console, f"{d.parent.name}/{d.name}: taken out of the queue (it never started)")
+        say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
         wait_stopped(run_dirs, timeout=120)
     except KeyboardInterrupt:
         pass
-    for d in run_dirs:
-        say(console, f"{d.parent.name}/{d.name}: {load_state(d).status()}; resume with: ban resume {d}")
+    with signals_held():
+        for d in run_dirs:
+            say(console, f"{d.parent.name}/{d.name}: {load_state(d).status()}; resume with: ban resume {d}")
     return EXIT_CANCELLED
 
 
@@ -163,71 +257,127 @@ def validate(file: Path = typer.Argument(..., help="experiments.toml")):
     console = out()
     for exp in config.experiments.values():
         say(console, chain_summary(exp))
+    print_grids(console, config)
 
 
 @app.command()
 def run(file: Path = typer.Argument(..., help="experiments.toml"),
-        only: Optional[List[str]] = typer.Option(None, "--only", help="Experiment to run (repeatable)."),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="Experiment, sweep, or a glob over the expanded names (repeatable)."),
         every: bool = typer.Option(False, "--all", help="Run every experiment of the file."),
         device: Optional[str] = typer.Option(None, help="auto, cpu, cuda or cuda:N (overrides the config)."),
         runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where runs go (default: the config's runs_dir)."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved chains; launch nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and the resolved chains; launch nothing."),
         detach: bool = typer.Option(False, "--detach", help="Return at once; follow later with `ban follow`."),
-        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP + " (default: the experiment's host)")):
-    """Validate FILE, start one engine per (experiment, seed) and follow them live.
+        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP + " (default: the experiment's host)"),
+        hosts: Optional[str] = typer.Option(None, "--hosts", help="Spread the chains over these hosts' free slots "
+                                            "(comma-separated; `local` is this machine)."),
+        yes: bool = typer.Option(False, "--yes", help=f"Run a sweep of more than {MAX_CELLS:,} cells.")):
+    """Validate FILE, queue one chain per (experiment, seed) on the slots of its host (this
+    machine by default) and follow them live. A chain starts at once on a free slot, else waits
+    in the host's queue (`queued #N`) and starts, oldest first, as slots free.
 
-    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them); runs on a
-    host keep going there (`ban follow RUN --host NAME` follows them again).
-    Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
+    Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them; queued ones
+    leave the queue); runs on a host keep going there (`ban follow RUN --host NAME` follows them
+    again). Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
     config = load_config(file)
     exps = pick_experiments(config, only or [], every)
     console = out()
     if dry_run:
+        print_grids(console, config, {e.name for e in exps})
         for exp in exps:
             print_chain(console, file, exp, runs_dir or Path(exp.runs_dir), device)
         return
-    launched, to_slurm = [], {}
+    refuse_big_sweeps(config, exps, yes)
+    launched = []
+
+    def on_interrupt() -> int:   # every engine started so far, whenever the signal came
+        local = [r.run_dir for r in launched if not isinstance(r, remote.RemoteLaunch)]
+        remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
+        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ",
+                          follow_config(file, config, remotes))
+        return cancel_and_explain(console, local) if local else EXIT_CANCELLED
+
+    cancel_on_signals()   # before the first engine starts: SIGINT/SIGTERM cancel in every setting
+    try:
+        with signals_held():   # a signal while starting engines cancels every one started
+            submit_chains(launched, config, file, exps, device, runs_dir, host, hosts)
+        local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
+        remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
+        for r in launched:
+            where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
+            if isinstance(r, slurm.SlurmLaunch):
+                say(console, f"submitted {r.name} as Slurm job {r.job} in {where}")
+            else:
+                say(console, f"started {r.name} (pid {r.pid}) in {where}" if r.pid is not None
+                             else f"queued {r.name} (#{r.queued}) in {where}")
+        if detach:
+            if local:
+                say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
+            say_follow_remote(console, remotes, config_file=follow_config(file, config, remotes))
+            return
+        sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
+                   + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
+        code = watch(console, sources, on_interrupt)
+    except KeyboardInterrupt:
+        code = on_interrupt()
+    raise typer.Exit(code)
+
+
+def follow_config(file: Path, config: spec.Config, remotes) -> Path | None:
+    """The config a printed follow command must name: FILE when a host comes from its [hosts]."""
+    return file if any(r.host in config.hosts for r in remotes) and file != Path("experiments.toml") else None
+
+
+def target_host(name: str, config: spec.Config) -> spec.Host:
+    """A host by name; `local` is this machine, with or without a [hosts.local] table."""
+    if name == "local" and "local" not in hosts_mod.all_hosts(config):
+        return spec.Host(name="local", ssh="")
+    return host_named(name, config=config)
+
+
+def submit_chains(launched: list, config: spec.Config, file: Path, exps, device, runs_dir, host, hosts) -> None:
+    """Queue every (experiment, seed) on its host, appending each to `launched` as it goes: --hosts spreads them over the hosts' free
+    slots (the least loaded first: busy, queued and just placed chains per slot), --host or the
+    experiment's host takes them all, else this machine."""
+    spread = [target_host(n.strip(), config) for n in hosts.split(",") if n.strip()] if hosts else []
+    loads = {}
+    for h in spread:
+        try:
+            if h.local:
+                local_runs = runs_dir or Path(exps[0].runs_dir)
+                scheduler.configure(local_runs, h.gpus, h.slots)
+                loads[h.name] = scheduler.load(local_runs)
+            else:
+                remote.check_engine(h)
+                loads[h.name] = remote_queue.host_load(h)
+        except (OSError, remote.RemoteError) as exc:
+            fail(f"cannot reach {h.name}: {exc}", EXIT_FAILED)
+    checked, to_slurm = set(loads), {}
     for exp in exps:
         for seed in exp.seeds:
-            name = host or exp.host
-            if name and host_named(name, config=config).slurm is not None:   # one job array per host
-                to_slurm.setdefault(name, []).append((exp, seed))
+            if spread:
+                h = min(spread, key=lambda h: (loads[h.name]["busy"] + loads[h.name]["queued"] + 1)
+                        / max(1, loads[h.name]["slots"]))
+                loads[h.name]["queued"] += exp.gpus
+            else:
+                name = host or exp.host
+                h = target_host(name, config) if name else hosts_mod.all_hosts(config).get("local")
+            if h is not None and h.slurm is not None:   # submitted below, one job array per host
+                to_slurm.setdefault(h.name, (h, []))[1].append((exp, seed))
                 continue
             try:
-                if host or exp.host:
-                    launched.append(remote.launch(host_named(host or exp.host, config=config), exp, seed, device=device))
+                if h is None or h.local:
+                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device, host=h))
                 else:
-                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device))
+                    launched.append(remote_queue.submit(h, exp, seed, device=device, checked=h.name in checked))
+                    checked.add(h.name)
             except (OSError, ValueError, RemoteError) as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
-    for name, chains in to_slurm.items():
+    for h, chains in to_slurm.values():   # one job array per Slurm host
         try:
-            launched += slurm.submit(host_named(name, config=config), chains, device)
+            launched += slurm.submit(h, chains, device)
         except (OSError, ValueError, RemoteError) as exc:
-            fail(f"cannot submit to {name}: {exc}", EXIT_FAILED)
-    local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
-    remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
-    for r in launched:
-        if isinstance(r, slurm.SlurmLaunch):
-            say(console, f"submitted {r.name} as Slurm job {r.job} in {r.host}:{r.run_dir}")
-            continue
-        where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
-        say(console, f"started {r.name} (pid {r.pid}) in {where}")
-    # the printed follow command names the config when the host is one of its [hosts]
-    via = file if any(r.host in config.hosts for r in remotes) and file != Path("experiments.toml") else None
-    if detach:
-        if local:
-            say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
-        say_follow_remote(console, remotes, config_file=via)
-        return
-    sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
-               + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
-
-    def on_interrupt() -> int:
-        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ", via)
-        return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
-
-    raise typer.Exit(watch(console, sources, on_interrupt))
+            fail(f"cannot submit to {h.name}: {exc}", EXIT_FAILED)
 
 
 def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
@@ -258,6 +408,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
     if host:
         raise typer.Exit(ls_remote(host_named(host, config_file), every))
     runs_dir = default_runs_dir(runs_dir)
+    scheduler.ensure_scheduler(runs_dir)   # queued runs there: make sure they will start
     runs = list_runs(runs_dir)
     console = out()
     if not runs:
@@ -265,14 +416,17 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    print_table(console, RUN_COLUMNS + [("eta", "ETA"), ("tags", "tags")], [ls_row(d, now) for d in shown])
+    states = {d: load_state(d) for d in shown}
+    print_table(console, RUN_COLUMNS + [("eta", "ETA"), ("tags", "tags")], [ls_row(d, now, s) for d, s in states.items()])
+    for d, s in states.items():
+        if s.status(now) == "broken":
+            say(console, f"{d.parent.name}/{d.name}: broken: {s.broken_reason}")
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
 
 
-def ls_row(root: Path, now: float) -> dict:
+def ls_row(root: Path, now: float, state) -> dict:
     """run_row with the epochs planned over the whole chain (from the snapshot), its ETA, its tags."""
-    state = load_state(root)
     p = chain_progress(state, load_plan(root))
     eta = hms(p.eta) if state.status(now) == "running" else "-"
     return {**run_row(root, state, now), "progress": str(p), "eta": eta, "tags": notes_mod.tags_str(root)}
@@ -283,6 +437,7 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
     """A run's generations, ensembles and gradient diagnostics (and its stderr when it failed)."""
     root = find(default_runs_dir(runs_dir), run_ref)
+    scheduler.ensure_scheduler(root.parent.parent)
     state = load_state(root)
     console = out()
     status = state.status()
@@ -305,7 +460,9 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
         print_table(console, DIAGNOSTIC_COLUMNS, diag, "diagnostics (last epoch of each generation)")
     for message in state.errors:
         say(console, f"error: {message}")
-    if status in ("failed", "dead", "stale"):
+    if status == "broken":
+        say(console, f"broken: {state.broken_reason}")
+    if status in ("failed", "dead", "stale", "broken"):
         if state.end and state.end.get("error"):
             say(console, f"run_end: {state.end['error']}")
         tail = stderr_tail(root)
@@ -333,6 +490,8 @@ def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
     if host:
         raise typer.Exit(follow_remote(host_named(host, config_file), run_refs))
     roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
+    for d in dict.fromkeys(r.parent.parent for r in roots):
+        scheduler.ensure_scheduler(d)
     console = out()
 
     def detach_msg() -> int:
@@ -355,6 +514,7 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
     if host:
         raise typer.Exit(resume_remote(host_named(host, config_file), run_ref, detach, config_file))
     root = find(default_runs_dir(runs_dir), run_ref)
+    cancel_on_signals()
     try:
         r = launch.resume_local(root)
     except launch.LaunchError as exc:
@@ -564,7 +724,8 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
 
 def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> RemoteSource:
     """A RemoteSource that says when its connection drops and when it is back."""
-    source = RemoteSource(host, run_dir, pid) if host.slurm is None else slurm.SlurmSource(host, run_dir)
+    source = (slurm.SlurmSource(host, run_dir) if host.slurm is not None
+              else remote_queue.QueuedRemoteSource(host, run_dir, pid))   # (it may wait in the host's queue)
 
     def tell(s: RemoteSource) -> None:
         if not s.connected:
@@ -596,7 +757,7 @@ def ls_remote(host: spec.Host, every: bool) -> int:
     shown = runs if every else runs[-20:]
     now = time.time()
     # the status comes from the host, where the engine's pid can be checked
-    rows = [{**run_row(Path(r.dir), r.state, now), "status": r.status,
+    rows = [{**run_row(Path(r.dir), r.state, now), "status": status_label(r.status, r.state),
              "progress": str(chain_progress(r.state))} for r in shown]
     columns = RUN_COLUMNS
     if host.slurm is not None:   # each run's job, as squeue says (pending before its start or a requeue)
@@ -694,7 +855,7 @@ def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
     from concurrent.futures import ThreadPoolExecutor
     path = config_file or Path("experiments.toml")
     try:
-        known = hosts_mod.all_hosts(load_config(path) if config_file or path.exists() else None)
+        known = hosts_mod.ssh_hosts(hosts_mod.all_hosts(load_config(path) if config_file or path.exists() else None))
     except spec.SpecError as exc:
         fail(str(exc))
     console = out()

@@ -82,6 +82,8 @@ class LocalSource:
             return False  # (a run resumed by someone else is running again despite its old run_end)
         if s.end is not None or pids:
             return True
+        if s.queued is not None:
+            return False   # waiting for a slot (engine.scheduler)
         # no process known yet: give a starting engine time to say hello
         return time.time() - (s.last_ts or self.opened) > STALE_AFTER
 

@@ -3,6 +3,8 @@
 The user file `$XDG_CONFIG_HOME/ban/hosts.toml` (default ~/.config/ban/hosts.toml) has the same
 table shape as the config file, so a box described once serves every project; a host of the same
 name in the project's config wins. Both go through the config validator (engine.spec.checks).
+A host's slots are its `gpus = [0, 1, 3]` or `slots = N` (engine.scheduler); `[hosts.local]`,
+the one host without `ssh`, gives this machine's.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ else:  # pragma: no cover
 
 from engine.spec import Config, Host, Problem, SpecError
 from engine.spec.checks import Checker
+from engine.spec.loading import decode
 
 
 def user_hosts_path() -> Path:
@@ -28,7 +31,7 @@ def load_user_hosts(path: Path | None = None) -> dict[str, Host]:
     """The hosts of the user file ({} when there is none); SpecError naming file:line on bad input."""
     path = Path(path) if path is not None else user_hosts_path()
     try:
-        text = path.read_text()
+        text = decode(str(path), path.read_bytes())   # SpecError where it is not UTF-8
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -58,3 +61,8 @@ def get_host(name: str, config: Config | None = None, user_path: Path | None = N
         raise LookupError(f"unknown host {name!r}: expected one defined in {where}"
                           f"{user_hosts_path() if user_path is None else user_path} (known: {known})")
     return hosts[name]
+
+
+def ssh_hosts(hosts: dict[str, Host]) -> dict[str, Host]:
+    """The hosts reached over ssh (not `[hosts.local]`, which only gives this machine's slots)."""
+    return {name: h for name, h in hosts.items() if not h.local}

@@ -8,16 +8,16 @@ Every command is an argv list: no shell anywhere.
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine import spec
-from engine.runs import RunPaths, RunState, load_state, new_run_id, pid_alive, process_start_time, run_dir
+import psutil
+
+from engine import scheduler, spec
+from engine.runs import (RunPaths, RunState, load_state, new_run_id, pid_alive, read_pid_file,
+                         run_dir)
 
 
 class LaunchError(Exception):
@@ -29,12 +29,18 @@ class LaunchedRun:
     experiment: str
     run_id: str
     run_dir: Path
-    pid: int
+    pid: int | None                # None while it waits in the queue
     pid_start: int | None = None   # the kernel's start time of pid, to tell a recycled pid apart
+    queued: int | None = None      # its position in the queue when no slot was free
 
     @property
     def name(self) -> str:
         return f"{self.experiment}/{self.run_id}"
+
+    @property
+    def how(self) -> str:
+        """"pid 123", or "queued #2" for a run that waits for a slot."""
+        return f"pid {self.pid}" if self.pid is not None else f"queued #{self.queued}"
 
 
 def python_m(python: str, gpus: int) -> list[str]:
@@ -61,43 +67,38 @@ def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list
 
 def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
     """Start argv detached with its output in root's log files; (pid, pid start time)."""
-    paths = RunPaths(root)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # so stdout.log/stderr.log fill as it runs
-    with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                start_new_session=True, close_fds=True)
-    start = process_start_time(proc.pid)
-    # Reap the child when it exits (a long-lived launcher such as the TUI would otherwise keep
-    # zombies); the thread is a daemon, so it never keeps the launcher alive.
-    threading.Thread(target=proc.wait, daemon=True).start()
-    return proc.pid, start
+    return scheduler.spawn_detached(argv, root)
 
 
 def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
-                 python=None) -> LaunchedRun:
-    """Start `python -m engine run` for one (experiment, seed) and return at once."""
+                 python=None, host: spec.Host | None = None) -> LaunchedRun:
+    """Queue `python -m engine run` for one (experiment, seed) in runs_dir (engine.scheduler):
+    it starts at once on a free slot (`pid` set), else waits for one (`queued` set). Returns at
+    once either way. The run directory holds the resolved experiment from the start, so editing
+    the config afterwards does not change a queued run. `host`: the `[hosts.local]` table, whose
+    `gpus`/`slots` become this runs directory's slots (without one: this machine's GPUs, else one)."""
     runs_dir = Path(runs_dir).resolve()
     run_id = new_run_id(seed)
     root = run_dir(runs_dir, exp.name, run_id)
-    root.mkdir(parents=True)
-    argv = engine_command(Path(config_path).resolve(), exp.name, seed, runs_dir, run_id, device,
+    argv = engine_command(RunPaths(root).snapshot, exp.name, seed, runs_dir, run_id, device,
                           exp.gpus, python or sys.executable)
-    pid, start = _spawn(argv, root)
-    return LaunchedRun(exp.name, run_id, root, pid, start)
+    scheduler.configure(runs_dir, host.gpus if host else None, host.slots if host else None)
+    got = scheduler.submit(root, spec.dumps_experiment(replace(exp, host=None)), argv, exp.gpus)
+    return LaunchedRun(exp.name, run_id, root, got.get("pid"), got.get("pid_start"), got.get("position"))
 
 
 def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
     """Candidate (pid, start time) of a run's engine: its pid file first (written at every
     start and resume), then the pid of its latest run_start event."""
     found = []
-    try:
-        numbers = [int(x) for x in re.findall(r"\d+", RunPaths(root).pid.read_text())]
-        if numbers:
-            found.append((numbers[0], numbers[1] if len(numbers) > 1 else None))
-    except OSError:
-        pass
+    pid, start = read_pid_file(root)
+    if pid:
+        found.append((pid, start))
     if state.pid:
         found.append((state.pid, state.pid_start))
+    slot = scheduler.read_json(root / scheduler.SLOT)   # the pid the scheduler started, before it writes any
+    if isinstance(slot, dict) and slot.get("pid"):
+        found.append((slot["pid"], slot.get("pid_start")))
     return trusted(found)
 
 
@@ -106,11 +107,17 @@ def trusted(pids: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
     return [(pid, start) for pid, start in pids if start is not None or _runs_engine(pid)]
 
 
-def _runs_engine(pid: int) -> bool:
+def _runs_engine(pid: int, run_names: tuple = ()) -> bool:
+    """The process's command line is `... -m engine run|resume ...` and, given run_names (the run
+    id, `experiment/run-id`), names the run: `--run-id ID` or the run directory's path."""
     try:
-        return b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        argv = psutil.Process(pid).cmdline()
+    except (psutil.Error, ValueError):
         return False
+    if "engine" not in argv or not any(a in ("run", "resume") for a in argv):
+        return False
+    return not run_names or any(a == n or a.rstrip("/") == n or a.rstrip("/").endswith("/" + n)
+                                for a in argv for n in run_names)
 
 
 def running_pid(run) -> int | None:
@@ -129,7 +136,9 @@ def resume_local(run, python=None) -> LaunchedRun:
     state = load_state(root)
     name = f"{state.experiment}/{state.run_id}"
     if not RunPaths(root).snapshot.exists():
-        raise LaunchError(f"{root}: expected a run directory with experiment.toml, found none")
+        why = f" ({state.broken_reason})" if state.status() == "broken" else ""
+        raise LaunchError(f"{root}: expected a run directory with experiment.toml, found none{why}; "
+                          "start it again with `ban run`")
     if (pid := running_pid(root)) is not None:
         raise LaunchError(f"{name} is still running (pid {pid}); nothing to resume")
     if state.end is not None and state.end.get("status") == "ok":
@@ -142,10 +151,11 @@ def resume_local(run, python=None) -> LaunchedRun:
     return LaunchedRun(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
 
 
-def terminate(pid: int, pid_start: int | None) -> bool:
+def terminate(pid: int, pid_start: int | None, run_names: tuple = ()) -> bool:
     """SIGTERM to an engine (and, when it leads its own process group as our launches do, to
-    the whole group: torchrun and its workers). False when that process is not alive."""
-    if not pid_alive(pid, pid_start):
+    the whole group: torchrun and its workers). False when that process is not alive, or is not
+    an engine of the run named by run_names (its id, its directory): never signal a stranger."""
+    if not pid_alive(pid, pid_start) or not _runs_engine(pid, run_names):
         return False
     try:
         if os.getpgid(pid) == pid:
@@ -157,23 +167,30 @@ def terminate(pid: int, pid_start: int | None) -> bool:
     return True
 
 
+def run_names(root: Path, run_id: str) -> tuple:
+    """How an engine's command line names this run: its id (`--run-id ID`) or a path ending in
+    `experiment/run-id` (`resume DIR`)."""
+    root = Path(root)
+    return (run_id or root.name, f"{root.parent.name}/{run_id or root.name}")
+
+
 def cancel(run) -> str:
     """Ask a run's engine to stop (it finishes the step, checkpoints, writes run_end cancelled).
 
     `run` is a run directory, a LaunchedRun or a RunState (a local run's folded events). Returns
     what was done; raises LaunchError with the reason when there is no live engine to stop."""
     if isinstance(run, LaunchedRun):
-        if terminate(run.pid, run.pid_start):
+        if terminate(run.pid, run.pid_start, run_names(run.run_dir, run.run_id)):
             return f"sent SIGTERM to {run.name} (pid {run.pid})"
         run = run.run_dir
     if isinstance(run, RunState):
-        state, pids = run, trusted([(run.pid, run.pid_start)] if run.pid else [])
+        state, pids, names = run, trusted([(run.pid, run.pid_start)] if run.pid else []), (run.run_id,)
     else:
         state = load_state(Path(run))
-        pids = engine_pids(Path(run), state)
+        pids, names = engine_pids(Path(run), state), run_names(Path(run), state.run_id)
     name = f"{state.experiment}/{state.run_id}"
     for pid, start in pids:
-        if terminate(pid, start):
+        if terminate(pid, start, names):
             return f"sent SIGTERM to {name} (pid {pid})"
     if state.end is not None:
         raise LaunchError(f"{name} already ended {state.end.get('status')}; nothing to cancel")

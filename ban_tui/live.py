@@ -6,6 +6,8 @@ colour. Rich honours NO_COLOR by itself. The rows come from ban_tui.tables.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from rich import box
@@ -20,9 +22,31 @@ from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_STYLE, duratio
 
 
 def say(console: Console, text: str) -> None:
-    """A plain line as it is: never wrapped, never styled (the text may hold [brackets])."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    """A plain line as it is: never wrapped, never styled (the text may hold [brackets]).
+    Output that fails (a closed pipe: `ban run | tee` whose tee died) is dropped, never raised:
+    what the command is doing (cancelling runs) must go on."""
+    try:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    except (OSError, ValueError):   # BrokenPipeError, EIO, or a closed file
+        drop_stdout()
 
+
+class OutputConsole(Console):
+    """A rich Console whose closed pipe ends the output, not the program (rich's default is
+    SystemExit(1), which would stop `ban run` half way through cancelling its engines)."""
+
+    def on_broken_pipe(self) -> None:
+        drop_stdout()
+
+
+def drop_stdout() -> None:
+    """From now on stdout goes to /dev/null (so neither later lines nor the final flush fail)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 TEXT_COLUMNS = ("generation", "run", "ensemble", "members", "model", "objective", "status", "started",
                 "name", "family", "about", "experiment", "metric", "schedule", "teacher", "inherit", "tags")
@@ -43,7 +67,10 @@ def print_table(console: Console, columns: list[tuple[str, str]], rows: list[dic
     for r in rows:
         table.add_row(*[Text(str(r.get(k, "")), style=STATUS_STYLE.get(r.get(k), "") if k == "status" else "")
                         for k, _ in columns])
-    console.print(table)
+    try:
+        console.print(table)
+    except (OSError, ValueError):
+        drop_stdout()
 
 
 def metric_header(columns, metric: str):

@@ -163,6 +163,11 @@ RUN_COLUMNS = [("run", "run"), ("status", "status"), ("progress", "epochs"),
                ("generation", "generation"), ("best", "best"), ("started", "started")]
 
 
+def status_label(status: str, state: RunState) -> str:
+    """The status as shown: a queued run with its position ("queued #2")."""
+    return f"queued #{state.queued}" if status == "queued" and state.queued else status
+
+
 def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
     """A line of `ban ls`: status, epochs done/planned, current generation, best test."""
     done, planned = state.progress
@@ -171,7 +176,7 @@ def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
     best = min(bests) if bests else (None, state.metric)
     run_dir = Path(run_dir)
     return {"run": f"{state.experiment or run_dir.parent.name}/{state.run_id or run_dir.name}",
-            "status": state.status(now), "progress": f"{done}/{planned}",
+            "status": status_label(state.status(now), state), "progress": f"{done}/{planned}",
             "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
             "best": metric_str(*best), "started": clock(state.started, "%m-%d %H:%M")}
 

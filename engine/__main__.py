@@ -1,10 +1,17 @@
 """The engine process: `python -m engine run CONFIG --experiment NAME [--seed S] [--runs-dir DIR]
 [--run-id ID] [--device D]` and `python -m engine resume RUN_DIR [--device D]`.
 
+`python -m engine schedule RUNS_DIR` is the queue's scheduler (engine/scheduler.py, no torch).
+
 `run` makes `<runs_dir>/<experiment>/<run_id>/` with the resolved snapshot (experiment.toml, the
 seed recorded), the pid file and events.jsonl, then trains the chain. `resume` continues a run
 directory from its snapshot, checkpoints and events (`seq` continues). The launcher redirects
 stdout/stderr; this process writes only what a view reads: events, checkpoints, results.json.
+
+One writer per run: the engine locks the run directory (engine/lock.py) before it reads or
+writes anything else there; a second engine or resume of the same run exits 2 with "run ... is
+already being written by pid N (host H)" and touches nothing. With the lock held it removes the
+`.tmp` leftovers of writes a killed engine never finished.
 
 Signals: SIGTERM/SIGINT finish the current step, write checkpoints/last.pt, end the run with
 `run_end cancelled` and exit 0. SIGUSR2 (the warning Slurm sends before a job's time limit, as
@@ -26,7 +33,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from engine import runs, spec
+from engine import lock, runs, spec
 from engine.runs import HEARTBEAT_SECONDS, RunPaths
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
@@ -49,12 +56,16 @@ def parse_args(argv):
     s = sub.add_parser("resume", help="continue a run directory")
     s.add_argument("run_dir")
     s.add_argument("--device")
+    q = sub.add_parser("schedule", help="start the queued runs of a runs directory as slots free")
+    q.add_argument("runs_dir")
     return p.parse_args(argv)
 
 
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, spec.SpecError):
         return "; ".join(str(p) for p in exc.problems)
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:   # e.g. a read-only run directory
+        return f"{exc.filename}: {exc.strerror}"
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
 
@@ -105,6 +116,43 @@ def resolve_device(name: str, local_rank: int, world_size: int):
     return device
 
 
+def given_dir(args) -> Path | None:
+    """The run directory the command line names: resume's, or run's --run-id under --runs-dir."""
+    if args.command == "resume":
+        return Path(args.run_dir)
+    if args.run_id:
+        try:
+            return runs.run_dir(args.runs_dir or "runs", args.experiment, args.run_id)
+        except ValueError:
+            return None
+    return None
+
+
+def claim(root: Path) -> lock.RunLock:
+    """This process becomes the run's only writer (lock.Locked if another one is), then clears
+    what killed writes left behind."""
+    held = lock.acquire(root)
+    runs.remove_tmp(root)
+    return held
+
+
+def lock_given_dir(args) -> tuple[lock.RunLock | None, int | None]:
+    """(lock, None) of the run directory the command line names, taken before torch loads; (None,
+    exit status) with one line on stderr when another process holds it; (None, None) when there is
+    no such directory yet (or this is not rank 0): the lock is then taken once it is made."""
+    early = given_dir(args)
+    if int(os.environ.get("RANK", 0)) != 0 or early is None or not early.is_dir():
+        return None, None
+    try:
+        return claim(early), None
+    except lock.Locked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None, EXIT_CONFIG
+    except OSError as exc:
+        print(f"error: {early}: cannot lock the run directory: {exc.strerror or exc}", file=sys.stderr)
+        return None, EXIT_FAILED
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -134,6 +182,27 @@ class Heartbeat(threading.Thread):
             self.join()
 
 
+def end_run(writer, root: Path, status: str, error: str | None) -> None:
+    """The error and run_end events, then results.json, as far as the directory still takes them
+    (one made read-only mid-run keeps its open events file writable); never a traceback."""
+    from engine import chain
+    from engine.events import EventWriter
+    try:
+        writer = writer or EventWriter(RunPaths(root).events, root.name)
+        if error is not None:
+            writer.emit("error", message=error)
+        writer.emit("run_end", status=status, error=error)
+        writer.close()
+    except OSError as exc:
+        print(f"error: {exc.filename or RunPaths(root).events}: {exc.strerror or exc}; run_end not recorded",
+              file=sys.stderr)
+        return
+    try:
+        chain.write_results(RunPaths(root))
+    except OSError:
+        pass   # results.json is a summary of the events, which say how the run ended
+
+
 def versions() -> dict:
     import importlib.metadata
     import torch
@@ -156,7 +225,13 @@ def catch_signals() -> tuple[threading.Event, threading.Event]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "schedule":   # torch-free: the queue's scheduler (engine/scheduler.py)
+        from engine import scheduler
+        return scheduler.serve(Path(args.runs_dir))
     stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
+    held, code = lock_given_dir(args)
+    if code is not None:
+        return code
 
     from engine import chain, checkpoint, ddp
     from engine.events import EventWriter
@@ -164,12 +239,7 @@ def main(argv=None) -> int:
     from engine.errors import Cancelled, ConfigError, RunError
 
     rank, world_size, local_rank = ddp.from_env()
-    root = Path(args.run_dir) if args.command == "resume" else None
-    if args.command == "run" and args.run_id:   # a launcher made the directory: report errors there
-        try:
-            root = runs.run_dir(args.runs_dir or "runs", args.experiment, args.run_id)
-        except ValueError:
-            root = None
+    root = given_dir(args)   # a launcher made the directory: report errors there
     writer = beat = None
     status, error, code = "ok", None, 0
     try:
@@ -184,6 +254,12 @@ def main(argv=None) -> int:
                 raise ConfigError(f"--run-id: {exc}") from None
         paths = RunPaths(root)
         if rank == 0:
+            if held is None or held.root != root:
+                if held is not None:
+                    held.release()
+                    held = None
+                root.mkdir(parents=True, exist_ok=True)
+                held = claim(root)
             if args.command == "resume":
                 check_not_running(root)
             elif runs.load_state(root).n_events:
@@ -205,7 +281,8 @@ def main(argv=None) -> int:
                       rank=rank, world_size=world_size)
         ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
                  pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
-                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size)
+                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size,
+                 slot=os.environ.get("BAN_SLOT"), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         if exp.gpus > 1 and world_size == 1:
             ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
                     "(start it with `ban run` or torchrun for DDP)", "warning")
@@ -213,7 +290,7 @@ def main(argv=None) -> int:
             beat = Heartbeat(writer)
             beat.start()
         chain.run_chain(ctx)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, lock.Locked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Cancelled:
@@ -221,7 +298,7 @@ def main(argv=None) -> int:
     except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
         config = isinstance(exc, (spec.SpecError, ConfigError))
         status, error = "failed", one_line(exc)
-        if not config and not isinstance(exc, (RunError, KeyboardInterrupt)):
+        if not config and not isinstance(exc, (RunError, KeyboardInterrupt, checkpoint.FileError)):
             error = f"{type(exc).__name__}: {error}"
         code = EXIT_CONFIG if config else EXIT_FAILED
         if rank == 0 or not (config or isinstance(exc, RunError)):
@@ -231,15 +308,8 @@ def main(argv=None) -> int:
     finally:
         if beat is not None:
             beat.stop()
-    if rank == 0:
-        if writer is None and root is not None and root.is_dir():
-            writer = EventWriter(RunPaths(root).events, root.name)
-        if writer is not None:
-            if error is not None:
-                writer.emit("error", message=error)
-            writer.emit("run_end", status=status, error=error)
-            writer.close()
-            chain.write_results(RunPaths(root))
+    if rank == 0 and (writer is not None or (held is not None and root.is_dir())):
+        end_run(writer, root, status, error)
     ddp.shutdown()
     return code
 

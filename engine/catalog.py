@@ -69,6 +69,26 @@ FAMILIES: list[ModelFamily] = [
 ]
 
 
+# What `model_options` may set, per family: the keyword arguments of the family's builder in
+# engine.models (for the language models, of the module its builder passes **options to), less
+# the sizes the trainer supplies (num_classes, in_channels, vocab). tests/test_catalog.py checks
+# that they agree with the builders' signatures.
+MODEL_OPTIONS = {
+    "cnn-small": ("width", "dropout"),
+    "wrn": ("depth", "width", "dropout"),
+    "densenet-bc": ("depth", "growth", "compression", "dropout"),
+    "preact-resnet": ("depth", "width", "dropout"),
+    "densenet-bc-match": ("depth", "growth", "depth_factor", "compression_factor", "dropout"),
+    "ban-wrn": ("units", "ratio", "teacher", "dropout"),
+    "ban-preresnet": ("units", "ratio", "teacher"),
+    "airbench": ("width",),
+    "lstm": ("layers", "hidden", "tied", "dropout", "init_range"),
+    "lstm-tied": ("layers", "hidden", "dropout", "init_range"),
+    "char-cnn-lstm": ("layers", "hidden", "char_embed", "widths", "filters_per_width", "max_filters",
+                      "highway", "dropout", "max_word_len", "init_range"),
+}
+
+
 def resolve_model(name: str) -> tuple[ModelFamily, dict]:
     """(family, options parsed from the name); KeyError with a clear message if unknown."""
     if isinstance(name, str):

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from engine import catalog, checkpoint, ddp
 from engine.context import Context
 from engine.errors import Cancelled, ConfigError
@@ -102,7 +100,7 @@ def emit_ensembles(ctx: Context, task, done: set, emitted: set) -> None:
         if not all(f.exists() for f in files):
             ctx.log(f"Ens*{k}: no stored test probabilities for every member; skipped", "warning")
         else:
-            metrics = task.ensemble_metrics([np.load(f) for f in files])
+            metrics = task.ensemble_metrics([checkpoint.load_npy(f) for f in files])
             ctx.emit("ensemble", k=k, members=members, **metrics)
         emitted.add(k)
 

@@ -8,25 +8,12 @@ Checkpoints hold only tensors and plain Python values (RNG states are ByteTensor
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)   # only still there if something failed before the rename
+from engine.runs import write_atomic  # noqa: F401 - the one atomic write, torch-free for launchers
 
 
 def save(obj, path: Path) -> None:
@@ -35,8 +22,29 @@ def save(obj, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
+class FileError(Exception):
+    """A checkpoint or probabilities file that cannot be read back (truncated, corrupt, not
+    readable); the message names the file, in one line."""
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> FileError:
+    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return FileError(f"{path}: cannot read the {what} ({reason}); it is truncated or corrupt: "
+                     f"delete it and resume to compute it again")
+
+
 def load(path: Path, device="cpu"):
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:   # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+        raise _unreadable(path, "checkpoint", exc) from exc
+
+
+def load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:   # noqa: BLE001 - ValueError, EOFError, OSError
+        raise _unreadable(path, "probabilities", exc) from exc
 
 
 def save_npy(array: np.ndarray, path: Path) -> None:

@@ -21,19 +21,21 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+import psutil
+
 from engine.events import EventReader, read_events
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER = 3 * HEARTBEAT_SECONDS  # no event for this long and the process is not known alive
 
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=,-]{0,127}$")   # = and , for sweep cells
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Experiment and run names become directory names: keep them to a safe alphabet so a
     name can never escape the runs directory or mean something to a shell."""
     if not isinstance(name, str) or not _SAFE.match(name) or ".." in name:
-        raise ValueError(f"invalid {what} {name!r}: expected letters, digits and . _ + - "
+        raise ValueError(f"invalid {what} {name!r}: expected letters, digits and . _ + - = , "
                          "(starting with a letter or digit, at most 128 characters)")
     return name
 
@@ -95,19 +97,43 @@ def run_dir(runs_dir: Path, experiment: str, run_id: str) -> Path:
     return Path(runs_dir) / check_name(experiment, "experiment name") / check_name(run_id, "run id")
 
 
+# What a run directory holds from its first moments: the launcher's log files and pid file, the
+# engine's lock, its snapshot (or the temp file of one being written), its events.
+RUN_MARKERS = ("events.jsonl", "experiment.toml", "experiment.toml.tmp", "pid", "lock", "stderr.log")
+
+
+def is_run_dir(p: Path) -> bool:
+    return any((p / m).exists() for m in RUN_MARKERS)
+
+
 def list_runs(runs_dir: Path) -> list[Path]:
-    """Every run directory under runs_dir (those with an events file or a snapshot), oldest first."""
+    """Every run directory under runs_dir (also one its engine never finished creating), oldest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    found = {p.parent for pat in ("*/*/events.jsonl", "*/*/experiment.toml") for p in runs_dir.glob(pat)}
+    found = {p.parent for pat in RUN_MARKERS for p in runs_dir.glob(f"*/*/{pat}")}
     return sorted(found, key=lambda p: (p.name[:15], str(p)))
+
+
+def remove_tmp(root: Path) -> list[Path]:
+    """Delete the `*.tmp` files of writes that never reached their rename (the writer was
+    killed); call only while holding the run's lock. Returns what was removed."""
+    root = Path(root)
+    gone = []
+    for d in (root, root / "checkpoints", root / "probs"):
+        for tmp in d.glob("*.tmp"):
+            try:
+                tmp.unlink()
+                gone.append(tmp)
+            except FileNotFoundError:
+                pass
+    return gone
 
 
 def find_run(runs_dir: Path, ref: str) -> Path:
     """A run by path, by `experiment/run_id`, by run id or by a unique prefix of a run id."""
     p = Path(ref)
-    if (p / "events.jsonl").exists() or (p / "experiment.toml").exists():
+    if is_run_dir(p):
         return p
     runs = list_runs(runs_dir)
     exact = [r for r in runs if r.name == ref or f"{r.parent.name}/{r.name}" == ref]
@@ -122,41 +148,58 @@ def find_run(runs_dir: Path, ref: str) -> Path:
                       + ", ".join(f"{r.parent.name}/{r.name}" for r in pref[:5]))
 
 
+def write_atomic(path: Path, data: bytes, tmp_name: str | None = None) -> None:
+    """Write `path` whole or not at all: a temp file beside it (`<name>.tmp`), flushed to disk,
+    renamed over it. A reader (or a resume after SIGKILL) sees the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(tmp_name or path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)   # only still there if something failed before the rename
+
+
 # ---- liveness -------------------------------------------------------------------------------
 
 def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot), so that a recycled pid
-    is not mistaken for the engine. None where /proc is not available or the pid is gone."""
+    """When a process started (centiseconds since the epoch, from psutil on every OS), so that a
+    recycled pid is not mistaken for the engine. None when the pid is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return round(psutil.Process(pid).create_time() * 100)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-    # Field 2 (comm) may hold spaces and parentheses: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])  # field 22 of the whole line
 
 
 def pid_alive(pid: int | None, start_time: int | None) -> bool | None:
-    """True/False when it can be told; None when it cannot (no pid recorded)."""
+    """True/False when it can be told; None when it cannot (no pid recorded). A process that
+    started at another time (a recycled pid) or has exited unreaped (a zombie) is not alive."""
     if not pid:
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        if start_time is not None and round(proc.create_time() * 100) != start_time:
+            return False
+        return proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        pass
-    if start_time is None:
+    except psutil.AccessDenied:
         return True
-    now = process_start_time(pid)
-    if now is None:
-        return True if not Path("/proc").exists() else False
-    if now != start_time:
+    except ValueError:   # a pid psutil refuses (negative, too large)
         return False
-    try:  # a zombie (exited, not yet reaped by its parent) is not running
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+
+
+def read_pid_file(root: Path) -> tuple[int | None, int | None]:
+    """(pid, start time) of a run's pid file (the launcher writes it, the engine rewrites it)."""
+    try:
+        numbers = [int(x) for x in re.findall(r"\d+", (Path(root) / "pid").read_text())]
+    except OSError:
+        return None, None
+    return (numbers[0] if numbers else None), (numbers[1] if len(numbers) > 1 else None)
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -213,6 +256,11 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     n_events: int = 0
     last_seq: int = 0
+    queued: int | None = None      # position in its runs directory's queue (engine.scheduler)
+    # From the directory, where there is one (None: not known, e.g. folded from events alone).
+    pid_file: tuple | None = None    # (pid, start time) of the pid file
+    snapshot: bool | None = None     # experiment.toml exists
+    dir_mtime: float | None = None
 
     def apply(self, e: dict) -> None:
         kind = e.get("kind")
@@ -251,6 +299,13 @@ class RunState:
         elif kind == "run_end":
             self.end = e
 
+    @property
+    def broken_reason(self) -> str:
+        """Why a run without events is broken, in one line."""
+        if self.snapshot is False:
+            return "no experiment.toml: the engine stopped while creating the run (see stderr.log)"
+        return "no events: the engine stopped before its first event (see stderr.log)"
+
     def extend(self, events) -> "RunState":
         for e in events:
             self.apply(e)
@@ -266,11 +321,21 @@ class RunState:
         return (sum(g.epoch for g in self.gens.values()), sum(g.epochs for g in self.gens.values()))
 
     def status(self, now: float | None = None, check_pid: bool = True) -> str:
-        """ok / failed / cancelled once ended; else running, stale (no heartbeat lately, the
-        process not known alive) or dead (the process is gone, the run never ended)."""
+        """ok / failed / cancelled once ended; starting (no event yet, the engine alive); broken
+        (no event and no live engine: it never finished creating the run, see `broken_reason`);
+        else running, stale (no heartbeat lately, the process not known alive) or dead (the
+        process is gone, the run never ended); queued while it waits in the queue for a slot."""
         if self.end is not None:
             return self.end.get("status", "failed")
+        if self.queued is not None and self.pid is None:
+            return "queued"
         now = time.time() if now is None else now
+        if not self.n_events and self.last_ts is None:   # no event yet
+            if self.pid_file and check_pid:
+                return "starting" if pid_alive(*self.pid_file) else "broken"
+            # no pid file yet: a directory being created, or one nobody finished
+            young = self.dir_mtime is None or now - self.dir_mtime < STALE_AFTER
+            return "starting" if self.snapshot is None or young else "broken"
         alive = pid_alive(self.pid, self.pid_start) if check_pid else None
         if alive is False:
             return "dead"
@@ -284,9 +349,21 @@ def load_state(path: Path) -> RunState:
     path = Path(path)
     events = path / "events.jsonl" if path.is_dir() else path
     state = RunState().extend(read_events(events))
+    if path.is_dir():
+        state.pid_file = read_pid_file(path) if (path / "pid").exists() else None
+        state.snapshot = (path / "experiment.toml").is_file()
+        state.dir_mtime = path.stat().st_mtime
     if not state.run_id:
         state.run_id = path.name if path.is_dir() else path.parent.name
         state.experiment = state.experiment or (path.parent.name if path.is_dir() else "")
+    return mark_queued(state, path)
+
+
+def mark_queued(state: RunState, root: Path) -> RunState:
+    """Set a not yet started run's queue position from its directory's `queued` marker."""
+    if state.pid is None and Path(root).is_dir():
+        from engine.scheduler import queue_position
+        state.queued = queue_position(root)
     return state
 
 
@@ -301,4 +378,5 @@ class RunFollower:
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
+        mark_queued(self.state, self.paths.root)
         return events

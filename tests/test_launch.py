@@ -77,10 +77,18 @@ def test_follow_ends_when_the_writer_dies_without_run_end(tmp_path):
     assert source.state.status() == "dead" and source.ended()
 
 
+def fake_engine(*argv):
+    """A real process whose command line reads like an engine's: `python -c SLEEP -m engine ...`."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "engine", *argv])
+
+
 def test_cancel_never_signals_a_process_that_is_not_the_engine(tmp_path):
     root = tmp_path / "exp" / "r1"
     root.mkdir(parents=True)
     sleeper = subprocess.Popen(["sleep", "30"])
+    other = fake_engine("run", "e.toml", "--experiment", "exp", "--run-id", "r2")   # another run's engine
+    engine = fake_engine("run", "e.toml", "--experiment", "exp", "--run-id", "r1")
+    procs = (sleeper, other, engine)
     try:
         start = process_start_time(sleeper.pid)
         # a recycled pid: the same number, another start time
@@ -93,19 +101,33 @@ def test_cancel_never_signals_a_process_that_is_not_the_engine(tmp_path):
         with pytest.raises(launch.LaunchError, match="no live engine process"):
             launch.cancel(root)
         assert launch.running_pid(root) is None
+        # the right start time but not an engine (its command line says so): not signalled
+        # either; nor is an engine whose command line names another run
+        for p in (sleeper, other):
+            w = EventWriter(RunPaths(root).events, "r1")
+            w.emit("run_start", experiment="exp", pid=p.pid, pid_start=process_start_time(p.pid), seed=0)
+            w.close()
+            RunPaths(root).pid.write_text(f"{p.pid} {process_start_time(p.pid)}\n")
+            with pytest.raises(launch.LaunchError, match="no live engine process"):
+                launch.cancel(root)
+            with pytest.raises(launch.LaunchError, match="no live engine process"):
+                launch.cancel(load_state(root))
         time.sleep(0.2)
-        assert sleeper.poll() is None  # still alive: nothing was sent
-        # the right start time: it is the run's process, and SIGTERM reaches it
+        assert sleeper.poll() is None and other.poll() is None  # still alive: nothing was sent
+        # this run's engine: right start time, command line naming engine and r1
         w = EventWriter(RunPaths(root).events, "r1")
-        w.emit("run_start", experiment="exp", pid=sleeper.pid, pid_start=start, seed=0)
+        w.emit("run_start", experiment="exp", pid=engine.pid, pid_start=process_start_time(engine.pid), seed=0)
         w.close()
-        assert launch.running_pid(root) == sleeper.pid
+        RunPaths(root).pid.write_text(f"{engine.pid} {process_start_time(engine.pid)}\n")
+        assert launch.running_pid(root) == engine.pid
         assert "sent SIGTERM" in launch.cancel(load_state(root))  # a view's RunState works too
-        assert sleeper.wait(timeout=10) == -signal.SIGTERM
+        assert engine.wait(timeout=10) == -signal.SIGTERM
+        assert sleeper.poll() is None and other.poll() is None
     finally:
-        if sleeper.poll() is None:
-            sleeper.kill()
-            sleeper.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_launch_failure_is_captured_in_the_run_dir(tmp_path):

@@ -162,6 +162,8 @@ def find_remote_run(host: Host, ref: str, timeout: float = 60.0) -> str:
 LIST_CODE = """\
 import dataclasses, json, sys
 from engine.runs import list_runs, load_state
+from engine.scheduler import ensure_scheduler
+ensure_scheduler(sys.argv[1])   # queued runs there: make sure they will start
 for d in list_runs(sys.argv[1]):
     s = load_state(d)
     print(json.dumps({"dir": str(d), "status": s.status(), "state": dataclasses.asdict(s)}))

@@ -71,7 +71,7 @@ class HostsPane(Vertical):
         else:
             problem = ""
         try:
-            return hosts.all_hosts(config), problem
+            return hosts.ssh_hosts(hosts.all_hosts(config)), problem
         except spec.SpecError as exc:
             return (config.hosts if config else {}), str(exc.problems[0])
 

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
-from ban_tui.tables import RUN_COLUMNS, run_row
+from ban_tui.tables import RUN_COLUMNS, run_row, status_label
 from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 
@@ -72,7 +72,7 @@ class RunsPane(Vertical):
         for run_dir, model in update.models.items():
             if update.touches(run_dir) or run_dir not in self.rows:
                 row = run_row(run_dir, model.state, update.now)
-                row["status"] = model.status()
+                row["status"] = status_label(model.status(), model.state)
                 self.rows[run_dir] = row
         keys = sorted(update.models, key=lambda d: (d.name[:15], str(d)))   # oldest first, as list_runs
         for d in keys:

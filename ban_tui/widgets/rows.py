@@ -10,7 +10,8 @@ from ban_tui.tables import STATUS_MARK, STATUS_STYLE
 
 
 def status_text(status: str) -> Text:
-    return Text(f"{STATUS_MARK.get(status, ' ')} {status}", style=STATUS_STYLE.get(status, ""))
+    word = status.split(" ")[0]   # "queued #2"
+    return Text(f"{STATUS_MARK.get(word, ' ')} {status}", style=STATUS_STYLE.get(word, ""))
 
 
 class RowsTable(DataTable):

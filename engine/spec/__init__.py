@@ -2,6 +2,7 @@
 
     schema.py   the resolved experiment's dataclasses, `Problem`, `SpecError` (imports nothing here)
     locate.py   `Locator`: line and column of a key path in the TOML text
+    sweep.py    an experiment's `sweep` table expanded into named children (checks calls it)
     checks.py   `Checker`: the validator, every problem in one pass (schema + locate)
     loading.py  `load` / `loads` / `dumps_experiment` (checks + schema)
 

@@ -6,6 +6,7 @@ found, and a "did you mean" for misspelled keys and names. No torch, no textual.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from dataclasses import fields
@@ -17,6 +18,7 @@ else:  # pragma: no cover
 
 from engine import catalog
 from engine.runs import check_name
+from engine.spec.sweep import expand as expand_sweep
 from engine.spec.locate import Locator
 from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Generation, Host, Optimizer,
                                 Problem, Schedule, Slurm, SpecError, Training)
@@ -34,14 +36,26 @@ SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
 HOST_KEYS = ("ssh", "workdir", "python", "runs_dir")
 SLURM_KEYS = tuple(f.name for f in fields(Slurm))
 SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+SLOT_KEYS = ("gpus", "slots")
 DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
+# Upper bounds by key: far above any real run, low enough that a slip (a few extra zeros) is caught
+# here rather than by an engine that overflows or never ends. (No bound on lr: a learning rate
+# that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
+MOST = {"epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
+        "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "weight_decay": 1, "grad_clip": 1e6,
+        "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
+        "label_weight": 1e3}
 
 
 def did_you_mean(word, choices) -> str:
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fmt(x) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def describe(v) -> str:
@@ -61,10 +75,14 @@ def describe(v) -> str:
 
 
 class Checker:
+    # what engine.spec.sweep (below this module) reports with
+    describe, did_you_mean, experiment_keys = staticmethod(describe), staticmethod(did_you_mean), EXPERIMENT_KEYS
+
     def __init__(self, file: str, text: str, extra_hosts=()):
         self.file, self.text = file, text
         self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
         self.problems: list[Problem] = []
+        self._seen: set = set()
         self.loc = Locator(text)
 
     # -- reporting --
@@ -86,6 +104,12 @@ class Checker:
                          + ", ".join(allowed))
 
     # -- typed getters: return the value, or None after recording a problem --
+    def too_big(self, path, v, hi, kind: str) -> bool:
+        if hi is not None and v > hi:
+            self.bad(path, f"expected {kind} <= {_fmt(hi)} (the upper bound for {path[-1]}), found {_fmt(v)}")
+            return True
+        return False
+
     def int_(self, path, v, lo=None):
         if not isinstance(v, int) or isinstance(v, bool):
             self.expect(path, v, "an integer" + (f" >= {lo}" if lo is not None else ""), False)
@@ -93,11 +117,16 @@ class Checker:
         if lo is not None and v < lo:
             self.bad(path, f"expected an integer >= {lo}, found {v}")
             return None
-        return v
+        return None if self.too_big(path, v, MOST.get(path[-1]), "an integer") else v
 
     def num(self, path, v, lo=None, hi=None, lo_open=False):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             self.expect(path, v, "a number", False)
+            return None
+        if not math.isfinite(v):
+            self.bad(path, f"expected a finite number, found {v}")
+            return None
+        if hi is None and self.too_big(path, v, MOST.get(path[-1]), "a number"):
             return None
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             rng = (f"> {lo}" if lo_open else f">= {lo}") if lo is not None else ""
@@ -157,16 +186,19 @@ class Checker:
             exps = []
         if not exps and not self.problems:
             self.bad(("experiment",), "expected at least one [[experiment]] table, found none")
+        sweeps: dict[str, dict[str, dict]] = {}
         for i, raw in enumerate(exps):
-            exp = self.experiment(i, defaults, raw, hosts)
-            if exp is None:
-                continue
-            if exp.name in experiments:
-                self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
-            experiments[exp.name] = exp
+            for exp, parent, cell in expand_sweep(self, i, raw, defaults, lambda r, i=i: self.experiment(i, defaults, r, hosts)):
+                if exp is None:
+                    continue
+                if exp.name in experiments:
+                    self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
+                experiments[exp.name] = exp
+                if parent is not None:
+                    sweeps.setdefault(parent, {})[exp.name] = cell
         if self.problems:
             raise SpecError(self.problems)
-        return Config(self.file, experiments, hosts)
+        return Config(self.file, experiments, hosts, sweeps)
 
     def hosts(self, raw) -> dict[str, Host]:
         out = {}
@@ -181,20 +213,34 @@ class Checker:
                 continue
             if self.table(p, h) is None:
                 continue
-            self.unknown_keys(p, h, HOST_KEYS + ("slurm",))
-            if "ssh" not in h:
+            self.unknown_keys(p, h, HOST_KEYS + SLOT_KEYS + ("slurm",))
+            if "ssh" not in h and name != "local":
                 self.bad(p, "expected key 'ssh' (an ssh destination or ~/.ssh/config alias), found none")
                 continue
             vals = {k: self.str_(p + (k,), h[k]) for k in HOST_KEYS if k in h}
-            if None in vals.values():
+            slots = self.host_slots(p, h)
+            if None in vals.values() or slots is None:
                 continue
-            if vals["ssh"].startswith("-") or any(c in vals["ssh"] for c in " \n\t'\";$`"):
+            ssh = vals.setdefault("ssh", "")
+            if ssh.startswith("-") or any(c in ssh for c in " \n\t'\";$`"):
                 self.bad(p + ("ssh",), f"expected an ssh destination like user@host or an alias, found {vals['ssh']!r}")
                 continue
             if "slurm" in h:
                 vals["slurm"] = self.slurm(p + ("slurm",), h["slurm"])
-            out[name] = Host(name=name, **vals)
+            out[name] = Host(name=name, **vals, **slots)
         return out
+
+    def host_slots(self, p, h) -> dict | None:
+        """`gpus = [0, 1, 3]` (distinct GPU indices) or `slots = N` (CPU slots); None if bad."""
+        gpus, slots = h.get("gpus"), h.get("slots")
+        if gpus is not None and not (isinstance(gpus, list) and gpus and len(set(gpus)) == len(gpus) and all(
+                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)):
+            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices like [0, 1, 3], found "
+                     + (repr(gpus) if isinstance(gpus, list) else describe(gpus)))
+            return None
+        if slots is not None and self.int_(p + ("slots",), slots, 1) is None:
+            return None
+        return {"gpus": gpus, "slots": slots}
 
     def slurm(self, path, raw) -> Slurm | None:
         """A host's `slurm` table (see engine.spec.schema.Slurm)."""
@@ -354,12 +400,20 @@ class Checker:
             if not isinstance(gl, list) or not gl:
                 self.bad(p + ("generation",), f"expected an array of [[experiment.generation]] tables, found {describe(gl)}")
                 gl = []
+            if len(gl) > MOST["generations"] + 1:
+                self.bad(p + ("generation",), f"expected at most {MOST['generations'] + 1} generations "
+                         f"(the upper bound for generations), found {len(gl)}")
+                gl = []
             for j, g in enumerate(gl):
+                if isinstance(g, dict) and "model" not in g and model is not None:   # takes the shared options
+                    self.model_options(where("model_options"), model, model_options)
                 gens.append(self.generation(p + ("generation", j), j, g, model, model_options, objective_options, training))
         else:
             n = merged.get("generations", 3)
             n = self.int_(where("generations"), n, 0)
             obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
+            if model is not None:
+                self.model_options(where("model_options"), model, model_options)
             if n is not None and obj is not None:
                 gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
                 opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
@@ -377,12 +431,7 @@ class Checker:
             if not 1 <= k <= max(n_students, 0):
                 self.bad(where("ensembles"), f"expected each k between 1 and the number of student generations "
                          f"({n_students}), found {k}")
-        seeds = merged.get("seeds", [0])
-        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-            self.bad(where("seeds"), f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
-            seeds = [0]
-        elif len(set(seeds)) != len(seeds):
-            self.bad(where("seeds"), f"expected distinct seeds, found {seeds}")
+        seeds = self.seeds(where("seeds"), merged.get("seeds", [0]))
         device = merged.get("device", "auto")
         if self.str_(where("device"), device) is not None and not DEVICES.fullmatch(device):
             self.bad(where("device"), f"expected auto, cpu, cuda or cuda:N, found {device!r}")
@@ -412,6 +461,17 @@ class Checker:
         return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
                           ensemble_include_teacher=include, seeds=list(seeds), device=device,
                           runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+
+    def seeds(self, path, seeds) -> list:
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            self.bad(path, f"expected a non-empty array of non-negative integers, found {describe(seeds)}")
+            return [0]
+        if max(seeds) > MOST["seed"]:
+            self.bad(path, f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
+            return [0]
+        if len(set(seeds)) != len(seeds):
+            self.bad(path, f"expected distinct seeds, found {seeds}")
+        return seeds
 
     @staticmethod
     def _known(model) -> bool:
@@ -460,9 +520,26 @@ class Checker:
         if obj is None or m is None:
             return None
         own_model_options = self.options(p + ("model_options",), raw.get("model_options", {}))
+        self.model_options(p + ("model_options",), m, own_model_options)
         return Generation(j, obj, m, own_model_options if "model" in raw else {**model_options, **own_model_options},
                           self.objective_options(p, obj, objective_options, raw.get("objective_options", {})),
                           teacher, seed, lists["inherit"], lists["freeze"], t)
+
+    def model_options(self, path, model, options: dict) -> None:
+        """Every option is a keyword argument of the model family's builder (catalog.MODEL_OPTIONS)
+        with a finite value; each problem reported once however many generations share it."""
+        if not self._known(model):
+            return
+        allowed = catalog.MODEL_OPTIONS[catalog.resolve_model(model)[0].family]
+        for k, v in options.items():
+            if (path, k, model) in self._seen:
+                continue
+            self._seen.add((path, k, model))
+            if k not in allowed:
+                self.bad(path + (k,), f"unknown option for model {model!r}{did_you_mean(k, allowed)}; "
+                         "expected one of: " + (", ".join(allowed) or "none"))
+            elif isinstance(v, float) and not math.isfinite(v):
+                self.bad(path + (k,), f"expected a finite number, found {v}")
 
     def objective_options(self, p, obj, shared: dict, own) -> dict:
         """The experiment's options apply where the objective takes them; a generation's own

@@ -14,10 +14,23 @@ def load(path: str | Path, extra_hosts=()) -> Config:
     `extra_hosts`: host names defined outside the file (the user's hosts file)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise SpecError([Problem(str(path), None, None, "", f"cannot read the file: {exc.strerror}")])
-    return Checker(str(path), text, extra_hosts).check()
+    return Checker(str(path), decode(str(path), data), extra_hosts).check()
+
+
+def decode(file: str, data: bytes) -> str:
+    """A config file's bytes as text: UTF-8 (a leading byte-order mark is allowed), else a
+    SpecError at the line and column of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        start = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)   # (offsets skip the mark)
+        line = data.count(b"\n", 0, start) + 1
+        col = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise SpecError([Problem(file, line, col, "", f"expected UTF-8 text, found byte 0x{data[start]:02x} "
+                                 "(save the file as UTF-8)")]) from None
 
 
 def loads(text: str, path: str = "<string>", extra_hosts=()) -> Config:

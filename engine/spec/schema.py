@@ -169,6 +169,13 @@ class Host:
     python: str = "python3"
     runs_dir: str = "runs"
     slurm: Slurm | None = None
+    gpus: list[int] | None = None   # the GPUs to hand out as slots (default: what nvidia-smi lists)
+    slots: int | None = None        # CPU slots of a box without GPUs (default 1)
+
+    @property
+    def local(self) -> bool:
+        """`[hosts.local]` without `ssh` describes this machine (its slots)."""
+        return not self.ssh
 
 
 @dataclass
@@ -176,6 +183,7 @@ class Config:
     path: str
     experiments: dict[str, Experiment]
     hosts: dict[str, Host]
+    sweeps: dict[str, dict[str, dict]] = field(default_factory=dict)   # parent -> {child name: cell}
 
 
 def _drop_none(x):
