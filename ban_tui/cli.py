@@ -345,7 +345,10 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
                                                           help="Runs or experiment names (default: every run)."),
                runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
                fmt: str = typer.Option("table", "--format", help="table, md, csv or json.")):
-    """Paper-style results: per experiment, Teacher, BAN-k and Ens*k as mean ± std over seeds."""
+    """Paper-style results: per (experiment, configuration), Teacher, BAN-k and Ens*k as mean ± std
+    over seeds (the latest ok run of each seed), with the paired per-seed difference against the
+    teacher and its 95 % Student-t interval. Runs left out and names that cover several
+    configurations are listed under the table (on stderr for csv)."""
     formats = ("table", "md", "csv", "json")
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
@@ -360,12 +363,23 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
         say(console, json.dumps(rep, indent=2))
     elif not rep["experiments"]:
         fail(f"no run that ended ok among {len(roots)} under {runs_dir}", EXIT_FAILED)
-    elif fmt == "md":
-        say(console, report_mod.to_markdown(rep))
-    elif fmt == "csv":
-        say(console, report_mod.to_csv(rep))
     else:
-        print_table(console, *report_mod.table(rep))
+        print_report(console, rep, fmt)
+
+
+def print_report(console: Console, rep: dict, fmt: str = "table") -> None:
+    """A collected report in a human format, then its warnings and left-out runs."""
+    if fmt == "md":
+        say(console, report_mod.to_markdown(rep))
+        return
+    if fmt == "csv":
+        say(console, report_mod.to_csv(rep))
+        for line in report_mod.notes(rep):
+            print(line, file=sys.stderr)
+        return
+    print_table(console, *report_mod.table(rep))
+    for line in report_mod.notes(rep):
+        say(console, line)
 
 
 @app.command()

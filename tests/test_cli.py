@@ -244,7 +244,10 @@ def test_report_json_is_mean_and_std_over_ok_seeds(runs):
         assert col["std"] == pytest.approx(statistics.stdev(values))
     assert quick["columns"]["Ens*2"]["values"] == [ens[s][2] for s in sorted(ens)]
     other = rep["other"]
-    assert other["n"] == 1 and other["columns"]["BAN-1"] == {"mean": 0.1, "std": 0.0, "values": [0.1]}
+    ban1 = other["columns"]["BAN-1"]
+    assert other["n"] == 1 and (ban1["mean"], ban1["std"], ban1["values"]) == (0.1, 0.0, [0.1])
+    assert [(d["run"], d["reason"]) for d in json.loads(result.output)["dropped"]] == [
+        ("quick/20250101-000010-s3-bbbb", "ended failed"), ("quick/20250101-000011-s4-cccc", "ended cancelled")]
 
 
 def test_report_human_formats_in_percent(runs):
@@ -256,11 +259,12 @@ def test_report_human_formats_in_percent(runs):
         assert result.exit_code == 0, result.output
         assert cell in result.output
     md = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "md"]).output.splitlines()
-    assert md[0].startswith("| experiment | metric | n | Teacher | BAN-1 | BAN-2 | Ens*1 | Ens*2 |")
-    assert md[2].startswith("| quick | err % | 3 |")
-    csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).output.splitlines()
-    assert csv_out[0].startswith("experiment,metric,n,Teacher,Teacher std,BAN-1")
-    assert csv_out[1].startswith(f"quick,test_err %,3,{statistics.mean(teacher):.4f},{statistics.stdev(teacher):.4f}")
+    assert md[0].startswith("| experiment | config | metric | n |  | mean ± std | paired Δ vs Teacher [95% CI] |")
+    assert md[2].startswith("| quick | ") and f"| err % | 3 | Teacher | {cell} |" in md[2]
+    csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).stdout.splitlines()
+    assert csv_out[0].startswith("experiment,config,control,metric,column,n,mean,std,vs_teacher")
+    assert csv_out[1].startswith("quick,") and csv_out[1].split(",")[3:8] == [
+        "test_err %", "Teacher", "3", f"{statistics.mean(teacher):.4f}", f"{statistics.stdev(teacher):.4f}"]
 
 
 def test_report_selects_runs_and_experiments(runs):
