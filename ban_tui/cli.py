@@ -24,7 +24,7 @@ from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, RUN_COLUMNS, clock,
-                            diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row)
+                            diagnostics_rows, ensemble_rows, gen_rows, params_str, run_row, with_val_selected)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
@@ -225,7 +225,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
        every: bool = typer.Option(False, "--all", help="Show every run, not only the 20 latest."),
        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
        config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
-    """List runs with their status, progress, best test error and start time."""
+    """List runs with their status, progress, latest (last-epoch) test error and start time."""
     if host:
         raise typer.Exit(ls_remote(host_named(host, config_file), every))
     runs_dir = default_runs_dir(runs_dir)
@@ -252,7 +252,8 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
     say(console, f"{state.experiment}/{state.run_id}  status {status}  seed {state.seed}  "
                  f"device {state.device or '-'}  host {state.host or '-'}  started {clock(state.started)}")
     say(console, f"directory {root}")
-    print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), "generations")
+    rows = gen_rows(state)
+    print_table(console, metric_header(with_val_selected(GEN_COLUMNS, rows), state.metric), rows, "generations")
     if state.ensembles:
         print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
     diag = diagnostics_rows(state)

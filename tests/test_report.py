@@ -183,3 +183,43 @@ def test_cli_formats_carry_the_numbers_and_the_notes(tmp_path):
     assert js["dropped"][0]["reason"] == "ended cancelled"
     table = runner.invoke(app, ["report", "--runs-dir", str(runs_dir)])
     assert "paired Δ vs Teacher" in table.output and "left out exp/f" in table.output
+
+
+def curve_run(runs_dir, name, test_errs, val_errs=None):
+    """One ok run of a teacher whose epoch test errors are `test_errs` (val errors `val_errs`)."""
+    root = Path(runs_dir) / name / "r0"
+    root.mkdir(parents=True)
+    w = EventWriter(RunPaths(root).events, "r0")
+    w.emit("run_start", experiment=name, config_hash="h", host="box", pid=None, pid_start=None, versions={},
+           device="cpu", seed=0)
+    n = len(test_errs)
+    w.emit("gen_start", gen=0, role="teacher", objective="ce", model="cnn-small", params=1000, teacher=None, epochs=n)
+    for i, t in enumerate(test_errs):
+        val = {} if val_errs is None else {"val_err": val_errs[i], "val_loss": 1.0}
+        w.emit("epoch", gen=0, epoch=i + 1, epochs=n, train_loss=0.1, train_err=0.0, test_loss=0.2, test_err=t,
+               lr=0.01, seconds=1.0, samples_per_s=10.0, diagnostics={}, **val)
+    best = {"test_err": min(test_errs), **({"val_err": min(val_errs)} if val_errs else {})}
+    w.emit("gen_end", gen=0, final={"test_err": test_errs[-1]}, best=best, checkpoint="x")
+    w.emit("run_end", status="ok", error=None)
+    w.close()
+
+
+def test_ls_and_show_print_no_test_minimum(tmp_path):
+    # test errors 30, 11 (the minimum), 25 (the last); no validation split
+    curve_run(tmp_path, "noval", [0.30, 0.11, 0.25])
+    # with a validation split the minimum val error is at epoch 1: test there is 17%
+    curve_run(tmp_path, "val", [0.17, 0.13, 0.21], [0.05, 0.09, 0.07])
+    ls = runner.invoke(app, ["ls", "--runs-dir", str(tmp_path)])
+    assert ls.exit_code == 0, ls.output
+    assert "last test" in ls.output and "best" not in ls.output
+    assert "25.00%" in ls.output and "21.00%" in ls.output
+    assert "11.00%" not in ls.output and "13.00%" not in ls.output
+    show = runner.invoke(app, ["show", "noval/r0", "--runs-dir", str(tmp_path)])
+    assert show.exit_code == 0, show.output
+    assert "25.00%" in show.output and "11.00%" not in show.output
+    assert "best" not in show.output and "min val" not in show.output
+    show = runner.invoke(app, ["show", "val/r0", "--runs-dir", str(tmp_path)])
+    assert "test err @ min val" in show.output and "17.00%" in show.output and "21.00%" in show.output
+    assert "13.00%" not in show.output and "best" not in show.output
+    follow = runner.invoke(app, ["follow", "val/r0", "--runs-dir", str(tmp_path)]).output
+    assert "Teacher done test_err 21.00% min val_err 5.00%" in follow      # no "best test" at the end

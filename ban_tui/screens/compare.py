@@ -15,8 +15,8 @@ from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
 GEN_COLUMNS = [("generation", ""), ("objective", "objective"), ("model", "model"), ("epochs", "epochs"),
-               ("test", "test"), ("best", "best test")]
-ENSEMBLE_COLUMNS = [("ensemble", ""), ("test", "test"), ("vs_best", "vs best single")]
+               ("test", "test"), ("val_selected", "test @ min val")]
+ENSEMBLE_COLUMNS = [("ensemble", ""), ("test", "test"), ("vs_teacher", "vs Teacher")]
 
 
 class CompareScreen(Screen):
