@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-OBJECTIVES = ("ce", "ban", "ban+l", "cwtm", "dkpp")
+OBJECTIVES = ("ce", "ban", "ban+l", "cwtm", "dkpp", "ls")
 # Options a config may set per objective (dkpp's generator is supplied by the training loop).
 OBJECTIVE_OPTIONS = {"ce": (), "ban": ("temperature",), "ban+l": ("temperature", "teacher_weight", "label_weight"),
-                     "cwtm": (), "dkpp": ()}
+                     "cwtm": (), "dkpp": (), "ls": ("smoothing",)}
+# Objectives with no teacher term (a generation training by one needs no teacher).
+TEACHERLESS = ("ce", "ls")
 DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
 LM_DATASETS = ("ptb",)
 

@@ -131,7 +131,17 @@ def dkpp(student_logits, teacher_logits, labels, *, generator=None, **unknown):
     return F.cross_entropy(_wide(student_logits), dkpp_target(teacher_logits, generator))
 
 
-OBJECTIVES = {"ce": ce, "ban": ban, "ban+l": ban_plus_labels, "cwtm": cwtm, "dkpp": dkpp}
+def ls(student_logits, teacher_logits, labels, *, smoothing=0.1, **unknown):
+    """Label smoothing (Szegedy et al. 2016), a teacher-free baseline: cross-entropy to the
+    target p = (1 - e) * onehot(y) + e / C, i.e. loss = (1 - e) * CE(z, y) + e * mean_c(-log q_c),
+    with e = `smoothing` in [0, 1); d/dz = q - p. teacher_logits is ignored."""
+    _check("ls", student_logits, teacher_logits, labels, unknown, needs_teacher=False)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise ValueError(f"objective 'ls': expected smoothing in [0, 1), found {smoothing!r}")
+    return F.cross_entropy(_wide(student_logits), labels, label_smoothing=float(smoothing))
+
+
+OBJECTIVES = {"ce": ce, "ban": ban, "ban+l": ban_plus_labels, "cwtm": cwtm, "dkpp": dkpp, "ls": ls}
 assert tuple(OBJECTIVES) == catalog.OBJECTIVES, "engine.catalog.OBJECTIVES and engine.objectives disagree"
 # the options each objective accepts, read from its keyword-only parameters
 OPTIONS = {name: tuple(k for k, p in inspect.signature(f).parameters.items() if p.kind is p.KEYWORD_ONLY)
@@ -139,16 +149,18 @@ OPTIONS = {name: tuple(k for k, p in inspect.signature(f).parameters.items() if 
 
 
 def logit_grad(student_logits, teacher_logits, labels, objective, temperature=1.0, teacher_weight=1.0,
-               label_weight=1.0, generator=None):
+               label_weight=1.0, generator=None, smoothing=0.1):
     """Per-sample gradient [N,C] of objective's loss * N w.r.t. the student's logits (eq. 5-6),
     written analytically. For dkpp it is q - p~ with p~ the permuted target that the loss drew
     for these teacher logits (`dkpp_target(..., draw=False)`: nothing is drawn here, so the
     diagnostics never change training)."""
     z = _wide(student_logits.detach())
     q = F.softmax(z, dim=1)
-    y = F.one_hot(labels, z.shape[1]).float()
+    y = F.one_hot(labels, z.shape[1]).to(z.dtype)
     if objective == "ce":
         return q - y
+    if objective == "ls":
+        return q - ((1 - smoothing) * y + smoothing / z.shape[1])
     if objective in ("ban", "ban+l"):
         g = temperature * (F.softmax(z / temperature, dim=1) - _teacher_probs(teacher_logits, temperature))
         return g if objective == "ban" else teacher_weight * g + label_weight * (q - y)
@@ -171,13 +183,13 @@ def diagnostic_sums(student_logits, teacher_logits, labels, objective, **options
     objective's."""
     if objective in OBJECTIVES:  # same option and shape checks as the loss itself
         _check(objective, student_logits, teacher_logits, labels,
-               set(options) - set(OPTIONS[objective]), needs_teacher=objective != "ce")
+               set(options) - set(OPTIONS[objective]), needs_teacher=objective not in catalog.TEACHERLESS)
     g = logit_grad(student_logits, teacher_logits, labels, objective, **options)
     rows = torch.arange(len(labels), device=g.device)
     correct = g[rows, labels]
     dark = g.index_put((rows, labels), torch.zeros_like(correct)).norm(dim=1)
     sums = {"grad_correct": correct.abs().sum(), "grad_dark": dark.sum()}
-    if objective != "ce":
+    if objective not in catalog.TEACHERLESS:
         w = teacher_confidence_weights(teacher_logits)
         sums |= {"conf_w": w.sum(), "conf_w_sq": (w * w).sum(),
                  "teacher_agree": (teacher_logits.argmax(dim=1) == labels).sum().float()}
