@@ -19,7 +19,7 @@ from rich.console import Console
 
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
-from engine.spec_check import did_you_mean
+from engine.spec.checks import did_you_mean
 from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say

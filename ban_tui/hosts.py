@@ -2,7 +2,7 @@
 
 The user file `$XDG_CONFIG_HOME/ban/hosts.toml` (default ~/.config/ban/hosts.toml) has the same
 table shape as the config file, so a box described once serves every project; a host of the same
-name in the project's config wins. Both go through the config validator (engine.spec_check).
+name in the project's config wins. Both go through the config validator (engine.spec.checks).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from engine.spec import Config, Host, Problem, SpecError
-from engine.spec_check import Checker
+from engine.spec.checks import Checker
 
 
 def user_hosts_path() -> Path:

@@ -1,4 +1,5 @@
 """The config schema: valid files resolve as documented, broken ones report every problem."""
+import ast
 import re
 import subprocess
 import sys
@@ -111,11 +112,34 @@ def test_shipped_experiments_file_is_valid():
 
 
 def test_spec_imports_neither_torch_nor_textual():
-    code = ("import sys, engine.spec, engine.spec_check, engine.events, engine.runs, engine.catalog\n"
+    code = ("import sys, engine.spec, engine.spec.checks, engine.events, engine.runs, engine.catalog\n"
             "engine.spec.load(sys.argv[1])\n"
             "bad = [m for m in ('torch', 'textual') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(ROOT / "experiments.toml")], check=True, cwd=ROOT)
+
+
+def test_spec_package_has_no_import_cycle():
+    """Every import (top level or inside a function) of an engine/spec module goes down the
+    order schema < locate < checks < loading; none imports the package itself."""
+    order = ["schema", "locate", "checks", "loading"]
+    pkg = ROOT / "engine" / "spec"
+    assert sorted(p.stem for p in pkg.glob("*.py")) == sorted(order + ["__init__"])
+    for name in order:
+        tree = ast.parse((pkg / f"{name}.py").read_text())
+        targets = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets.append(node.module)
+                if node.module == "engine":
+                    targets += [f"engine.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+        for t in targets:
+            assert t != "engine.spec", f"{name}.py imports the package engine.spec"
+            if t.startswith("engine.spec."):
+                assert order.index(t.split(".")[2]) < order.index(name), f"{name}.py imports {t}"
+    assert not (ROOT / "engine" / "spec.py").exists() and not (ROOT / "engine" / "spec_check.py").exists()
 
 
 def test_host_may_come_from_outside_the_file(tmp_path):

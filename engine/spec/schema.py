@@ -1,4 +1,5 @@
-"""`experiments.toml`: the config schema, its validation, and the resolved experiment.
+"""`experiments.toml`: the config schema (the resolved experiment's dataclasses) and the
+problems a config can have.
 
 Imports no torch and no textual: `ban validate`, `ban run` and the TUI use it before anything
 is launched. The engine reads the same schema; a run's `experiment.toml` snapshot is itself a
@@ -45,11 +46,9 @@ Schema (every key optional unless marked):
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 
 # ---- the resolved experiment --------------------------------------------------------------
@@ -189,43 +188,3 @@ class SpecError(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
-
-
-# ---- loading ------------------------------------------------------------------------------
-
-def load(path: str | Path, extra_hosts=()) -> Config:
-    """Parse and validate a config file; raise SpecError listing every problem.
-    `extra_hosts`: host names defined outside the file (the user's hosts file)."""
-    from engine.spec_check import Checker  # the validator lives beside, this module holds the schema
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError([Problem(str(path), None, None, "", f"cannot read the file: {exc.strerror}")])
-    return Checker(str(path), text, extra_hosts).check()
-
-
-def loads(text: str, path: str = "<string>", extra_hosts=()) -> Config:
-    from engine.spec_check import Checker
-    return Checker(path, text, extra_hosts).check()
-
-
-def dumps_experiment(exp: Experiment, hosts: dict[str, Host] | None = None) -> str:
-    """A config file holding just this experiment, fully resolved (the run snapshot)."""
-    import tomlkit
-    doc = tomlkit.document()
-    doc.add(tomlkit.comment(f"resolved snapshot of experiment {exp.name!r} from {exp.source or 'a config'}"))
-    doc["experiment"] = tomlkit.aot()
-    table = exp.to_dict()
-    gens = table.pop("generations")
-    item = tomlkit.table()
-    for k, v in table.items():
-        item[k] = copy.deepcopy(v)
-    item["generation"] = tomlkit.aot()
-    for g in gens:
-        item["generation"].append(g)
-    doc["experiment"].append(item)
-    if hosts:
-        doc["hosts"] = {h.name: _drop_none({k: v for k, v in asdict(h).items() if k != "name"})
-                        for h in hosts.values()}
-    return tomlkit.dumps(doc)
