@@ -20,6 +20,7 @@ from rich.console import Console
 from engine import spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
+from engine.catalog import CONTROL_SUFFIX
 from ban_tui import hosts as hosts_mod, launch, remote, report as report_mod
 from ban_tui.follow import LocalSource, follow as follow_sources
 from ban_tui.live import metric_header, open_view, print_summary, print_table, say
@@ -58,20 +59,24 @@ def load_config(file: Path) -> spec.Config:
 
 def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
     """--only names (in the order given); --all; else quickstart, else the first marked default,
-    else the file's first experiment."""
+    else the file's first experiment. Each picked experiment brings its independent-CE control
+    (<name>+ce, from `control = "independent"`) right after it."""
     exps = config.experiments
     if only:
         for name in only:
             if name not in exps:
                 fail(f"{config.path}: no experiment {name!r}{did_you_mean(name, list(exps))}; "
                      f"expected one of: {', '.join(exps)}")
-        return [exps[n] for n in dict.fromkeys(only)]
-    if every:
-        return list(exps.values())
-    if "quickstart" in exps:
-        return [exps["quickstart"]]
-    marked = [e for e in exps.values() if getattr(e, "default", False)]
-    return [(marked or list(exps.values()))[0]]
+        names = list(only)
+    elif every:
+        names = list(exps)
+    elif "quickstart" in exps:
+        names = ["quickstart"]
+    else:
+        marked = [e for e in exps.values() if getattr(e, "default", False)]
+        names = [(marked or list(exps.values()))[0].name]
+    names = [m for n in names for m in (n, n + CONTROL_SUFFIX) if m in exps]
+    return [exps[n] for n in dict.fromkeys(names)]
 
 
 def find(runs_dir: Path, ref: str) -> Path:

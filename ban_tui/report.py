@@ -18,8 +18,7 @@ A negative difference means lower error than the teacher.
 
 Controls: a group whose students all train by `ce` with no teacher (independent CE models from
 fresh seeds) is a control; its single models are labelled CE-k. It is printed right after the
-chain named by its snapshot's name minus the `+ce` suffix (see `control = "independent"` in
-engine/spec), and that chain's Ens*k carries a paired difference against the control's Ens*k.
+chain named by its name minus the `+ce` suffix (`control = "independent"`, engine/spec/checks.py), and that chain's Ens*k carries a paired difference against the control's Ens*k.
 """
 from __future__ import annotations
 
@@ -38,12 +37,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from engine.catalog import CONTROL_SUFFIX
 from engine.events import read_events
 from engine.runs import RunPaths, RunState, load_state, gen_label
 from ban_tui.tables import ensemble_value, metric_name, render_plain
 
 NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")
-CONTROL_SUFFIX = "+ce"
 LEVEL = 0.95
 
 
@@ -136,21 +135,21 @@ def select(runs: list[dict]) -> tuple[dict, list[dict], list[str]]:
 # ---- the report ------------------------------------------------------------------------------
 
 def column_order(label: str):
-    """Teacher, BAN-1, BAN-2, ..., CE-1, ..., Ens*2, Ens*3, ..."""
+    """Teacher, BAN-1, BAN-2, ..., CE-1, ..., LS-1, ..., Ens*2, Ens*3, ..."""
     k = int(re.sub(r"\D", "", label) or 0)
-    rank = {"Teacher": 0, "BAN": 1, "CE": 2, "Ens": 3}
-    return (rank.get(re.split(r"[-*]", label)[0], 4), k)
+    rank = {"Teacher": 0, "BAN": 1, "CE": 2, "Ens": 4}
+    return (rank.get(re.split(r"[-*]", label)[0], 3), k)
 
 
-def group_values(seeds: dict, control: bool) -> tuple[str, dict]:
+def group_values(seeds: dict) -> tuple[str, dict]:
     """(metric, {label: {seed: value}}) of one group's selected runs."""
     metric = next(iter(seeds.values()))["state"].metric
     values: dict[str, dict] = {}
     for seed, r in seeds.items():
         s = r["state"]
         for gen, g in s.gens.items():
-            if g.test is not None:
-                label = f"CE-{gen}" if control and gen > 0 else gen_label(gen)
+            if g.test is not None:   # a student without a teacher is no BAN: CE-k, LS-k
+                label = f"{g.objective.upper()}-{gen}" if gen > 0 and g.teacher is None else gen_label(gen)
                 values.setdefault(label, {})[seed] = g.test
         for k, e in s.ensembles.items():
             if ensemble_value(e, metric) is not None:
@@ -166,7 +165,7 @@ def collect(run_dirs) -> dict:
     experiments = []
     for (name, config), seeds in groups.items():
         control = is_control(next(iter(seeds.values()))["state"])
-        metric, values = group_values(seeds, control)
+        metric, values = group_values(seeds)
         teacher = values.get("Teacher", {})
         columns = {}
         for label in sorted(values, key=column_order):

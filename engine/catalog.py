@@ -15,6 +15,10 @@ OBJECTIVE_OPTIONS = {"ce": (), "ban": ("temperature",), "ban+l": ("temperature",
                      "cwtm": (), "dkpp": (), "ls": ("smoothing",)}
 # Objectives with no teacher term (a generation training by one needs no teacher).
 TEACHERLESS = ("ce", "ls")
+# `control = "independent"` on experiment X adds experiment X+ce: the same chain with every
+# generation trained by plain `ce` without a teacher (k independent models from k seeds).
+CONTROLS = ("independent",)
+CONTROL_SUFFIX = "+ce"
 DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
 LM_DATASETS = ("ptb",)
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ban_tui import report
 from ban_tui.cli import app
 from engine.events import EventWriter
-from engine.runs import RunPaths
+from engine.runs import RunPaths, RunState
 
 runner = CliRunner()
 
@@ -223,3 +223,63 @@ def test_ls_and_show_print_no_test_minimum(tmp_path):
     assert "13.00%" not in show.output and "best" not in show.output
     follow = runner.invoke(app, ["follow", "val/r0", "--runs-dir", str(tmp_path)]).output
     assert "Teacher done test_err 21.00% min val_err 5.00%" in follow      # no "best test" at the end
+
+
+CONTROL = """
+[[experiment]]
+name = "x"
+dataset = { name = "digits" }
+model = "cnn-small"
+model_options = { width = 0.25 }
+epochs = 1
+batch_size = 128
+optimizer = { lr = 0.05 }
+generations = 3
+objective = "ban"
+ensembles = [2, 3]
+seeds = [0, 1]
+device = "cpu"
+control = "independent"
+"""
+
+
+def test_control_independent_adds_a_ce_chain_without_teachers():
+    from engine import spec
+    config = spec.loads(CONTROL)
+    assert list(config.experiments) == ["x", "x+ce"]
+    chain, control = config.experiments["x"], config.experiments["x+ce"]
+    assert [(g.objective, g.teacher) for g in chain.generations] == [("ce", None), ("ban", 0), ("ban", 1), ("ban", 2)]
+    assert [(g.objective, g.teacher, g.objective_options) for g in control.generations] == [("ce", None, {})] * 4
+    assert [g.model for g in control.generations] == [g.model for g in chain.generations]
+    assert [g.training for g in control.generations] == [g.training for g in chain.generations]
+    assert (control.ensembles, control.seeds) == (chain.ensembles, chain.seeds)
+    assert "control" not in spec.dumps_experiment(chain)        # a snapshot is one experiment
+    assert list(spec.loads(spec.dumps_experiment(control)).experiments) == ["x+ce"]
+    with pytest.raises(spec.SpecError, match=r"control: unknown control 'independant' \(did you mean 'independent'"):
+        spec.loads(CONTROL.replace('"independent"', '"independant"'))
+    # a teacher-free objective in the shorthand: k independent models, no teacher loaded
+    ls = spec.loads(CONTROL.replace('objective = "ban"', 'objective = "ls"')).experiments["x"]
+    assert [(g.objective, g.teacher) for g in ls.generations] == [("ce", None)] + [("ls", None)] * 3
+
+
+def test_the_control_trains_k_models_from_k_distinct_seeds_with_no_teacher_term(tmp_path):
+    import torch
+    from engine import chain, spec
+    from engine.events import read_events
+    from engine.train import Context
+    exp = spec.loads(CONTROL).experiments["x+ce"]
+    root = tmp_path / "x+ce" / "r0"
+    root.mkdir(parents=True)
+    ctx = Context(exp=exp, seed=0, paths=RunPaths(root), device=torch.device("cpu"),
+                  events=EventWriter(RunPaths(root).events, "r0"))
+    chain.run_chain(ctx)
+    events = read_events(RunPaths(root).events)
+    starts = [e for e in events if e["kind"] == "gen_start"]
+    assert [(e["gen"], e["objective"], e["teacher"]) for e in starts] == [(g, "ce", None) for g in range(4)]
+    students = [e["seed"] for e in starts[1:]]
+    assert len(set(students)) == 3 and starts[0]["seed"] not in students
+    for e in (e for e in events if e["kind"] == "epoch"):
+        assert set(e["diagnostics"]) == {"grad_correct", "grad_dark"}     # no teacher-confidence terms
+    assert {e["k"]: e["members"] for e in events if e["kind"] == "ensemble"} == {2: [1, 2], 3: [1, 2, 3]}
+    state = RunState().extend(events)
+    assert report.is_control(state)
