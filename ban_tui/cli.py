@@ -167,8 +167,9 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
     """Validate FILE, start one engine per (experiment, seed) and follow them live.
 
     Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them); runs on a
-    host keep going there (`ban follow RUN --host NAME` follows them again).
-    Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
+    host keep going there (`ban follow RUN --host NAME` follows them again). Once the local runs
+    have ended, prints their report (as `ban report`). Exit 0 when every run ended ok, 1 if any
+    failed, 130 when cancelled."""
     config = load_config(file)
     exps = pick_experiments(config, only or [], every)
     console = out()
@@ -203,7 +204,15 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
         say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ")
         return cancel_and_explain(console, [r.run_dir for r in local]) if local else EXIT_CANCELLED
 
-    raise typer.Exit(watch(console, sources, on_interrupt))
+    code = watch(console, sources, on_interrupt)
+    if local and code != EXIT_CANCELLED:
+        rep = report_mod.collect([r.run_dir for r in local])
+        if rep["experiments"]:
+            say(console, "")
+            say(console, "report of these runs (last-epoch test error; paired Δ = student - teacher "
+                         "of the same seed, 95 % t interval; `ban report` for every run):")
+            print_report(console, rep)
+    raise typer.Exit(code)
 
 
 def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
