@@ -24,6 +24,7 @@ from rich.console import Console
 from engine import scheduler, spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
+from engine.catalog import CONTROL_SUFFIX
 from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
 from ban_tui.remote import control as remote_control
 from ban_tui.remote import operations as remote
@@ -36,7 +37,7 @@ from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.live import OutputConsole, metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
                             clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row,
-                            status_label)
+                            status_label, with_val_selected)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
@@ -70,6 +71,14 @@ def load_config(file: Path) -> spec.Config:
 
 
 def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
+    """The picked experiments (see `chosen`), each followed by its independent-CE control
+    (<name>+ce, from `control = "independent"`)."""
+    exps = config.experiments
+    names = [m for e in chosen(config, only, every) for m in (e.name, e.name + CONTROL_SUFFIX) if m in exps]
+    return [exps[n] for n in dict.fromkeys(names)]
+
+
+def chosen(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
     """--only names, sweep names (all their cells) or globs over the expanded names, in the order
     given; --all; else quickstart, else the first marked default, else the file's first experiment
     (with the rest of its sweep)."""
@@ -278,7 +287,7 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
 
     Ctrl-C cancels the runs gracefully (they checkpoint; `ban resume` continues them; queued ones
     leave the queue); runs on a host keep going there (`ban follow RUN --host NAME` follows them
-    again). Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
+    again). Once the local runs have ended, prints their report (as `ban report`). Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
     config = load_config(file)
     exps = pick_experiments(config, only or [], every)
     console = out()
@@ -320,6 +329,14 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
         code = watch(console, sources, on_interrupt)
     except KeyboardInterrupt:
         code = on_interrupt()
+    local = [r.run_dir for r in launched if not isinstance(r, remote.RemoteLaunch)]
+    if local and code != EXIT_CANCELLED:
+        rep = report_mod.collect(local)
+        if rep["experiments"]:
+            say(console, "")
+            say(console, "report of these runs (last-epoch test error; paired Δ = student - teacher "
+                         "of the same seed, 95 % t interval; `ban report` for every run):")
+            print_report(console, rep)
     raise typer.Exit(code)
 
 
@@ -404,7 +421,7 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
        every: bool = typer.Option(False, "--all", help="Show every run, not only the 20 latest."),
        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
        config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
-    """List runs with their status, progress, best test error and start time."""
+    """List runs with their status, progress, latest (last-epoch) test error and start time."""
     if host:
         raise typer.Exit(ls_remote(host_named(host, config_file), every))
     runs_dir = default_runs_dir(runs_dir)
@@ -452,7 +469,8 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
             say(console, f"note {clock(n.get('ts'))}  {n['text']}")
     except notes_mod.NotesError as exc:
         say(console, f"notes: {exc}")
-    print_table(console, metric_header(GEN_COLUMNS, state.metric), gen_rows(state), "generations")
+    rows = gen_rows(state)
+    print_table(console, metric_header(with_val_selected(GEN_COLUMNS, rows), state.metric), rows, "generations")
     if state.ensembles:
         print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
     diag = diagnostics_rows(state)
@@ -583,7 +601,10 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
                                                           help="Runs or experiment names (default: every run)."),
                runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
                fmt: str = typer.Option("table", "--format", help="table, md, csv or json.")):
-    """Paper-style results: per experiment, Teacher, BAN-k and Ens*k as mean ± std over seeds."""
+    """Paper-style results: per (experiment, configuration), Teacher, BAN-k and Ens*k as mean ± std
+    over seeds (the latest ok run of each seed), with the paired per-seed difference against the
+    teacher and its 95 % Student-t interval. Runs left out and names that cover several
+    configurations are listed under the table (on stderr for csv)."""
     formats = ("table", "md", "csv", "json")
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
@@ -595,12 +616,23 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
         say(console, json.dumps(rep, indent=2))
     elif not rep["experiments"]:
         fail(f"no run that ended ok among {len(roots)} under {runs_dir}", EXIT_FAILED)
-    elif fmt == "md":
-        say(console, report_mod.to_markdown(rep))
-    elif fmt == "csv":
-        say(console, report_mod.to_csv(rep))
     else:
-        print_table(console, *report_mod.table(rep))
+        print_report(console, rep, fmt)
+
+
+def print_report(console: Console, rep: dict, fmt: str = "table") -> None:
+    """A collected report in a human format, then its warnings and left-out runs."""
+    if fmt == "md":
+        say(console, report_mod.to_markdown(rep))
+        return
+    if fmt == "csv":
+        say(console, report_mod.to_csv(rep))
+        for line in report_mod.notes(rep):
+            print(line, file=sys.stderr)
+        return
+    print_table(console, *report_mod.table(rep))
+    for line in report_mod.notes(rep):
+        say(console, line)
 
 
 @app.command()

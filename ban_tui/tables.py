@@ -69,15 +69,6 @@ def gen_eta(g) -> float | None:
     return g.seconds / g.epoch * (g.epochs - g.epoch)
 
 
-def best_single(state: RunState):
-    """(label, value) of the generation with the lowest final test error/perplexity."""
-    scored = [(g.test, g.label) for g in state.gens.values() if g.test is not None]
-    if not scored:
-        return None, None
-    value, label = min(scored)
-    return label, value
-
-
 def ensemble_value(e: dict, metric: str):
     return e.get(metric_name(metric))
 
@@ -98,13 +89,23 @@ def pick(columns: list[tuple[str, str]], *keys: str) -> list[tuple[str, str]]:
 
 # ---- one run --------------------------------------------------------------------------------
 
+# No view shows a test-selected number (the minimum test error over epochs): "test" is the last
+# epoch's; "test @ min val" is the test error at the epoch of minimum validation error, shown
+# only where there is a validation split (val_split > 0, or a language corpus's valid set).
+VAL_SELECTED = ("val_selected", "test @ min val")
 GEN_COLUMNS = [("generation", ""), ("objective", "objective"), ("model", "model"),
                ("params", "params"), ("epochs", "epochs"), ("train_loss", "loss"),
-               ("test", "test"), ("best", "best"), ("time", "time")]
+               ("test", "test"), VAL_SELECTED, ("time", "time")]
+
+
+def with_val_selected(columns: list, rows: list[dict]) -> list:
+    """The columns, without "test @ min val" when no row has a validation-selected number."""
+    return [c for c in columns if c != VAL_SELECTED or any(r.get(c[0], "-") != "-" for r in rows)]
 
 
 def gen_rows(state: RunState) -> list[dict]:
-    """One row per generation (Teacher, BAN-1, ...): final train loss, final and best test."""
+    """One row per generation (Teacher, BAN-1, ...): final train loss, last-epoch test and the
+    validation-selected test ('-' without a validation split)."""
     rows = []
     for gen in sorted(state.gens):
         g = state.gens[gen]
@@ -112,30 +113,30 @@ def gen_rows(state: RunState) -> list[dict]:
         rows.append({"generation": g.label, "objective": g.objective or "-", "model": g.model or "-",
                      "params": params_str(g.params), "epochs": f"{g.epoch}/{g.epochs}",
                      "train_loss": num(train_loss), "test": metric_str(g.test, g.metric),
-                     "best": metric_str(g.best_test, g.metric), "time": duration(g.seconds)})
+                     "val_selected": metric_str(g.val_selected, g.metric), "time": duration(g.seconds)})
     return rows
 
 
 ENSEMBLE_COLUMNS = [("ensemble", ""), ("members", "members"), ("test", "test"),
-                    ("vs_best", "vs best single")]
+                    ("vs_teacher", "vs Teacher")]
 
 
 def ensemble_rows(state: RunState) -> list[dict]:
-    """Ens*k against the best single generation (difference in points, or in perplexity)."""
+    """Ens*k against the teacher (difference in points, or in perplexity). Not against the
+    best single generation: picking it by test error would select on the test set."""
     metric = state.metric
-    best_label, best = best_single(state)
+    teacher = state.gens[0].test if 0 in state.gens else None
     rows = []
     for k in sorted(state.ensembles):
         e = state.ensembles[k]
         value = ensemble_value(e, metric)
         members = e.get("members") or []
-        if value is None or best is None:
+        if value is None or teacher is None:
             delta = "-"
         else:
-            d = (value - best) * (1 if metric == "ppl" else 100)
-            delta = f"{d:+.2f} vs {best_label}"
+            delta = f"{(value - teacher) * (1 if metric == 'ppl' else 100):+.2f}"
         rows.append({"ensemble": f"Ens*{k}", "members": ", ".join(gen_label(m) for m in members) or "-",
-                     "test": metric_str(value, metric), "vs_best": delta})
+                     "test": metric_str(value, metric), "vs_teacher": delta})
     return rows
 
 
@@ -160,7 +161,7 @@ def current_gen(state: RunState):
 
 
 RUN_COLUMNS = [("run", "run"), ("status", "status"), ("progress", "epochs"),
-               ("generation", "generation"), ("best", "best"), ("started", "started")]
+               ("generation", "generation"), ("last", "last test"), ("started", "started")]
 
 
 def status_label(status: str, state: RunState) -> str:
@@ -169,16 +170,15 @@ def status_label(status: str, state: RunState) -> str:
 
 
 def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
-    """A line of `ban ls`: status, epochs done/planned, current generation, best test."""
+    """A line of `ban ls`: status, epochs done/planned, current generation and its latest
+    (last-epoch) test error or perplexity."""
     done, planned = state.progress
     g = current_gen(state)
-    bests = [(x.best_test, x.metric) for x in state.gens.values() if x.best_test is not None]
-    best = min(bests) if bests else (None, state.metric)
     run_dir = Path(run_dir)
     return {"run": f"{state.experiment or run_dir.parent.name}/{state.run_id or run_dir.name}",
             "status": status_label(state.status(now), state), "progress": f"{done}/{planned}",
             "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
-            "best": metric_str(*best), "started": clock(state.started, "%m-%d %H:%M")}
+            "last": metric_str(g.test, g.metric) if g else "-", "started": clock(state.started, "%m-%d %H:%M")}
 
 
 # ---- remote hosts ---------------------------------------------------------------------------
@@ -227,7 +227,9 @@ def event_line(name: str, e: dict) -> str | None:
         final, best = e.get("final") or {}, e.get("best") or {}
         key = "test_ppl" if "test_ppl" in final else "test_err"
         metric = "ppl" if key == "test_ppl" else "err"
-        return f"{who} done {key} {metric_str(final.get(key), metric)} best {metric_str(best.get(key), metric)}"
+        vkey = key.replace("test", "val")
+        val = f" min {vkey} {metric_str(best[vkey], metric)}" if best.get(vkey) is not None else ""
+        return f"{who} done {key} {metric_str(final.get(key), metric)}{val}"
     if kind == "ensemble":
         key = "test_ppl" if "test_ppl" in e else "test_err"
         return f"{name} Ens*{e.get('k')} {key} {metric_str(e.get(key), 'ppl' if key == 'test_ppl' else 'err')}"

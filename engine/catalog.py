@@ -9,10 +9,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-OBJECTIVES = ("ce", "ban", "ban+l", "cwtm", "dkpp")
+OBJECTIVES = ("ce", "ban", "ban+l", "cwtm", "dkpp", "ls")
 # Options a config may set per objective (dkpp's generator is supplied by the training loop).
 OBJECTIVE_OPTIONS = {"ce": (), "ban": ("temperature",), "ban+l": ("temperature", "teacher_weight", "label_weight"),
-                     "cwtm": (), "dkpp": ()}
+                     "cwtm": (), "dkpp": (), "ls": ("smoothing",)}
+# Objectives with no teacher term (a generation training by one needs no teacher).
+TEACHERLESS = ("ce", "ls")
+# `control = "independent"` on experiment X adds experiment X+ce: the same chain with every
+# generation trained by plain `ce` without a teacher (k independent models from k seeds).
+CONTROLS = ("independent",)
+CONTROL_SUFFIX = "+ce"
 DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
 LM_DATASETS = ("ptb",)
 

@@ -15,6 +15,7 @@ and `diagnostics` splits it into the correct-class and the wrong-class ("dark kn
 from __future__ import annotations
 
 import inspect
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,28 @@ def dkpp_permute(probs, generator):
     return out
 
 
+# The DKPP target each generator drew last, with the teacher logits it was drawn for, so that the
+# step's diagnostics describe the permuted target that trained (and draw nothing themselves).
+_DKPP_LAST: "weakref.WeakKeyDictionary[torch.Generator, tuple]" = weakref.WeakKeyDictionary()
+
+
+def dkpp_target(teacher_logits, generator, draw: bool = True):
+    """Eq. 11's target for these teacher logits. draw=True (the loss): a new permutation from
+    `generator`, remembered. draw=False (the diagnostics): the one the loss last drew for these
+    very logits; if the loss has not run on them, the one it would draw next (from a copy of the
+    generator's state, so the generator does not advance)."""
+    last = _DKPP_LAST.get(generator)
+    if not draw and last is not None and last[0] is teacher_logits:
+        return last[1]
+    if not draw:
+        copy = torch.Generator(generator.device)
+        copy.set_state(generator.get_state())
+        return dkpp_permute(_teacher_probs(teacher_logits), copy)
+    target = dkpp_permute(_teacher_probs(teacher_logits), generator)
+    _DKPP_LAST[generator] = (teacher_logits, target)
+    return target
+
+
 def ce(student_logits, teacher_logits, labels, **unknown):
     """Eq. 1: cross-entropy with the labels; teacher_logits is ignored (None for a teacher)."""
     _check("ce", student_logits, teacher_logits, labels, unknown, needs_teacher=False)
@@ -105,11 +128,20 @@ def dkpp(student_logits, teacher_logits, labels, *, generator=None, **unknown):
     _check("dkpp", student_logits, teacher_logits, labels, unknown)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"objective 'dkpp': expected option generator=torch.Generator, found {type(generator).__name__}")
-    target = dkpp_permute(_teacher_probs(teacher_logits), generator)
-    return F.cross_entropy(_wide(student_logits), target)
+    return F.cross_entropy(_wide(student_logits), dkpp_target(teacher_logits, generator))
 
 
-OBJECTIVES = {"ce": ce, "ban": ban, "ban+l": ban_plus_labels, "cwtm": cwtm, "dkpp": dkpp}
+def ls(student_logits, teacher_logits, labels, *, smoothing=0.1, **unknown):
+    """Label smoothing (Szegedy et al. 2016), a teacher-free baseline: cross-entropy to the
+    target p = (1 - e) * onehot(y) + e / C, i.e. loss = (1 - e) * CE(z, y) + e * mean_c(-log q_c),
+    with e = `smoothing` in [0, 1); d/dz = q - p. teacher_logits is ignored."""
+    _check("ls", student_logits, teacher_logits, labels, unknown, needs_teacher=False)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        raise ValueError(f"objective 'ls': expected smoothing in [0, 1), found {smoothing!r}")
+    return F.cross_entropy(_wide(student_logits), labels, label_smoothing=float(smoothing))
+
+
+OBJECTIVES = {"ce": ce, "ban": ban, "ban+l": ban_plus_labels, "cwtm": cwtm, "dkpp": dkpp, "ls": ls}
 assert tuple(OBJECTIVES) == catalog.OBJECTIVES, "engine.catalog.OBJECTIVES and engine.objectives disagree"
 # the options each objective accepts, read from its keyword-only parameters
 OPTIONS = {name: tuple(k for k, p in inspect.signature(f).parameters.items() if p.kind is p.KEYWORD_ONLY)
@@ -117,23 +149,27 @@ OPTIONS = {name: tuple(k for k, p in inspect.signature(f).parameters.items() if 
 
 
 def logit_grad(student_logits, teacher_logits, labels, objective, temperature=1.0, teacher_weight=1.0,
-               label_weight=1.0, generator=None):
+               label_weight=1.0, generator=None, smoothing=0.1):
     """Per-sample gradient [N,C] of objective's loss * N w.r.t. the student's logits (eq. 5-6),
-    written analytically. For dkpp it uses the un-permuted teacher p (drawing a permutation here
-    would advance the generator and change training); the correct-class part is the same
-    whenever the teacher's argmax is the label."""
+    written analytically. For dkpp it is q - p~ with p~ the permuted target that the loss drew
+    for these teacher logits (`dkpp_target(..., draw=False)`: nothing is drawn here, so the
+    diagnostics never change training)."""
     z = _wide(student_logits.detach())
     q = F.softmax(z, dim=1)
-    y = F.one_hot(labels, z.shape[1]).float()
+    y = F.one_hot(labels, z.shape[1]).to(z.dtype)
     if objective == "ce":
         return q - y
+    if objective == "ls":
+        return q - ((1 - smoothing) * y + smoothing / z.shape[1])
     if objective in ("ban", "ban+l"):
         g = temperature * (F.softmax(z / temperature, dim=1) - _teacher_probs(teacher_logits, temperature))
         return g if objective == "ban" else teacher_weight * g + label_weight * (q - y)
     if objective == "cwtm":
         return teacher_confidence_weights(teacher_logits)[:, None] * (q - y)
     if objective == "dkpp":
-        return q - _teacher_probs(teacher_logits)
+        if not isinstance(generator, torch.Generator):
+            raise ValueError("objective 'dkpp': expected option generator=torch.Generator for its diagnostics")
+        return q - dkpp_target(teacher_logits, generator, draw=False)
     raise KeyError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
 
 
@@ -147,13 +183,13 @@ def diagnostic_sums(student_logits, teacher_logits, labels, objective, **options
     objective's."""
     if objective in OBJECTIVES:  # same option and shape checks as the loss itself
         _check(objective, student_logits, teacher_logits, labels,
-               set(options) - set(OPTIONS[objective]), needs_teacher=objective != "ce")
+               set(options) - set(OPTIONS[objective]), needs_teacher=objective not in catalog.TEACHERLESS)
     g = logit_grad(student_logits, teacher_logits, labels, objective, **options)
     rows = torch.arange(len(labels), device=g.device)
     correct = g[rows, labels]
     dark = g.index_put((rows, labels), torch.zeros_like(correct)).norm(dim=1)
     sums = {"grad_correct": correct.abs().sum(), "grad_dark": dark.sum()}
-    if objective != "ce":
+    if objective not in catalog.TEACHERLESS:
         w = teacher_confidence_weights(teacher_logits)
         sums |= {"conf_w": w.sum(), "conf_w_sq": (w * w).sum(),
                  "teacher_agree": (teacher_logits.argmax(dim=1) == labels).sum().float()}

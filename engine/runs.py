@@ -220,7 +220,8 @@ class GenState:
     epoch: int = 0
     metric: str = "err"            # "err" for classifiers, "ppl" for language models
     last: dict = field(default_factory=dict)    # the latest epoch event
-    best_test: float | None = None
+    val_best: float | None = None       # the minimum validation error/perplexity over epochs
+    val_selected: float | None = None   # the test error/perplexity at that epoch (no val split: None)
     final: dict = field(default_factory=dict)   # from gen_end
     seconds: float = 0.0
     done: bool = False
@@ -287,8 +288,9 @@ class RunState:
             g.seconds += e.get("seconds") or 0.0
             key = "test_ppl" if "test_ppl" in e else "test_err"
             g.metric = "ppl" if key == "test_ppl" else g.metric
-            if e.get(key) is not None:
-                g.best_test = e[key] if g.best_test is None else min(g.best_test, e[key])
+            vkey = key.replace("test", "val")
+            if e.get(vkey) is not None and (g.val_best is None or e[vkey] < g.val_best):
+                g.val_best, g.val_selected = e[vkey], e.get(key)
         elif kind == "gen_end":
             g = self.gens.setdefault(e["gen"], GenState(e["gen"]))
             g.final, g.done = e.get("final", {}) or {}, True

@@ -183,7 +183,7 @@ def test_ls_shows_every_status_plainly(runs, monkeypatch):
               "live/20250101-000021-s0-ffff": "dead", "live/20250101-000022-s0-gggg": "stale"}
     for run, status in expect.items():
         assert lines[run].split()[1] == status, lines[run]
-    # epochs done/planned, current generation, best test error
+    # epochs done/planned, current generation, its last-epoch test error
     assert lines["quick/20250101-000000-s0-aaaa"].split()[2:6] == ["9/9", "BAN-2", "3/3", "3.50%"]
     assert "\x1b[" not in result.output and "│" not in result.output    # plain: no colour, no boxes
 
@@ -200,14 +200,15 @@ def test_show_tables_and_diagnostics(runs):
     result = runner.invoke(app, ["show", "20250101-000001", "--runs-dir", str(runs_dir)])
     assert result.exit_code == 0, result.output
     out = result.output.splitlines()
-    rows = {line.split()[0]: line.split() for line in out if len(line.split()) == 9}  # the generation table
-    # generation table: objective, model, params, epochs, final train loss, final test, best test, time
-    assert rows["BAN-1"][:8] == ["BAN-1", "ban", "cnn-small", "23.5k", "3/3", f"{1 / 3 + 1:.4f}",
-                                 f"{100 * finals[1][1]:.2f}%", f"{100 * finals[1][1]:.2f}%"]
-    assert rows["BAN-2"][8] == "6.0s"
+    rows = {line.split()[0]: line.split() for line in out if len(line.split()) == 8}  # the generation table
+    # generation table: objective, model, params, epochs, final train loss, last-epoch test, time
+    # (no "test @ min val" column: these runs have no validation split)
+    assert rows["BAN-1"][:7] == ["BAN-1", "ban", "cnn-small", "23.5k", "3/3", f"{1 / 3 + 1:.4f}",
+                                 f"{100 * finals[1][1]:.2f}%"]
+    assert rows["BAN-2"][7] == "6.0s" and "min val" not in result.output
     ens_line = next(line for line in out if line.startswith("Ens*2"))
     assert f"{100 * ens[1][2]:.2f}%" in ens_line
-    assert f"{100 * (ens[1][2] - finals[1][2]):+.2f} vs BAN-2" in ens_line  # against the best single gen
+    assert ens_line.split()[-1] == f"{100 * (ens[1][2] - finals[1][0]):+.2f}"  # against the teacher
     diag = [line.split() for line in out if line.startswith("BAN-2 ") and len(line.split()) == 5]
     assert diag == [["BAN-2", "2.5000", "0.5000", "1.0000", "0.2500"]]
     assert "stderr" not in result.output
@@ -244,7 +245,10 @@ def test_report_json_is_mean_and_std_over_ok_seeds(runs):
         assert col["std"] == pytest.approx(statistics.stdev(values))
     assert quick["columns"]["Ens*2"]["values"] == [ens[s][2] for s in sorted(ens)]
     other = rep["other"]
-    assert other["n"] == 1 and other["columns"]["BAN-1"] == {"mean": 0.1, "std": 0.0, "values": [0.1]}
+    ban1 = other["columns"]["BAN-1"]
+    assert other["n"] == 1 and (ban1["mean"], ban1["std"], ban1["values"]) == (0.1, 0.0, [0.1])
+    assert [(d["run"], d["reason"]) for d in json.loads(result.output)["dropped"]] == [
+        ("quick/20250101-000010-s3-bbbb", "ended failed"), ("quick/20250101-000011-s4-cccc", "ended cancelled")]
 
 
 def test_report_human_formats_in_percent(runs):
@@ -256,11 +260,12 @@ def test_report_human_formats_in_percent(runs):
         assert result.exit_code == 0, result.output
         assert cell in result.output
     md = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "md"]).output.splitlines()
-    assert md[0].startswith("| experiment | metric | n | Teacher | BAN-1 | BAN-2 | Ens*1 | Ens*2 |")
-    assert md[2].startswith("| quick | err % | 3 |")
-    csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).output.splitlines()
-    assert csv_out[0].startswith("experiment,metric,n,Teacher,Teacher std,BAN-1")
-    assert csv_out[1].startswith(f"quick,test_err %,3,{statistics.mean(teacher):.4f},{statistics.stdev(teacher):.4f}")
+    assert md[0].startswith("| experiment | config | metric | n |  | mean ± std | paired Δ vs Teacher [95% CI] |")
+    assert md[2].startswith("| quick | ") and f"| err % | 3 | Teacher | {cell} |" in md[2]
+    csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).stdout.splitlines()
+    assert csv_out[0].startswith("experiment,config,control,metric,column,n,mean,std,vs_teacher")
+    assert csv_out[1].startswith("quick,") and csv_out[1].split(",")[3:8] == [
+        "test_err %", "Teacher", "3", f"{statistics.mean(teacher):.4f}", f"{statistics.stdev(teacher):.4f}"]
 
 
 def test_report_selects_runs_and_experiments(runs):
@@ -280,7 +285,7 @@ def test_perplexity_runs_are_shown_and_reported_unscaled(tmp_path):
     record_run(runs_dir, "lm", "20250101-000001-s1-aaaa", [121.5, 99.75], {1: 96.0}, key="test_ppl", seed=1)
     show = runner.invoke(app, ["show", "20250101-000000", "--runs-dir", str(runs_dir)]).output
     assert "test ppl" in show and "98.25" in show and "%" not in show
-    assert "-1.25 vs BAN-1" in show                       # Ens*1 against the best generation, in ppl
+    assert "-23.50" in show                               # Ens*1 against the teacher, in ppl
     rep = json.loads(runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "json"]).output)
     (lm,) = rep["experiments"]
     assert lm["metric"] == "test_ppl" and lm["columns"]["BAN-1"]["values"] == [98.25, 99.75]

@@ -332,3 +332,16 @@ def test_cuda_batches_equal_cpu_batches():
     gpu = epoch(Batches(x, y, 16, MEAN, STD, device="cuda", **kw), 2)
     assert gpu[0].is_cuda and torch.equal(gpu[1].cpu(), cpu[1])
     assert torch.allclose(gpu[0].cpu(), cpu[0], atol=1e-5)
+
+
+def test_digits_train_images_is_a_fixed_stratified_cut_of_the_training_split(digits):
+    cut = load(Dataset(name="digits", options={"train_images": 150}), seed=0)
+    assert abs(len(cut.train_y) - 150) <= 5 and torch.bincount(cut.train_y).min() >= 14
+    rows = {tuple(x.flatten().tolist()) for x in digits.train_x}
+    assert all(tuple(x.flatten().tolist()) in rows for x in cut.train_x)      # a subset of the training split
+    assert torch.equal(cut.test_x, digits.test_x)                             # the same test set
+    again = load(Dataset(name="digits", options={"train_images": 150}), seed=7)
+    assert torch.equal(again.train_x, cut.train_x)                            # the same for every seed
+    for bad in (5, 5000, 1.5, True):
+        with pytest.raises(DataError, match="train_images: expected an integer in 10..1438"):
+            load(Dataset(name="digits", options={"train_images": bad}), seed=0)

@@ -87,7 +87,7 @@ def test_run_state_folds_a_chain():
     ]
     s = RunState().extend(events)
     g = s.gens[0]
-    assert (g.label, g.best_test, g.test, g.seconds, g.done) == ("Teacher", 0.2, 0.25, 2.5, True)
+    assert (g.label, g.val_selected, g.test, g.seconds, g.done) == ("Teacher", None, 0.25, 2.5, True)
     assert s.ensembles[2]["test_err"] == 0.1
     assert s.status() == "ok" and s.progress == (2, 2) and s.last_seq == 7
 

@@ -214,3 +214,41 @@ def test_cnn_small_learns_digits():
         err = (model(xte).argmax(1) != yte).float().mean().item()
     print(f"cnn-small digits test error after {epochs} epochs: {err:.3%}")
     assert err < 0.05
+
+
+class FP32Recurrence(torch.nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, hidden):
+        with torch.autocast("cpu", enabled=False):
+            return self.rnn(x.float(), hidden)
+
+
+@pytest.mark.parametrize("name", SMALL + ["lstm"])
+def test_logits_and_teacher_soft_targets_are_float32_under_bf16_autocast(name):
+    """The body runs in bf16 under autocast; the head runs in fp32 (engine.models.fp32_head), so
+    the teacher's logits and its softmax (the soft targets) keep fp32's resolution."""
+    from engine.objectives import _teacher_probs
+    torch.manual_seed(0)
+    if name == "lstm":
+        from engine.models import lm
+        model = lm.BUILDERS["lstm"](50, layers=1, hidden=16).eval()
+        # oneDNN has no bf16 LSTM on this CPU: the recurrence runs in fp32, the decoder
+        # (embedding dropout -> Linear) under autocast as on CUDA
+        model.lstm = FP32Recurrence(model.lstm)
+        x = torch.randint(0, 50, (5, 3))
+        run = lambda: model(x, model.init_hidden(3))[0].reshape(-1, 50)   # noqa: E731
+    else:
+        model = M.build(name, 10, in_channels=3, **SMALL_OPTIONS.get(name, {})).eval()
+        x = torch.randn(4, 3, 16, 16)
+        run = lambda: model(x)   # noqa: E731
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = run()
+        probs = _teacher_probs(logits)
+        body = model.head.weight.new_ones(2, 2) @ model.head.weight.new_ones(2, 2)
+    assert body.dtype == torch.bfloat16            # autocast was on around the model
+    assert logits.dtype == torch.float32 and probs.dtype == torch.float32
+    assert not torch.equal(logits, logits.bfloat16().float())   # not bf16 values in an fp32 tensor
+    assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-6)

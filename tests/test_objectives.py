@@ -14,7 +14,7 @@ from engine.objectives import (OBJECTIVES, diagnostics, dkpp_permute, summarize_
 
 N, C = 16, 7
 ALL_OPTIONS = {"ce": {}, "ban": {"temperature": 2.0}, "ban+l": {"temperature": 3.0, "teacher_weight": 0.7,
-               "label_weight": 0.4}, "cwtm": {}, "dkpp": {}}
+               "label_weight": 0.4}, "cwtm": {}, "dkpp": {}, "ls": {"smoothing": 0.2}}
 
 
 def batch(seed, n=N, c=C, scale=2.0):
@@ -170,7 +170,7 @@ def test_unknown_option_is_a_type_error(name):
         OBJECTIVES[name](s, None if name == "ce" else t, y, tempreature=2.0, **options(name))
 
 
-@pytest.mark.parametrize("name", [n for n in OBJECTIVES if n != "ce"])
+@pytest.mark.parametrize("name", [n for n in OBJECTIVES if n not in catalog.TEACHERLESS])
 def test_missing_teacher_or_bad_shapes_are_value_errors(name):
     s, t, y = batch(11)
     with pytest.raises(ValueError, match=f"{re.escape(name)}.*teacher"):
@@ -258,21 +258,35 @@ def test_ban_gradient_parts_cancel_eq7():
     assert torch.allclose(g[rows, y], -(g.sum(1) - g[rows, y]), atol=1e-12)
 
 
-def test_dkpp_diagnostics_use_unpermuted_teacher():
+def test_dkpp_diagnostics_are_autograds_gradient_on_the_permuted_target():
+    # the training order: the loss draws a permutation and backpropagates; the step's
+    # diagnostics then describe that very target, and draw nothing from the generator
     s, t, y = batch(15)
-    y = t.argmax(dim=1)  # teacher right everywhere: the correct part is exact for dkpp too
-    d = diagnostics(s, t, y, "dkpp", generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(0)
-    state = gen.get_state()
-    correct, _ = expected_sums(per_sample_grad("dkpp", s, t, y, generator=gen), y)
+    g = per_sample_grad("dkpp", s, t, y, generator=gen)
+    after_loss = gen.get_state()
+    d = diagnostics(s, t, y, "dkpp", generator=gen)
+    assert torch.equal(gen.get_state(), after_loss)
+    correct, dark = expected_sums(g, y)
     assert math.isclose(d["grad_correct"], correct, rel_tol=1e-9)
-    ban_correct, ban_dark = expected_sums(per_sample_grad("ban", s, t, y), y)
-    assert math.isclose(d["grad_dark"], ban_dark, rel_tol=1e-9)
-    assert d["teacher_agree"] == N
-    # diagnostics draw nothing from the caller's generator
-    gen2 = torch.Generator().manual_seed(0)
-    diagnostics(s, t, y, "dkpp", generator=gen2)
-    assert torch.equal(gen2.get_state(), state)
+    assert math.isclose(d["grad_dark"], dark, rel_tol=1e-9)
+    # ... and the permuted target is not the teacher: the un-permuted gradient differs
+    _, unpermuted_dark = expected_sums(per_sample_grad("ban", s, t, y), y)
+    assert not math.isclose(d["grad_dark"], unpermuted_dark, rel_tol=1e-3)
+    # the analytic gradient row by row equals autograd's (q - permuted p)
+    from engine.objectives import logit_grad
+    assert torch.allclose(logit_grad(s, t, y, "dkpp", generator=gen), g, atol=1e-12)
+
+
+def test_dkpp_diagnostics_before_any_loss_describe_the_next_draw_and_draw_nothing():
+    s, t, y = batch(16)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    d = diagnostics(s, t, y, "dkpp", generator=gen)
+    assert torch.equal(gen.get_state(), state)
+    correct, dark = expected_sums(per_sample_grad("dkpp", s, t, y, generator=gen), y)
+    assert math.isclose(d["grad_correct"], correct, rel_tol=1e-9)
+    assert math.isclose(d["grad_dark"], dark, rel_tol=1e-9)
 
 
 def test_diagnostics_reject_unknown_options():
@@ -309,3 +323,30 @@ def test_low_precision_student_is_computed_in_float32(name):
     low = OBJECTIVES[name](s16, t32, y, **options(name))
     full = OBJECTIVES[name](s16.float(), t32, y, **options(name))
     assert low.dtype == torch.float32 and torch.equal(low, full)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.35])
+def test_label_smoothing_against_an_independent_formula(eps):
+    # by hand, float64: (1 - e) * (-log q_y) + e * mean_c(-log q_c), averaged over the batch
+    s, t, y = batch(21)
+    log_q = torch.log(softmax(s.detach()))
+    by_hand = ((1 - eps) * -log_q[torch.arange(N), y] - eps * log_q.mean(dim=1)).mean()
+    loss = OBJECTIVES["ls"](s, None, y, smoothing=eps)
+    assert math.isclose(loss.item(), by_hand.item(), rel_tol=1e-12)
+    assert math.isclose(OBJECTIVES["ls"](s, t, y, smoothing=eps).item(), by_hand.item(), rel_tol=1e-12)  # no teacher term
+    target = (1 - eps) * onehot(y) + eps / C
+    assert torch.allclose(grad_of(loss, s), (softmax(s.detach()) - target) / N, atol=1e-12)
+    d = diagnostics(s, None, y, "ls", smoothing=eps)
+    correct, dark = expected_sums(per_sample_grad("ls", s, None, y, smoothing=eps), y)
+    assert set(d) == {"n", "grad_correct", "grad_dark"}
+    assert math.isclose(d["grad_correct"], correct, rel_tol=1e-9) and math.isclose(d["grad_dark"], dark, rel_tol=1e-9)
+    if eps == 0.0:
+        assert loss.item() == pytest.approx(OBJECTIVES["ce"](s, None, y).item(), rel=1e-12)
+
+
+def test_label_smoothing_default_and_bad_values():
+    s, _, y = batch(22)
+    assert OBJECTIVES["ls"](s, None, y).item() == pytest.approx(OBJECTIVES["ls"](s, None, y, smoothing=0.1).item())
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="'ls': expected smoothing in \\[0, 1\\)"):
+            OBJECTIVES["ls"](s, None, y, smoothing=bad)

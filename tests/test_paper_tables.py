@@ -55,3 +55,59 @@ def test_cross_architecture_student_with_a_frozen_inherited_stem_and_head(tmp_pa
     fresh = build(g.model, 10, 1, **g.model_options).state_dict()
     body = [k for k in student if not k.startswith(("stem.", "head.")) and k.endswith("weight")]
     assert body and any(not torch.equal(student[k], fresh[k]) for k in body)
+
+
+# ---- the shipped presets follow the paper's stated recipe ------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = spec.load(ROOT / "experiments.toml").experiments
+PAPER = {n: e for n, e in PRESETS.items() if n.startswith(("cifar10-wrn", "cifar10-densenet", "cifar100-"))}
+DENSENETS = ["112-33", "90-60", "80-80", "80-120"]
+DESCRIPTIONS = {e["name"]: e.get("description", "")
+                for e in __import__("tomllib").loads((ROOT / "experiments.toml").read_text())["experiment"]}
+
+
+def test_every_cifar_paper_preset_trains_in_the_wrn_setting():
+    assert len(PAPER) == 39     # Table 1: 8, Table 2: 16, Table 3: 2, Table 4: 7, Table 5: 6
+    for name, exp in PAPER.items():
+        for g in exp.generations:
+            t = g.training
+            assert (t.epochs, t.batch_size) == (200, 128), name
+            assert (t.optimizer.lr, t.optimizer.momentum, t.optimizer.nesterov, t.optimizer.weight_decay) == \
+                (0.1, 0.9, True, 5e-4), name
+            assert (t.schedule.name, t.schedule.milestones, t.schedule.gamma) == ("multistep", [60, 120, 160], 0.2), name
+            if g.model.startswith("wrn-"):
+                assert g.model_options.get("dropout") == 0.3, (name, g.index)
+        assert "paper Table" in DESCRIPTIONS[name], name
+
+
+def test_the_missing_table_rows_have_presets():
+    for d in DENSENETS:
+        assert PAPER[f"cifar10-densenet-{d}"].generations[0].model == f"densenet-bc-{d}"     # Table 1
+        for key, objective in (("ban", "ban"), ("banl", "ban+l"), ("cwtm", "cwtm"), ("dkpp", "dkpp")):  # Table 2
+            exp = PAPER[f"cifar100-densenet-{d}-{key}"]
+            assert exp.dataset.name == "cifar100" and {g.objective for g in exp.generations[1:]} == {objective}
+    t3 = PAPER["cifar100-wrn-28-10-ban"]                                                      # Table 3
+    assert [(g.objective, g.model, g.teacher) for g in t3.generations] == [("ce", "wrn-28-10", None),
+                                                                           ("ban", "wrn-28-10", 0)]
+    cross = PAPER["cifar100-wrn-28-10-to-densenet-90-60"]
+    assert [g.model for g in cross.generations] == ["wrn-28-10", "densenet-bc-90-60"]
+
+
+def test_ptb_presets_use_the_papers_batch_and_say_what_is_our_reading():
+    for name in ("ptb-lstm-52m", "ptb-cnn-lstm"):
+        assert all(g.training.batch_size == 32 for g in PRESETS[name].generations), name
+    for name in ("ptb-lstm-52m", "cifar100-densenet-90-60-ban", "cifar10-densenet-80-80", "cifar100-t5-densenet-90-60-to-ban-wrn-1-1"):
+        assert "our reading" in DESCRIPTIONS[name], name
+
+
+def test_ban_models_counts_at_the_class_count_of_the_table_that_reports_them():
+    from typer.testing import CliRunner
+    from ban_tui.cli import app
+    out = CliRunner().invoke(app, ["models", "wrn-28-10", "densenet-bc-90-60"]).output
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert rows["wrn-28-10"][2] == "10" and rows["densenet-bc-90-60"][2] == "100"   # Table 1 / Table 2
+    again = CliRunner().invoke(app, ["models", "wrn-28-10", "--classes", "100"]).output
+    assert "(10 classes)" in again        # another class count: the paper's is named beside its number

@@ -15,8 +15,8 @@ from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
 
 # narrower than the monitor's tables: the runs stand side by side
-COMPARE_GEN_COLUMNS = pick(GEN_COLUMNS, "generation", "objective", "model", "epochs", "test", "best")
-COMPARE_ENSEMBLE_COLUMNS = pick(ENSEMBLE_COLUMNS, "ensemble", "test", "vs_best")
+COMPARE_GEN_COLUMNS = pick(GEN_COLUMNS, "generation", "objective", "model", "epochs", "test", "val_selected")
+COMPARE_ENSEMBLE_COLUMNS = pick(ENSEMBLE_COLUMNS, "ensemble", "test", "vs_teacher")
 
 
 class CompareScreen(Screen):

@@ -3,7 +3,9 @@
 Every loader returns the raw train and test splits; `load` then does what is common to all of
 them (the validation split, the class count, the normalisation statistics), so each step lives
 in one place. Sets:
-- digits:   scikit-learn's bundled 8x8 digits (no download), a fixed stratified train/test split.
+- digits:   scikit-learn's bundled 8x8 digits (no download), a fixed stratified train/test split;
+            option train_images keeps a fixed stratified cut of about that many training images
+            (the same for every seed; a harder task, as the quickstart uses).
 - cifar10, cifar100: torchvision's pickles (`cifar-10-batches-py/`, `cifar-100-python/`) in `root`.
 - npz:      your own data: `train.npz` and `test.npz` in `root` with arrays `x` (uint8 NHWC or
             NHW) and `y` (integer labels); the file names can be changed in `options`.
@@ -121,6 +123,12 @@ def load_digits(dataset: Dataset):
     x = torch.from_numpy(np.round(d.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     train, test = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    n = dataset.options.get("train_images")
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 10 <= n <= len(train):
+            raise DataError(f"dataset.options.train_images: expected an integer in 10..{len(train)}, found {n!r}")
+        _, cut = stratified_split(y[train], n / len(train), DIGITS_SPLIT_SEED)
+        train = train[cut]
     return x[train], y[train], x[test], y[test]
 
 
@@ -220,5 +228,5 @@ def read_npz(path: Path):
 
 CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}   # npz: counted from its labels
 LOADERS = {"digits": load_digits, "cifar10": load_cifar, "cifar100": load_cifar, "npz": load_npz}
-OPTIONS = {"digits": ("num_classes",), "cifar10": ("num_classes",), "cifar100": ("num_classes",),
+OPTIONS = {"digits": ("num_classes", "train_images"), "cifar10": ("num_classes",), "cifar100": ("num_classes",),
            "npz": ("train", "test", "num_classes")}

@@ -12,8 +12,8 @@ Families live in their own modules and register here: `cnn.py` (cnn-small), `res
 (wrn, preact-resnet, and the paper's Table 5 BAN-ResNets), `densenet.py` (densenet-bc and the
 Table 4 students). Language models (`lm.py`) keep their own `BUILDERS` dict, merged below.
 
-Every image model has `.stem` (its first convolution) and `.head` (its final nn.Linear), and
-ends in global average pooling, so it takes any input size (1x8x8 digits, 3x32x32 CIFAR);
+Every image model has `.stem` (its first convolution) and `.head` (its final nn.Linear, run in
+float32 by `fp32_head` whatever the precision), and ends in global average pooling, so it takes any input size (1x8x8 digits, 3x32x32 CIFAR);
 `engine.models.inherit.inherit` copies those two parts from a teacher (paper Tables 3-5).
 """
 from __future__ import annotations
@@ -50,6 +50,15 @@ def he_init(model: nn.Module) -> nn.Module:
         if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
             nn.init.zeros_(m.bias)
     return model
+
+
+def fp32_head(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """head(x) in float32 under any autocast: the logits, and so every softmax of them (the
+    teacher's soft targets, the ensembles' probabilities), keep fp32's resolution; a bf16 logit
+    has 8 bits of mantissa, which quantises the small wrong-class probabilities BAN transfers.
+    Every model's forward ends with it (image models and language models alike)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return head(x.float())
 
 
 def check_dropout(dropout) -> float:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_width, he_init, register
+from engine.models import check_width, fp32_head, he_init, register
 
 BN_MOMENTUM = 0.4    # PyTorch's convention: running = 0.6 * running + 0.4 * batch
 LOGIT_SCALE = 1 / 9
@@ -62,7 +62,7 @@ class Airbench(nn.Module):
 
     def forward(self, x):
         x = self.blocks(F.gelu(self.stem(x)))
-        return self.head(x.amax(dim=(2, 3))) * LOGIT_SCALE
+        return fp32_head(self.head, x.amax(dim=(2, 3))) * LOGIT_SCALE
 
 
 @register("airbench")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_dropout, check_width, he_init, register
+from engine.models import check_dropout, check_width, fp32_head, he_init, register
 
 
 class SmallCNN(nn.Module):
@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         x = F.adaptive_avg_pool2d(self.body(self.stem(x)), 1).flatten(1)
-        return self.head(F.dropout(x, self.dropout, self.training))
+        return fp32_head(self.head, F.dropout(x, self.dropout, self.training))
 
 
 @register("cnn-small")

@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_dropout, check_width, he_init, register
+from engine.models import check_dropout, check_width, fp32_head, he_init, register
 
 
 class DenseLayer(nn.Module):
@@ -97,7 +97,7 @@ class DenseNet(nn.Module):
 
     def forward(self, x):
         x = F.relu(self.bn(self.blocks(self.stem(x))))
-        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return fp32_head(self.head, F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 def densenet_bc_layout(depth: int, growth: int, compression: float = 0.5):

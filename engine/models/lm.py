@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.models import fp32_head
+
 # Zaremba et al.'s per-size settings, used when the name gives one of their sizes.
 ZAREMBA = {200: dict(dropout=0.0, init_range=0.1), 650: dict(dropout=0.5, init_range=0.05),
            1500: dict(dropout=0.65, init_range=0.04)}
@@ -47,7 +49,7 @@ class WordLSTM(nn.Module):
     def forward(self, tokens, hidden):
         x = self.drop(self.embed(tokens))
         y, hidden = self.lstm(x, hidden)
-        return self.head(self.drop(y)), hidden
+        return fp32_head(self.head, self.drop(y)), hidden
 
 
 def spell(vocab: list[str], max_len: int | None = None, min_len: int = 0) -> torch.Tensor:
@@ -113,7 +115,7 @@ class CharCNNLSTM(nn.Module):
     def forward(self, tokens, hidden):
         x = self.words(tokens.reshape(-1)).view(*tokens.shape, -1)
         y, hidden = self.lstm(self.drop(x), hidden)
-        return self.head(self.drop(y)), hidden
+        return fp32_head(self.head, self.drop(y)), hidden
 
 
 # Builders by catalog family: (num_classes = vocabulary size, options from the name and config).

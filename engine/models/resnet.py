@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import catalog
-from engine.models import check_dropout, check_width, he_init, register
+from engine.models import check_dropout, check_width, fp32_head, he_init, register
 from engine.models.densenet import densenet_bc_layout
 
 
@@ -113,7 +113,7 @@ class ResNet(nn.Module):
         x = F.relu(self.bn(self.blocks(self.stem(x))))
         if self.match is not None:
             x = F.relu(self.match(x))
-        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return fp32_head(self.head, F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 @register("wrn")

@@ -9,7 +9,7 @@ import difflib
 import math
 import re
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,8 +25,8 @@ from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Gene
 
 EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
                    "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
-                   "runs_dir", "gpus", "host", "generation", "description") + TRAINING_KEYS
-DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation"))
+                   "runs_dir", "gpus", "host", "generation", "description", "control") + TRAINING_KEYS
+DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation", "control"))
 GENERATION_KEYS = ("objective", "model", "model_options", "objective_options", "teacher", "seed",
                    "inherit", "freeze") + TRAINING_KEYS
 DATASET_KEYS = tuple(f.name for f in fields(Dataset))
@@ -191,9 +191,10 @@ class Checker:
             for exp, parent, cell in expand_sweep(self, i, raw, defaults, lambda r, i=i: self.experiment(i, defaults, r, hosts)):
                 if exp is None:
                     continue
-                if exp.name in experiments:
-                    self.bad(("experiment", i, "name"), f"expected a unique name, found {exp.name!r} again")
-                experiments[exp.name] = exp
+                for e in [exp] + self.control(("experiment", i, "control"), exp, raw.get("control")):
+                    if e.name in experiments:
+                        self.bad(("experiment", i, "name"), f"expected a unique name, found {e.name!r} again")
+                    experiments[e.name] = e
                 if parent is not None:
                     sweeps.setdefault(parent, {})[exp.name] = cell
         if self.problems:
@@ -418,7 +419,8 @@ class Checker:
                 gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
                 opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
                 for j in range(1, n + 1):
-                    gens.append(Generation(j, obj, model, dict(model_options), dict(opts), j - 1,
+                    gens.append(Generation(j, obj, model, dict(model_options), dict(opts),
+                                           None if obj in catalog.TEACHERLESS else j - 1,
                                            training=training))
         gens = [g for g in gens if g is not None]
         n_students = len(gens) - 1
@@ -473,6 +475,16 @@ class Checker:
             self.bad(path, f"expected distinct seeds, found {seeds}")
         return seeds
 
+    def control(self, path, exp: Experiment, value) -> list[Experiment]:
+        """`control = "independent"`: the experiment's independent-CE control, named
+        <name>+ce: the same generations (models, training, seeds) each trained by `ce` with
+        no teacher, inheriting and freezing nothing; its Ens*k averages k independent models."""
+        if value is None or self.choice(path, value, catalog.CONTROLS, "control") is None:
+            return []
+        gens = [replace(g, objective="ce", objective_options={}, teacher=None, inherit=[], freeze=[])
+                for g in exp.generations]
+        return [replace(exp, name=exp.name + catalog.CONTROL_SUFFIX, generations=gens)]
+
     @staticmethod
     def _known(model) -> bool:
         try:
@@ -489,7 +501,7 @@ class Checker:
         obj = self.choice(p + ("objective",), raw.get("objective", default_obj), catalog.OBJECTIVES, "objective")
         m = self.model(p + ("model",), raw["model"]) if "model" in raw else model
         teacher = raw.get("teacher", None if j == 0 else j - 1)
-        if obj == "ce" and "teacher" not in raw:
+        if obj in catalog.TEACHERLESS and "teacher" not in raw:
             teacher = None
         if teacher is not None:
             if self.int_(p + ("teacher",), teacher, 0) is None:
@@ -498,7 +510,7 @@ class Checker:
                 self.bad(p + ("teacher",), f"expected an earlier generation (0..{j - 1}), found {teacher}"
                          if j else "expected no teacher for generation 0 (it is the teacher), found 0")
                 teacher = None
-        if obj is not None and obj != "ce" and teacher is None and "teacher" not in raw:
+        if obj is not None and obj not in catalog.TEACHERLESS and teacher is None and "teacher" not in raw:
             self.bad(p + ("objective",), f"expected 'ce' for generation 0 (a {obj!r} student needs a teacher), found {obj!r}")
         seed = raw.get("seed")
         if seed is not None and self.int_(p + ("seed",), seed, 0) is None:
