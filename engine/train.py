@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoint, ddp, spec
+from engine import checkpoint, ddp, hardware, spec
 from engine.events import EventWriter
 from engine.runs import RunPaths, gen_label
 
@@ -186,11 +186,9 @@ class LRSchedule:
         self.scale, self.prev = state["scale"], state["prev"]
 
 
-def autocast_dtype(precision: str, device: torch.device):
-    """auto: bf16 on CUDA, fp32 elsewhere. None means plain fp32 (no autocast)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def autocast_dtype(precision: str, device: torch.device, model: str | None = None):
+    """auto: engine.hardware.resolve_precision. None means plain fp32 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[hardware.resolve_precision(precision, device, model)]
 
 
 def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
@@ -215,7 +213,7 @@ def step_parts(gen: spec.Generation, model, seed: int, device: torch.device):
         dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
         options["generator"] = dkpp
     optimizer = make_optimizer(model, gen.training.optimizer, device)
-    dtype = autocast_dtype(gen.training.precision, device)
+    dtype = autocast_dtype(gen.training.precision, device, gen.model)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
     return objective, options, dkpp, optimizer, dtype, autocast
 
@@ -331,7 +329,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher_model) -> GenRe
             inherit(model, teacher_model, gen.inherit, gen.freeze)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
-    channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
+    channels_last = hardware.channels_last(t.channels_last, device, gen.model)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     ctx.gen_start(gen, model)
