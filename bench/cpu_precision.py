@@ -36,12 +36,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from engine import hardware, models
 from engine.data import Batches
 from repro import prepare_data
-from step_overhead import CIFAR10, cifar10, interleaved
+from step_overhead import CIFAR10, cifar10, interleaved, sgd_step
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = "preact-resnet-8,preact-resnet-20,wrn-16-2"
@@ -80,12 +79,7 @@ def stepper(model_name: str, data, batch_size: int, precision: str, channels_las
 
     def step() -> float:
         t0 = time.perf_counter()
-        with autocast():
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        sgd_step(net, opt, x, y, autocast)
         return time.perf_counter() - t0
     return step
 
