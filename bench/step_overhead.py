@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine import models, spec
+from engine import hardware, models, spec
 from engine.data import Batches, load
 from engine.data.images import ImageData, channel_stats
 from engine.events import EventWriter, read_events
@@ -110,19 +110,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fast_path(device: torch.device) -> tuple:
+def fast_path(device: torch.device, model: str | None = None) -> tuple:
     """(autocast context factory, memory format, fused) as the engine picks them by default."""
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype("auto", device, model)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
-    cuda = device.type == "cuda"
-    return autocast, torch.channels_last if cuda else torch.preserve_format, True if cuda else None
+    cuda, last = device.type == "cuda", hardware.channels_last(None, device, model or "")
+    return autocast, torch.channels_last if last else torch.preserve_format, True if cuda else None
+
+
+def sgd_step(model, opt, x, y, autocast) -> None:
+    """One plain training step: forward under `autocast`, cross-entropy in fp32, backward, SGD."""
+    with autocast():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def bare_loop(exp: spec.Experiment, data: ImageData, device: torch.device, seed: int) -> tuple[float, float]:
     """(total seconds, loop seconds) of a hand-written epoch of plain cross-entropy SGD, then
     the test set's loss, errors and probabilities."""
     t0 = time.perf_counter()
-    autocast, memory_format, fused = fast_path(device)
+    autocast, memory_format, fused = fast_path(device, exp.generations[0].model)
     t, augment = exp.generations[0].training, exp.dataset.augment
     torch.manual_seed(seed)
     model = models.build(exp.generations[0].model, data.num_classes, data.in_channels)
@@ -134,12 +144,7 @@ def bare_loop(exp: spec.Experiment, data: ImageData, device: torch.device, seed:
                       seed=seed, device=device, channels_last=memory_format == torch.channels_last)
     t1 = time.perf_counter()
     for x, y in batches:
-        with autocast():
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        sgd_step(model, opt, x, y, autocast)
     sync(device)
     t2 = time.perf_counter()
     model.eval()   # and the test pass every training loop has: loss, errors, probabilities

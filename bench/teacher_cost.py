@@ -36,14 +36,14 @@ def teacher_for(exp, data, device):
     (its weights do not change the cost)."""
     torch.manual_seed(1)
     teacher = models.build(exp.generations[0].model, data.num_classes, data.in_channels)
-    return teacher.eval().requires_grad_(False).to(device, memory_format=fast_path(device)[1])
+    return teacher.eval().requires_grad_(False).to(device, memory_format=fast_path(device, exp.generations[0].model)[1])
 
 
 def floor_parts(exp, data, teacher, device, steps):
     """Seconds of `steps` bare training steps, of `steps` teacher inference forwards and of `steps`
     bare BAN steps (the teacher's forward, then the student's step on the teacher's softmax), on
     one batch of the epoch's real size."""
-    autocast, memory_format, fused = fast_path(device)
+    autocast, memory_format, fused = fast_path(device, exp.generations[0].model)
     torch.manual_seed(0)
     model = models.build(exp.generations[0].model, data.num_classes, data.in_channels)
     model.to(device, memory_format=memory_format).train()

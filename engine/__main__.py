@@ -272,6 +272,11 @@ def main(argv=None) -> int:
         ddp.barrier()
 
         import torch
+        from engine import hardware
+        try:
+            threads, threads_from = hardware.set_threads()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
@@ -282,7 +287,8 @@ def main(argv=None) -> int:
         ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
                  pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
                  device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size,
-                 slot=os.environ.get("BAN_SLOT"), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                 slot=os.environ.get("BAN_SLOT"), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                 threads=threads, threads_from=threads_from)
         if exp.gpus > 1 and world_size == 1:
             ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
                     "(start it with `ban run` or torchrun for DDP)", "warning")

@@ -20,7 +20,7 @@ SCHEMA_VERSION = 1
 
 # Payload fields per kind (documentation and a light check in tests; readers tolerate extras).
 KINDS = {
-    "run_start": ("experiment", "config_hash", "host", "pid", "pid_start", "versions", "device", "seed"),
+    "run_start": ("experiment", "config_hash", "host", "pid", "pid_start", "versions", "device", "seed", "threads"),
     "gen_start": ("gen", "role", "objective", "model", "params", "teacher", "epochs"),
     "epoch": ("gen", "epoch", "epochs", "train_loss", "train_err", "test_loss", "test_err", "lr",
               "seconds", "samples_per_s", "diagnostics"),

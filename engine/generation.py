@@ -120,7 +120,7 @@ def step_parts(gen: spec.Generation, model, seed: int, device: torch.device) -> 
         dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
         options["generator"] = dkpp
     optimizer = optim.make_optimizer(model, gen.training.optimizer, device)
-    dtype = optim.autocast_dtype(gen.training.precision, device)
+    dtype = optim.autocast_dtype(gen.training.precision, device, gen.model)
     return Parts(objective, options, dkpp, optimizer, optim.autocast(dtype, device), optim.grad_scaler(dtype, device))
 
 

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 
 import torch
 
-from engine import spec
+from engine import hardware, spec
 
 
 def make_optimizer(model: torch.nn.Module, o: spec.Optimizer, device: torch.device) -> torch.optim.SGD:
@@ -87,11 +87,10 @@ def optimizer_step(optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor, 
 
 # ---- precision and memory layout: the device-dependent defaults ------------------------------
 
-def autocast_dtype(precision: str, device: torch.device):
-    """auto: bf16 on CUDA, fp32 elsewhere. None means plain fp32 (no autocast)."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def autocast_dtype(precision: str, device: torch.device, model: str | None = None):
+    """auto: engine.hardware.resolve_precision (bf16 on CUDA and on CPUs that do bf16 in hardware).
+    None means plain fp32 (no autocast)."""
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[hardware.resolve_precision(precision, device, model)]
 
 
 def autocast(dtype, device: torch.device):
@@ -104,6 +103,6 @@ def grad_scaler(dtype, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
-def channels_last(training: spec.Training, device: torch.device) -> bool:
-    """Whether image models and batches use the channels-last layout (default: on CUDA)."""
-    return device.type == "cuda" if training.channels_last is None else training.channels_last
+def channels_last(training: spec.Training, device: torch.device, model: str | None = None) -> bool:
+    """Whether image models and batches use the channels-last layout (engine.hardware.channels_last)."""
+    return hardware.channels_last(training.channels_last, device, model)

@@ -26,6 +26,7 @@ objective = "ban"
 ensembles = [1, 2]
 ensemble_include_teacher = true
 device = "cpu"
+precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
 """
 
 

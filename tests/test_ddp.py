@@ -29,6 +29,7 @@ generations = 1
 objective = "ban"
 ensembles = [1]
 device = "cpu"
+precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
 seeds = [1]
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -37,6 +37,7 @@ schedule = "cosine"
 ensembles = [1, 2]
 seeds = [3]
 device = "cpu"
+precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
 
 [[experiment.generation]]
 objective = "ce"

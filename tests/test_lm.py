@@ -271,6 +271,7 @@ objective = "ban+l"
 ensembles = [1]
 ensemble_include_teacher = true
 device = "cpu"
+precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
 """
 
 

@@ -29,6 +29,7 @@ optimizer = { lr = 0.05 }
 generations = 1
 objective = "ban"
 device = "cpu"
+precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
 """
 
 

@@ -88,8 +88,8 @@ class Training:
     optimizer: Optimizer = field(default_factory=Optimizer)
     schedule: Schedule = field(default_factory=Schedule)
     grad_clip: float | None = None
-    precision: str = "auto"      # auto | fp32 | bf16 (auto: bf16 on CUDA, fp32 on the CPU)
-    channels_last: bool | None = None   # None: on for CUDA image models
+    precision: str = "auto"      # auto | fp32 | bf16 | fp16 (auto: engine/hardware.py, bf16 on CUDA and bf16 CPUs)
+    channels_last: bool | None = None   # None: on for CUDA, on the CPU where faster (engine/hardware.py)
     compile: bool = False
     teacher_cache: bool = False
 

@@ -118,7 +118,7 @@ class ImageClassifier(Task):
 
 
 def memory_format(gen, device) -> torch.memory_format:
-    return torch.channels_last if optim.channels_last(gen.training, device) else torch.preserve_format
+    return torch.channels_last if optim.channels_last(gen.training, device, gen.model) else torch.preserve_format
 
 
 class ImageLoop(Loop):
@@ -155,7 +155,7 @@ class ImageLoop(Loop):
         ctx, data = self.ctx, self.data
         return Batches(x, y, batch_size, data.mean, data.std, shuffle=train, augment=train and ctx.exp.dataset.augment,
                        seed=self.seed, device=ctx.device, drop_last=train and self.drop_last,
-                       channels_last=optim.channels_last(self.gen.training, ctx.device),
+                       channels_last=optim.channels_last(self.gen.training, ctx.device, self.gen.model),
                        rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
 
     def place_teacher(self, teacher):
