@@ -32,11 +32,10 @@ from ban_tui.remote import operations as remote
 from ban_tui.remote.source import RemoteSource
 from ban_tui.remote.transport import RemoteError
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
-from ban_tui.screens.compare import CompareScreen
-from ban_tui.screens.experiments import ExperimentsPane
+from ban_tui.screens.confirm import YES_NO, Confirm
+from ban_tui.screens.experiments import SAVE_DISCARD_CANCEL, ExperimentsPane
 from ban_tui.screens.main import PANELS, MainScreen
-from ban_tui.screens.monitor import RunMonitor
-from ban_tui.screens.runs import RunsTable
+from ban_tui.screens.runs import RunsTable, remove_run
 from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
 from engine import spec
 
@@ -80,8 +79,11 @@ class BanApp(App):
     CSS_PATH = Path(__file__).with_name("app.tcss")   # absolute: subclasses live elsewhere
     TITLE = "ban"
     COMMANDS = App.COMMANDS | {BanCommands}
+    # number keys switch tabs too; the run monitor (a screen pushed over this one) uses its own
     BINDINGS = [Binding(p.key, f"show_panel({p.id!r})", p.title) for p in PANELS] + [
-        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding(str(i), f"show_panel({p.id!r})", p.title, show=False) for i, p in enumerate(PANELS, 1)] + [
+        Binding("question_mark", "toggle_keys", "Keys"),
+        Binding("ctrl+q", "request_quit", "Quit", priority=True),
     ]
 
     def __init__(self, config_path: Path | str = "experiments.toml", runs_dir: Path | str | None = None,
@@ -171,12 +173,73 @@ class BanApp(App):
     def reload_config(self) -> None:
         self.experiments.reload()
 
-    # ---- runs: open, compare, launch, cancel, resume ----
+    def action_toggle_keys(self) -> None:
+        """`?`: the keys of what has focus and of the screen (Textual's help panel), or hide it."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def action_request_quit(self) -> None:
+        """Quit; with unsaved edits to the config, ask first (save, discard, or stay)."""
+        if self.experiments._pending is not None:   # edits typed just now count
+            self.experiments._validate()
+        if not self.experiments.dirty:
+            self.exit()
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == "d" or (answer == "s" and self.experiments.save()):
+                self.exit()
+        self.push_screen(Confirm(f"{self.config_path} has unsaved edits. Quit?", SAVE_DISCARD_CANCEL), answered)
+
+    # ---- runs: open, compare, launch, cancel, resume, delete, export ----
     def open_run(self, run_dir: str) -> None:
+        from ban_tui.screens.monitor import RunMonitor   # plotext is imported only here (first frame)
         self.push_screen(RunMonitor(Path(run_dir)))
 
     def compare_runs(self, run_dirs: list[str]) -> None:
+        from ban_tui.screens.compare import CompareScreen
         self.push_screen(CompareScreen([Path(d) for d in run_dirs]))
+
+    def confirm_cancel(self, run_dir: str) -> None:
+        """x: cancel a run, once the user said yes."""
+        name = "/".join(Path(run_dir).parts[-2:])
+        self.push_screen(Confirm(f"Cancel run {name}? (r resumes it later from its last checkpoint)", YES_NO),
+                         lambda answer: answer == "y" and self.cancel_run(run_dir))
+
+    def confirm_delete(self, run_dir: str) -> None:
+        """d: delete a finished run's directory, once the user said yes (a live run is refused)."""
+        model = self.watcher.models.get(Path(run_dir))
+        status = model.status() if model is not None else "ok"
+        if not self._local(run_dir, "rm"):
+            return
+        if status == "running":
+            self.notify("not deleted: the run is running; cancel it first (x)", severity="error")
+            return
+        name = "/".join(Path(run_dir).parts[-2:])
+
+        def answered(answer: str | None) -> None:
+            if answer == "y":
+                try:
+                    remove_run(Path(run_dir))
+                except OSError as exc:
+                    self.notify(f"not deleted: {exc}", severity="error")
+                    return
+                self.watcher.forget(Path(run_dir))
+                self.refresh_run(run_dir)
+                self.notify(f"deleted {run_dir}")
+        self.push_screen(Confirm(f"Delete run {name} ({status}) and every file in it?", YES_NO), answered)
+
+    def export_figure(self, run_dir: Path) -> None:
+        """e in the monitor: the run's figure (as `ban plot`) into <run>/figures/, and where it went."""
+        from ban_tui import plot
+        try:
+            out = plot.save([Path(run_dir)], plot.run_figure_path(Path(run_dir)))
+        except (OSError, ValueError) as exc:   # plot.PlotError: matplotlib missing says how to install
+            self.notify(f"figure not written: {exc}", severity="error")
+        else:
+            self.notify(f"figure written to {out}", timeout=10)
 
     def compare_marked(self) -> None:
         self.main_screen.query_one(RunsTable).action_compare()

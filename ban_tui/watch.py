@@ -43,6 +43,7 @@ class RunModel:
         # curves[key][gen] = deque of (epoch, value)
         self.curves: dict[str, dict[int, deque]] = {k: {} for k in CURVE_KEYS}
         self.diagnostics: dict[int, dict[str, deque]] = {}
+        self.epochs: dict[int, deque[dict]] = {}   # epochs[gen] = the latest CURVE_CAP epoch events
         self.stderr: deque[str] = deque(maxlen=STDERR_CAP)
         self.stderr_lines = 0            # lines read so far (views write the ones they have not)
         self._stderr_offset = 0
@@ -70,6 +71,10 @@ class RunModel:
 
     def _add_epoch(self, e: dict) -> None:
         gen, epoch = e.get("gen"), e.get("epoch", 0)
+        kept = self.epochs.setdefault(gen, deque(maxlen=CURVE_CAP))
+        while kept and kept[-1].get("epoch", 0) >= epoch:   # a resume repeats epochs: keep the newest
+            kept.pop()
+        kept.append(e)
         for key in CURVE_KEYS:
             if e.get(key) is not None:
                 series = self.curves[key].setdefault(gen, deque(maxlen=CURVE_CAP))
@@ -146,6 +151,13 @@ class Watcher:
             elif source is not None:   # just launched or resumed here: follow its process
                 model.source.pid, model.source.pid_start = source.pid, source.pid_start
         return model
+
+    def forget(self, run_dir: Path) -> None:
+        """Stop following a run (its directory was deleted)."""
+        with self.lock:
+            model = self.models.pop(Path(run_dir), None)
+            if model is not None:
+                model.source.stop()
 
     def close(self) -> None:
         """Stop the sources that fetch in threads of their own (remote ones)."""

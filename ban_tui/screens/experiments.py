@@ -14,9 +14,12 @@ from tomlkit.exceptions import TOMLKitError
 
 from ban_tui import config_edit as ce
 from ban_tui.messages import ConfigChanged
+from ban_tui.screens.confirm import Confirm
 from ban_tui.widgets.chain_form import ChainForm
 
 NEW = "+ new chain"
+SAVE_DISCARD_CANCEL = [("s", "Save"), ("d", "Discard"), ("c", "Cancel")]
+VALIDATE_SECONDS = 0.25   # validation waits for a pause in typing (it re-reads the whole config)
 
 
 class ExperimentsPane(Horizontal):
@@ -44,6 +47,7 @@ class ExperimentsPane(Horizontal):
         self.field_errors: dict[str, str] = {}
         names = ce.experiment_names(self.doc())
         self.draft = ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc())
+        self._pending = None   # the timer of the debounced validation
 
     # ---- the file ----
     def _read(self) -> str:
@@ -80,15 +84,24 @@ class ExperimentsPane(Horizontal):
         return ce.experiment_names(self.doc()) + [NEW]
 
     def on_mount(self) -> None:
-        self._validate()
+        self.validate_soon()
 
     # ---- validation ----
     @on(ChainForm.Changed)
     def _form_changed(self, event: ChainForm.Changed) -> None:
         self.draft, self.field_errors = event.draft, event.errors
-        self._validate()
+        self.validate_soon()
+
+    def validate_soon(self) -> None:
+        """Validate once typing pauses for VALIDATE_SECONDS (and once after mount, not per field)."""
+        if self._pending is not None:
+            self._pending.stop()
+        self._pending = self.set_timer(VALIDATE_SECONDS, self._validate)
 
     def _validate(self) -> None:
+        if self._pending is not None:
+            self._pending.stop()
+            self._pending = None
         try:
             self.edited = ce.with_draft(self.text, self.draft) if not self.field_errors else self.edited
             self.problems = ce.problems(self.edited, self.config_path, self.app.user_hosts)
@@ -110,8 +123,19 @@ class ExperimentsPane(Horizontal):
         self.open(str(event.option.prompt))
 
     def open(self, name: str) -> None:
-        if self.dirty:
-            self.app.notify(f"unsaved changes to {self.draft.name!r} discarded", severity="warning")
+        """Show another experiment in the form; with unsaved edits, ask first (save, discard, stay)."""
+        if self._pending is not None:   # edits typed just now count
+            self._validate()
+        if not self.dirty:
+            self._open(name)
+            return
+
+        def answered(answer: str | None) -> None:
+            if answer == "d" or (answer == "s" and self.save()):
+                self._open(name)
+        self.app.push_screen(Confirm(f"Unsaved edits to {self.draft.name!r}.", SAVE_DISCARD_CANCEL), answered)
+
+    def _open(self, name: str) -> None:
         self.draft = ce.new_draft(self.doc()) if name == NEW else ce.draft_of(self.doc(), name)
         self.field_errors = {}
         self.query_one(ChainForm).load(self.draft)
@@ -126,6 +150,8 @@ class ExperimentsPane(Horizontal):
     # ---- save and launch ----
     def save(self) -> bool:
         """Write the edited text (when valid and the file did not change on disk meanwhile)."""
+        if self._pending is not None:
+            self._validate()
         if not self.valid:
             n = len(self.problems) + len(self.field_errors)
             self.app.notify(f"not saved: {n} problem{'s' * (n != 1)} to fix first", severity="error")

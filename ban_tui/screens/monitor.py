@@ -1,6 +1,8 @@
-"""One run, live: its status (failed, cancelled and stale runs are marked), loss and error curves,
-the generation table, the ensembles against the best single generation, the gradient
-diagnostics and the engine's stderr. x cancels the run, r resumes it."""
+"""One run, live: its status (failed, cancelled and stale runs are marked) with the whole chain's
+progress (planned epochs) and ETA, loss and error curves over the whole chain, the generation
+table, the ensembles against the best single generation, the gradient diagnostics and the
+engine's stderr (hidden while empty). Keys: l linear/log, 0-9 hide/show a generation, t the
+per-epoch table instead of the curves, e export the figure, x cancel (asks), r resume."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,10 +14,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Label, Log, Static
 
+from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_MARK, STATUS_STYLE, clock, ensemble_rows,
-                            gen_rows)
+                            gen_rows, num, pct)
 from ban_tui.watch import STDERR_CAP, RunModel, RunsUpdate
-from ban_tui.widgets.curves import CurvePlot, legend
+from ban_tui.widgets.curves import CurvePlot, gen_offsets, legend
 from ban_tui.widgets.diagnostics import DiagnosticsPanel
 from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label
@@ -29,8 +32,29 @@ WHY = {
 }
 
 
-def describe(model: RunModel, status: str) -> Text:
-    """Two lines: who and where, then the status with its reason (no clock-relative text)."""
+EPOCH_COLUMNS = [("gen", ""), ("epoch", "epoch"), ("train_loss", "train loss"), ("test_loss", "test loss"),
+                 ("train_err", "train err"), ("test_err", "test err"), ("lr", "lr"), ("seconds", "seconds"),
+                 ("grad_correct", "grad_correct"), ("grad_dark", "grad_dark")]
+
+
+def epoch_rows(model: RunModel) -> list[dict]:
+    """One row per epoch event kept (every generation, in order), for the per-epoch table."""
+    rows = []
+    for gen, events in sorted(model.epochs.items()):
+        for e in events:
+            diag = e.get("diagnostics") or {}
+            rows.append({"gen": gen_label(gen), "epoch": str(e.get("epoch", "")),
+                         **{k: num(e.get(k)) for k in ("train_loss", "test_loss")},
+                         "lr": "-" if e.get("lr") is None else f"{e['lr']:.3g}",
+                         **{k: pct(e.get(k)) for k in ("train_err", "test_err")},
+                         "seconds": num(e.get("seconds"), 1),
+                         **{k: num(diag.get(k)) for k in ("grad_correct", "grad_dark")}})
+    return rows
+
+
+def describe(model: RunModel, status: str, plan=None) -> Text:
+    """Two lines: who and where, then the status with its reason (no clock-relative text), or
+    the current generation with the whole chain's progress and ETA."""
     s = model.state
     name = f"{s.experiment or model.run_dir.parent.name}/{s.run_id or model.run_dir.name}"
     head = Text.assemble((name, "bold"), "  ", (f"{STATUS_MARK.get(status, '')} {status.upper()}",
@@ -46,16 +70,21 @@ def describe(model: RunModel, status: str) -> Text:
         line = Text(f"{STATUS_MARK[status]} {reason}", style=STATUS_STYLE[status])
     else:
         g = s.gens[max(s.gens)] if s.gens else None
-        line = Text(f"{g.label} epoch {g.epoch}/{g.epochs}" if g else "waiting for the engine to start")
+        p = chain_progress(s, plan)
+        line = Text(f"{g.label} epoch {g.epoch}/{g.epochs}   chain {p} epochs   ETA {hms(p.eta)}"
+                    if g else "waiting for the engine to start")
     return Text("\n").join([head, line])
 
 
 class RunMonitor(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("l", "toggle_log", "Log/linear"),
+        Binding("t", "toggle_table", "Epoch table"),
+        Binding("e", "export", "Export figure"),
         Binding("x", "cancel", "Cancel run"),
         Binding("r", "resume", "Resume run"),
-    ]
+    ] + [Binding(str(k), f"toggle_gen({k})", "Hide/show gen", show=k == 0) for k in range(10)]
     DEFAULT_CSS = """
     RunMonitor #status { height: 2; padding: 0 1; }
     RunMonitor #curves { height: 1fr; min-height: 10; }
@@ -65,7 +94,12 @@ class RunMonitor(Screen):
     RunMonitor #ensembles-box { width: 2fr; height: auto; }
     RunMonitor #ensembles { height: auto; }
     RunMonitor DiagnosticsPanel { width: 3fr; }
-    RunMonitor #stderr { height: 6; border-top: solid $secondary; }
+    RunMonitor #epochs { height: 1fr; max-height: 100%; display: none; }
+    RunMonitor.table #epochs { display: block; }
+    RunMonitor.table #curves, RunMonitor.table #legend { display: none; }
+    RunMonitor #stderr-box { height: 7; border-top: solid $secondary; display: none; }
+    RunMonitor #stderr-box.has-lines { display: block; }
+    RunMonitor #stderr { height: 1fr; }
     RunMonitor .caption { text-style: bold; padding: 0 1; }
     """
 
@@ -73,21 +107,28 @@ class RunMonitor(Screen):
         super().__init__(**kwargs)
         self.run_dir = Path(run_dir)
         self.stderr_seen = 0
+        self.plan = load_plan(self.run_dir)   # the snapshot's generations: whole-chain totals and axis
+        self.hidden: set[int] = set()        # generations not drawn (number keys)
+        self.log_scale = False
+        self.model: RunModel | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="status")
         with Horizontal(id="curves"):
             yield CurvePlot("loss", ("train_loss", "test_loss"), id="loss")
-            yield CurvePlot("error", ("train_err", "test_err", "train_ppl", "test_ppl"), id="error")
+            yield CurvePlot("error (%)", ("train_err", "test_err", "train_ppl", "test_ppl"), id="error")
         yield Static("", id="legend")
+        yield RowsTable(EPOCH_COLUMNS, id="epochs")
         yield RowsTable(GEN_COLUMNS, id="gens")
         with Horizontal(id="lower"):
             with Vertical(id="ensembles-box"):
                 yield Label("ensembles vs the best single generation", classes="caption")
                 yield RowsTable(ENSEMBLE_COLUMNS, id="ensembles")
             yield DiagnosticsPanel(id="diagnostics")
-        yield Log(max_lines=STDERR_CAP, id="stderr")
+        with Vertical(id="stderr-box"):
+            yield Label("engine stderr", classes="caption", id="stderr-title")
+            yield Log(max_lines=STDERR_CAP, id="stderr")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -104,11 +145,13 @@ class RunMonitor(Screen):
 
     def show(self, model: RunModel, status: str) -> None:
         """Redraw every part from the model (under the watcher's lock)."""
+        self.model = model
         self.sub_title = status
-        self.query_one("#status", Static).update(describe(model, status))
-        self.query_one("#loss", CurvePlot).show(model.curves)
-        self.query_one("#error", CurvePlot).show(model.curves)
-        self.query_one("#legend", Static).update(legend(model.state.gens))
+        self.query_one("#status", Static).update(describe(model, status, self.plan))
+        self.draw_curves(model)
+        if self.has_class("table"):
+            rows = epoch_rows(model)
+            self.query_one("#epochs", RowsTable).show(rows, [f"{r['gen']}:{r['epoch']}" for r in rows])
         self.query_one("#gens", RowsTable).show(gen_rows(model.state), [gen_label(g) for g in sorted(model.state.gens)])
         rows = ensemble_rows(model.state)
         self.query_one("#ensembles", RowsTable).show(rows, [r["ensemble"] for r in rows])
@@ -117,9 +160,38 @@ class RunMonitor(Screen):
         if new > 0:
             self.query_one(Log).write_lines(list(model.stderr)[-min(new, len(model.stderr)):])
             self.stderr_seen = model.stderr_lines
+            self.query_one("#stderr-title", Label).update(f"engine stderr ({model.stderr_lines} lines)")
+            self.query_one("#stderr-box").add_class("has-lines")
+
+    def draw_curves(self, model: RunModel) -> None:
+        offsets = gen_offsets(model.state.gens, self.plan)
+        for plot in self.query(CurvePlot):
+            plot.show(model.curves, offsets, self.hidden, self.log_scale)
+        self.query_one("#legend", Static).update(legend(model.state.gens, self.hidden))
+
+    def redraw(self) -> None:
+        """A view setting changed: draw again from the model now (under the watcher's lock)."""
+        if self.model is not None:
+            with self.app.watcher.lock:
+                self.show(self.model, self.model.status())
+
+    def action_toggle_log(self) -> None:
+        self.log_scale = not self.log_scale
+        self.redraw()
+
+    def action_toggle_gen(self, gen: int) -> None:
+        self.hidden.symmetric_difference_update({gen})
+        self.redraw()
+
+    def action_toggle_table(self) -> None:
+        self.toggle_class("table")
+        self.redraw()
+
+    def action_export(self) -> None:
+        self.app.export_figure(self.run_dir)
 
     def action_cancel(self) -> None:
-        self.app.cancel_run(str(self.run_dir))
+        self.app.confirm_cancel(str(self.run_dir))
 
     def action_resume(self) -> None:
         self.app.resume_run(str(self.run_dir))

@@ -1,6 +1,10 @@
 """The runs panel: every run of the runs directory with its status, progress and best error,
-updated live; open one (enter), mark several (space) and compare them (c), cancel (x), resume (r)."""
+updated live; open one (enter), mark several (space) and compare them (c), cancel (x, asks),
+resume (r), delete a finished one (d, asks)."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
@@ -9,10 +13,22 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
 from ban_tui.tables import RUN_COLUMNS, run_row, status_label
+from engine.runs import RunPaths, load_state, pid_alive
 from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 
 COLUMNS = [("mark", "")] + RUN_COLUMNS
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete a run's directory: only a run directory (it has events.jsonl), never a live run."""
+    run_dir = Path(run_dir)
+    if not RunPaths(run_dir).events.is_file():
+        raise OSError(f"{run_dir} is not a run directory (no events.jsonl)")
+    state = load_state(run_dir)
+    if state.end is None and pid_alive(state.pid, state.pid_start):
+        raise OSError(f"{run_dir}: the engine (pid {state.pid}) is still running it")
+    shutil.rmtree(run_dir)
 
 
 class RunsTable(RowsTable):
@@ -22,6 +38,7 @@ class RunsTable(RowsTable):
         Binding("c", "compare", "Compare marked"),
         Binding("x", "cancel", "Cancel run"),
         Binding("r", "resume", "Resume run"),
+        Binding("d", "delete", "Delete run"),
     ]
 
     def __init__(self, **kwargs):
@@ -33,7 +50,7 @@ class RunsTable(RowsTable):
         if key is None:
             return
         self.marked.symmetric_difference_update({key})
-        self.update_cell(key, "mark", "*" if key in self.marked else "")
+        self.update_cell(key, "mark", "*" if key in self.marked else "", update_width=True)
 
     def action_compare(self) -> None:
         keys = [k for k in self.row_keys() if k in self.marked]
@@ -44,7 +61,11 @@ class RunsTable(RowsTable):
 
     def action_cancel(self) -> None:
         if self.cursor_key:
-            self.app.cancel_run(self.cursor_key)
+            self.app.confirm_cancel(self.cursor_key)
+
+    def action_delete(self) -> None:
+        if self.cursor_key:
+            self.app.confirm_delete(self.cursor_key)
 
     def action_resume(self) -> None:
         if self.cursor_key:

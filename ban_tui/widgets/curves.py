@@ -1,5 +1,19 @@
-"""Live training curves of a run: one series per generation, train and test (plotext)."""
+"""Live training curves of a run: one series per generation, train and test (plotext).
+
+The whole chain lies on one continuous x axis (the epochs of the chain, each generation after
+the one before it), with a dotted line and the generation's name where each one starts. One
+facet per generation was the other choice; it was not taken because at 100 columns a facet per
+generation of a 4-generation chain leaves each one ~20 columns, and because the point of a
+Born-Again chain is how each student compares with its teacher's end, which is read best where
+the student's curve starts right after the teacher's. Drawing every generation over the same
+epoch axis (as before) hid all but the last one drawn.
+
+plotext (textual_plotext) is imported with this module, which only the monitor and the
+comparison import: the first frame of the app does not pay for it.
+"""
 from __future__ import annotations
+
+import math
 
 from rich.text import Text
 from textual_plotext import PlotextPlot
@@ -8,39 +22,84 @@ from engine.runs import gen_label
 
 GEN_COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow", "white")
 RICH_COLORS = ("cyan", "dark_orange", "green", "magenta", "red", "blue", "yellow", "white")
+MAX_TICKS = 10
 
 
 def gen_color(gen: int) -> str:
     return GEN_COLORS[gen % len(GEN_COLORS)]
 
 
-def legend(gens) -> Text:
-    """One line naming the colour of each generation (plotext's own legend would hide the curves)."""
+def legend(gens, hidden=frozenset()) -> Text:
+    """One line naming the colour of each generation (plotext's own legend would hide the curves);
+    a hidden generation is struck through, with the number key that shows it again."""
     text = Text("train ⣿ line, test • dots:  ")
     for gen in sorted(gens):
-        text.append(f"■ {gen_label(gen)}  ", style=RICH_COLORS[gen % len(RICH_COLORS)])
+        style = RICH_COLORS[gen % len(RICH_COLORS)] + (" strike dim" if gen in hidden else "")
+        text.append(f"{gen % 10}:■ {gen_label(gen)}  ", style=style)
     return text
 
 
+def gen_offsets(gens: dict, plan=None) -> dict[int, int]:
+    """Where each generation starts on the chain's axis: the epochs of the generations before it
+    (a started generation's own count, else the planned one, else the epochs it has run)."""
+    lengths = {k: p.epochs for k, p in enumerate(plan or [])}
+    for k, g in gens.items():
+        lengths[k] = g.epochs or lengths.get(k, 0) or g.epoch
+    offsets, x = {}, 0
+    for k in sorted(lengths):
+        offsets[k], x = x, x + lengths[k]
+    return offsets
+
+
+def int_ticks(end: int) -> list[int]:
+    """At most MAX_TICKS integer epochs from 0 to `end` (plotext's own ticks are fractional)."""
+    step = max(1, math.ceil(end / MAX_TICKS))
+    return list(range(0, end + 1, step))
+
+
+def scaled(key: str, value: float) -> float:
+    """Errors are shown in %, as in every table; losses and perplexities as they are."""
+    return 100.0 * value if key.endswith("_err") else value
+
+
 class CurvePlot(PlotextPlot):
-    """Plots model.curves[key] for `keys` (e.g. train_loss and test_loss), every generation."""
+    """Plots model.curves[key] for `keys` (e.g. train_loss and test_loss), every shown generation,
+    on the chain's axis (gen_offsets)."""
 
     def __init__(self, title: str, keys: tuple[str, ...], **kwargs):
         super().__init__(**kwargs)
         self.title, self.keys = title, keys
         self.plotted: dict[str, int] = {}   # "BAN-1 test_err" -> points drawn (what tests check)
+        self.boundaries: dict[str, int] = {}  # "BAN-1" -> x where it starts
+        self.ticks: list[int] = []
+        self.log_scale = False
 
-    def show(self, curves: dict[str, dict]) -> None:
+    def show(self, curves: dict[str, dict], offsets: dict[int, int] | None = None,
+             hidden=frozenset(), log: bool = False) -> None:
         plt = self.plt
         plt.clear_data()
-        plt.title(self.title)
-        plt.xlabel("epoch")
-        self.plotted = {}
+        plt.clear_figure()
+        plt.title(self.title + (" (log)" if log else ""))
+        plt.xlabel("epoch of the chain")
+        offsets = offsets or {}
+        self.plotted, self.log_scale, top, end = {}, log, 0.0, max(offsets.values(), default=0)
         for key in self.keys:
             for gen, series in sorted(curves.get(key, {}).items()):
-                if series:
-                    xs, ys = zip(*series)
-                    plt.plot(list(xs), list(ys), color=gen_color(gen),
-                             marker="dot" if key.startswith("test") else "braille")
-                    self.plotted[f"{gen_label(gen)} {key}"] = len(xs)
+                points = [(offsets.get(gen, 0) + x, scaled(key, y)) for x, y in series if not log or y > 0]
+                if gen in hidden or not points:
+                    continue
+                xs, ys = zip(*points)
+                plt.plot(list(xs), list(ys), color=gen_color(gen),
+                         marker="dot" if key.startswith("test") else "braille")
+                self.plotted[f"{gen_label(gen)} {key}"] = len(xs)
+                top, end = max(top, *ys), max(end, *xs)
+        if log:
+            plt.yscale("log")
+        self.ticks = int_ticks(int(end))
+        plt.xticks(self.ticks, [str(t) for t in self.ticks])
+        self.boundaries = {gen_label(g): x for g, x in sorted(offsets.items()) if g > 0 and x <= end}
+        for label, x in self.boundaries.items():
+            plt.vline(x, "gray")
+            if top > 0:
+                plt.text(label, x, top, color="gray", alignment="left")
         self.refresh()

@@ -1,0 +1,126 @@
+"""The small frictions, driven through the pilot: marks visible at once, number keys switch
+tabs, `?` shows the keys, delete asks and refuses a live run, unsaved edits ask before being
+dropped (and on quit), fast typing into the form loses nothing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ban_tui.app import BanApp
+from ban_tui.screens.confirm import Confirm
+from ban_tui.screens.runs import RunsTable, remove_run
+from test_tui_support import CONFIG, OK, STALE, cells, copy_runs, wait_for
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = tmp_path / "experiments.toml"
+    config.write_text(CONFIG)
+    return config, copy_runs(tmp_path, stale=True)
+
+
+async def runs_shown(pilot, app, n=5):
+    table = app.main_screen.query_one(RunsTable)
+    await wait_for(pilot, lambda: table.row_count == n)
+    return table
+
+
+async def test_a_mark_is_visible_at_once(setup):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = await runs_shown(pilot, app)
+        assert app.focused is table                      # the table has focus when its tab shows
+        await pilot.press("space")
+        assert table.columns["mark"].content_width >= 1        # not a zero-width column until a new row
+        assert cells(table)[0][0] == "*"
+
+
+async def test_number_keys_switch_tabs_and_question_mark_shows_keys(setup):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = await runs_shown(pilot, app)
+        await pilot.press("3")
+        assert app.main_screen.query_one("#panels").active == "hosts"
+        await pilot.press("2")
+        assert app.main_screen.query_one("#panels").active == "runs" and app.focused is table
+        await pilot.press("question_mark")
+        assert app.screen.query("HelpPanel")
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert not app.screen.query("HelpPanel")
+
+
+async def test_delete_asks_and_removes_a_finished_run(setup):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = await runs_shown(pilot, app)
+        ok = str((runs / OK).resolve())
+        table.move_cursor(row=table.row_keys().index(ok))
+        await pilot.press("d")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("n")
+        assert Path(ok).is_dir()
+        await pilot.press("d", "y")
+        await wait_for(pilot, lambda: table.row_count == 4)
+        assert not Path(ok).exists() and ok not in table.row_keys()
+
+
+def test_a_live_run_is_never_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from engine.events import EventWriter
+    from engine.runs import process_start_time
+    run = tmp_path / "x" / "20250101-000000-s0-live"
+    run.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        w = EventWriter(run / "events.jsonl", run.name)
+        w.emit("run_start", experiment="x", pid=proc.pid, pid_start=process_start_time(proc.pid))
+        w.close()
+        with pytest.raises(OSError, match="still running"):
+            remove_run(run)
+        assert run.is_dir()
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(OSError, match="not a run directory"):
+        remove_run(tmp_path)
+    assert os.path.isdir(tmp_path)
+
+
+async def test_unsaved_edits_ask_before_quitting(setup):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause(0.5)
+        name = app.experiments.query_one("#name")
+        name.focus()
+        await pilot.press("end", "x")
+        await pilot.press("ctrl+q")
+        assert isinstance(app.screen, Confirm)
+        await pilot.press("c")                       # cancel: stay, edits kept
+        assert not isinstance(app.screen, Confirm) and app.experiments.dirty
+        await pilot.press("ctrl+q", "d")             # discard: quit
+        await pilot.pause()
+    assert config.read_text() == CONFIG
+
+
+async def test_fast_typing_into_the_name_loses_nothing(setup):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.pause(0.5)
+        name = app.experiments.query_one("#name")
+        name.focus()
+        name.value = ""
+        typed = "chain-1-burst-test-abcdefghijklmnopqrstu"
+        assert len(typed) == 40
+        await pilot.press(*[c if c.isalnum() else "minus" for c in typed], *["backspace"] * 10)
+        await pilot.pause(0.6)
+        assert app.experiments.query_one("#name").value == typed[:30]
+        assert app.experiments.draft.name == typed[:30]
