@@ -12,7 +12,8 @@ import test_engine_process as tep
 from engine import chain, hardware, spec
 from engine.events import EventWriter, read_events
 from engine.runs import RunPaths
-from engine.train import Context, autocast_dtype
+from engine.context import Context
+from engine.optim import autocast_dtype
 from test_engine_process import epochs_of, failed_run, finish, numbers, run_chain, start, wait_for
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

@@ -266,7 +266,7 @@ def test_the_control_trains_k_models_from_k_distinct_seeds_with_no_teacher_term(
     import torch
     from engine import chain, spec
     from engine.events import read_events
-    from engine.train import Context
+    from engine.context import Context
     exp = spec.loads(CONTROL).experiments["x+ce"]
     root = tmp_path / "x+ce" / "r0"
     root.mkdir(parents=True)
