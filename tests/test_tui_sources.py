@@ -28,7 +28,7 @@ def test_local_and_remote_sources_implement_the_protocol(tmp_path):
         assert list(inspect.signature(source.status).parameters) == ["now"]
     assert (local.local, far.local) == (True, False)
     assert (local.name, far.name) == ("e/r1", "e/r2")
-    assert local.poll() == [] and local.status() == "running"    # no events yet: nothing, no error
+    assert local.poll() == [] and local.status() == "starting"   # no events yet, engine alive: starting (issue 14)
 
 
 def test_the_watcher_reads_stderr_of_local_runs_only_and_stops_every_source(tmp_path):
