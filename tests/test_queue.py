@@ -32,7 +32,7 @@ runs_dir = "runs"
 name = "q"
 dataset = {{ name = "digits" }}
 model = "cnn-small"
-epochs = 1
+epochs = {epochs}
 batch_size = 256
 generations = 0
 seeds = {seeds}
@@ -87,7 +87,7 @@ def check_slots_and_overlap(roots: list[Path], slots: set[str], most: int) -> No
 
 
 def test_five_chains_on_two_slots_survive_a_killed_launcher_and_a_killed_scheduler(tmp_path):
-    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2, 3, 4], host="", name="local", ssh=""))
+    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2, 3, 4], epochs=1, host="", name="local", ssh=""))
     runs = tmp_path / "runs"
     launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
@@ -197,10 +197,11 @@ def test_a_run_already_started_is_not_started_twice(tmp_path):
     assert not (tmp_path / "twice").exists() and not (root / scheduler.SLOT).exists()
 
 
-@pytest.mark.skip(reason="failed in the full suite on the merged main of 2026-12-01 (over the loopback sshd); not yet diagnosed — first thing for the next session (see the closing note of issues 12-17)")
 def test_the_queue_on_an_ssh_host_survives_the_launcher_and_the_scheduler(sshd, tmp_path):
     runs_name = f"qruns-{os.getpid()}"
-    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2], host='host = "loop"', name="loop",
+    # Each submit over ssh waits for the engine's first event (a few seconds): the chains must
+    # outlast two submits for the third to find both slots busy.
+    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2], epochs=40, host='host = "loop"', name="loop",
                                                    ssh=f'ssh = "loop"\nworkdir = "{sshd.workdir}"\n'
                                                        f'python = "{sys.executable}"\nruns_dir = "{runs_name}"\n'))
     runs = Path(sshd.workdir) / runs_name

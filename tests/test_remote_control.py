@@ -64,7 +64,6 @@ def kinds(run_dir: Path) -> list[tuple]:
             if e["kind"] in ("run_start", "run_end")]
 
 
-@pytest.mark.skip(reason="failed in the full suite on the merged main of 2026-12-01 (over the loopback sshd; timed out at 300 s once alone under load); not yet diagnosed — first thing for the next session (see the closing note of issues 12-17)")
 def test_cancel_resume_rm_on_a_host_and_the_printed_follow_command(sshd, tmp_path):
     (tmp_path / "chain.toml").write_text(CHAIN.format(workdir=sshd.workdir, python=sys.executable))
     started = ban("run", "chain.toml", "--detach", cwd=tmp_path)

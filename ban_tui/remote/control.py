@@ -28,6 +28,7 @@ from ban_tui.remote.operations import RemoteLaunch, find_remote_run, remote_runs
 from ban_tui.remote.transport import rpath, run_checked, words
 
 QUEUED = "queued"     # marker file of a run waiting for a slot (the host's scheduler starts it)
+ENDED_EXIT_WAIT = 15.0   # seconds an engine that wrote run_end gets to exit before rm calls it running
 
 
 class ControlError(Exception):
@@ -101,6 +102,8 @@ def rm_here(root: Path) -> str:
     job, state = slurm_job(root)
     if state and state != "PENDING":
         raise ControlError(f"{name} is in Slurm job {job} ({state.lower()}); cancel it first (ban cancel)")
+    if load_state(root).end is not None:   # an engine that wrote its run_end may still be exiting
+        wait_until(lambda: launch.running_pid(root) is None, ENDED_EXIT_WAIT)
     if (pid := launch.running_pid(root)) is not None:
         raise ControlError(f"{name} is running (pid {pid}); cancel it first (ban cancel)")
     if state == "PENDING":

@@ -24,6 +24,7 @@ class Fetch:
     error: str = ""
     alive: bool | None = None
     more: bool = False
+    pid: int | None = None    # the engine whose liveness `alive` tells (None: the queue's answer)
 
 
 class RemoteSource:
@@ -70,9 +71,12 @@ class RemoteSource:
         parts = ["", *self.run_dir.split("/")]
         return f"{self.state.experiment or parts[-2]}/{self.state.run_id or parts[-1]}"
 
+    def _pid(self) -> int | None:
+        return self.pid or self.state.pid
+
     def _command(self) -> str:
         f, offset = rpath(self.events_path), self.decoder.offset
-        pid = self.pid or self.state.pid
+        pid = self._pid()
         alive = f"kill -0 {int(pid)} 2>/dev/null && a=1 || a=0; " if pid else ""
         # First line "<size> <alive>", then the bytes from the offset on.
         return (f"s=$(wc -c 2>/dev/null < {f}) || s=-1; a=-; {alive}echo $s $a; "
@@ -83,6 +87,7 @@ class RemoteSource:
         now = time.monotonic()
         if now < self.next_try:
             return None
+        asked = self._pid()
         proc = ssh(self.host, self._command(), timeout=self.timeout)
         header, _, data = proc.stdout.partition(b"\n")
         try:
@@ -103,7 +108,7 @@ class RemoteSource:
         self.next_try = now + (0.0 if more else self.interval)
         # A fresh decoder from the last complete line: a partial line is fetched again in full.
         self.decoder = EventDecoder(self.decoder.offset, self.decoder.last_seq)
-        return Fetch(self.decoder.feed(data), True, alive=alive, more=more)
+        return Fetch(self.decoder.feed(data), True, alive=alive, more=more, pid=asked)
 
     def _apply(self, found: Fetch) -> list[dict]:
         changed = found.connected != self.connected
@@ -112,6 +117,10 @@ class RemoteSource:
         if found.connected:
             self.alive = found.alive
         self.state.extend(found.events)
+        if found.connected and self._pid() != found.pid:
+            # The events name an engine the host was not asked about (a resume's run_start after
+            # the old one's end): its liveness is unknown until the next fetch.
+            self.alive = None
         if changed and self.on_connection:
             self.on_connection(self)
         return found.events
