@@ -191,7 +191,6 @@ def in_ns(ns, argv, **kw) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
 
 
-@pytest.mark.skip(reason="failed in the full suite on the merged main of 2026-12-01 (ban follow did not catch up within 120 s after the partition, also when run alone under load); not yet diagnosed — first thing for the next session (see the closing note of issues 12-17)")
 def test_follow_over_a_lossy_slow_then_partitioned_network(net, tmp_path):
     control = tempfile.mkdtemp(prefix="bn", dir="/tmp")   # short: ssh's ControlPath lives here
     work = tmp_path / "work"

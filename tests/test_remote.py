@@ -241,6 +241,35 @@ def test_follow_waits_for_a_file_that_does_not_exist_yet(sshd):
     assert [e["seq"] for e in source.poll()] == [2]
 
 
+def test_a_run_resumed_after_its_end_is_followed_until_its_new_engine_exits(sshd):
+    """The host's answer about liveness names the pid it was asked about: a fetch that brings a
+    resume's run_start (a new pid) after the old run_end must not read the new engine as dead."""
+    from ban_tui.remote.queue import QueuedRemoteSource
+    from engine.events import EventWriter
+    from engine.runs import process_start_time
+    host = sshd.host()
+    rdir = Path(operations.remote_runs_dir(host)) / "again" / "r1"
+    rdir.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        w = EventWriter(rdir / "events.jsonl", "r1")
+        w.emit("run_start", experiment="again", seed=0, pid=gone.pid, pid_start=None)
+        w.emit("run_end", status="cancelled", error=None)
+        w.emit("run_start", experiment="again", seed=0, pid=engine.pid, pid_start=process_start_time(engine.pid))
+        w.close()
+        source = QueuedRemoteSource(host, str(rdir), interval=0)
+        assert len(source.poll()) == 3 and not source.ended()   # the new engine is not known dead
+        source.poll()
+        assert source.alive is True and not source.ended() and source.status() == "running"
+    finally:
+        engine.kill()
+        engine.wait()
+    source.poll()
+    assert source.alive is False and source.ended()
+
+
 def test_follow_in_chunks_and_after_the_file_is_replaced(sshd):
     host = sshd.host()
     rdir = Path(operations.remote_runs_dir(host)) / "chunks" / "r1"
