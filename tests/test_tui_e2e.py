@@ -8,6 +8,7 @@ import pytest
 import signal
 
 from ban_tui.app import BanApp
+from ban_tui.screens.confirm import Confirm
 from ban_tui.screens.monitor import RunMonitor
 from ban_tui.screens.runs import RunsTable
 from ban_tui.tables import ensemble_rows, gen_rows
@@ -21,7 +22,6 @@ from test_tui_support import CONFIG, cells, wait_for
 DEADLINE = 240   # seconds for the whole tiny chain on a busy 2-core machine
 
 
-@pytest.mark.skip(reason="hung past the 300 s timeout on the merged main of 2026-12-01 (alone too): the TUI launch now goes through the slots queue; not yet diagnosed")
 async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
     config = tmp_path / "experiments.toml"
     config.write_text(CONFIG)
@@ -61,7 +61,9 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             gens = screen.query_one("#gens", RowsTable)
             await wait_for(pilot, lambda: gens.row_count >= 1, DEADLINE)          # the teacher started
             rows_at_cancel = gens.row_count   # 1 when x lands in the teacher, 2 in BAN-1
-            await pilot.press("x")
+            await pilot.press("x")                            # cancel asks first (issue 17)
+            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+            await pilot.press("y")
             await wait_for(pilot, lambda: "CANCELLED" in str(screen.query_one("#status").render()), DEADLINE)
             assert followed.state.end["status"] == "cancelled"
             await wait_for(pilot, lambda: not pid_alive(source.pid, source.pid_start), 60)   # it exited
