@@ -52,7 +52,6 @@ class Terminal:
         self.tmux(["kill-server"])
 
 
-@pytest.mark.skip(reason="failed or hung on the merged main of 2026-12-01 (run alone); not yet diagnosed, see the closing note of issues 12-17")
 def test_drive_ban_tui_with_keys_in_tmux(tmp_path):
     (tmp_path / "experiments.toml").write_text(CONFIG)
     copy_runs(tmp_path)
@@ -75,7 +74,9 @@ def test_drive_ban_tui_with_keys_in_tmux(tmp_path):
         term.wait("^n New chain", "✓ valid")
         term.keys("C-n")                                      # a new chain in the form
         term.wait("chain-1", "unsaved changes")
-        term.keys("C-q")
+        term.keys("C-q")                                      # unsaved edits: it asks (issue 17)
+        term.wait("unsaved edits. Quit?", "Discard (d)")
+        term.keys("d")                                        # quit without saving
         deadline = time.monotonic() + 15
         while term.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
