@@ -305,7 +305,7 @@ class BanApp(App):
         try:
             if verb == "resume":
                 run = remote_control.resume(source.host, source.run_dir)
-                self.watcher.add(Path(run_dir), remote.RemoteSource(source.host, run.run_dir, run.pid))
+                self.watcher.add(Path(run_dir), remote_queue.QueuedRemoteSource(source.host, run.run_dir, run.pid).start())
                 said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
             else:
                 said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]
