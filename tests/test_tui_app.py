@@ -52,14 +52,21 @@ def statuses(app) -> dict[str, str]:
             for key, row in zip(table.row_keys(), cells(table))}
 
 
-@pytest.mark.skip(reason="failed in the full suite on the merged main of 2026-12-01 (passes alone; failed in the loaded full suite: a pilot timing dependence); not yet diagnosed — first thing for the next session (see the closing note of issues 12-17)")
 async def test_runs_view_lists_every_run_with_its_status(setup):
     config, runs = setup
     app = RecordingApp(config, runs, poll_interval=0.05, initial="runs")
     async with app.run_test(size=(120, 40)) as pilot:
-        found = await wait_for(pilot, lambda: len(statuses(app)) == 5 and statuses(app))
-        assert found == {OK: "ok", CANCELLED: "cancelled", FAILED: "failed", DEAD: "dead", STALE: "stale"}
-        assert {Path(m.run_dir).name for m in app.received} == {Path(r).name for r in found}
+        expected = {OK: "ok", CANCELLED: "cancelled", FAILED: "failed", DEAD: "dead", STALE: "stale"}
+
+        def received() -> set[str]:
+            return {Path(m.run_dir).name for m in app.received}
+        # The table (RunsUpdate) and the RunEvents messages arrive separately, and a loaded machine
+        # may draw a row before its events are folded: wait for both, then say what differs.
+        try:
+            await wait_for(pilot, lambda: statuses(app) == expected and received() == {Path(r).name for r in expected}, 30)
+        except AssertionError:
+            assert statuses(app) == expected
+            assert received() == {Path(r).name for r in expected}
 
 
 async def test_monitor_shows_the_whole_history_of_a_finished_run(setup):
