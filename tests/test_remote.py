@@ -192,29 +192,40 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     background, seen_bg = RemoteSource(host, rdir, timeout=5).start(), []   # fetches in its thread
 
     def saboteur():  # drop every connection a few times, then take sshd down for a while
-        for _ in range(4):
-            time.sleep(0.6)
-            kills.append(sshd.kill_clients())
-        sshd.stop()
-        sshd.kill_clients()
-        time.sleep(1.5)
-        sshd.start()
+        try:
+            for _ in range(4):
+                time.sleep(0.6)
+                kills.append(sshd.kill_clients())
+            sshd.stop()
+            sshd.kill_clients()
+            time.sleep(1.5)
+        finally:
+            sshd.start()   # whatever happens here: the later tests share this server
 
+    # Sabotage once the source has seen events (on a loaded machine the first fetch may be slow).
+    seen += source.poll()
+    first = time.monotonic() + 60
+    while not seen and time.monotonic() < first:
+        time.sleep(0.05)
+        seen += source.poll()
+    assert seen, source.error
     thread = threading.Thread(target=saboteur)
     thread.start()
     disconnected_seen = False
     deadline = time.monotonic() + 60
-    while ((len(seen) < n or len(seen_bg) < n or thread.is_alive() or not source.connected)
-           and time.monotonic() < deadline):
-        t = time.monotonic()
-        seen_bg += background.poll()
-        assert time.monotonic() - t < 0.05          # handing over never waits on the network
-        seen += source.poll()
-        if source.connected is False:
-            disconnected_seen = True
-            assert source.error and source.since_last_event() is not None
-        time.sleep(0.02)
-    thread.join()
+    try:
+        while ((len(seen) < n or len(seen_bg) < n or thread.is_alive() or not source.connected)
+               and time.monotonic() < deadline):
+            t = time.monotonic()
+            seen_bg += background.poll()
+            assert time.monotonic() - t < 0.05          # handing over never waits on the network
+            seen += source.poll()
+            if source.connected is False:
+                disconnected_seen = True
+                assert source.error and source.since_last_event() is not None
+            time.sleep(0.02)
+    finally:
+        thread.join()
     print(f"drops {source.drops}, kills {kills}, took {time.monotonic() - deadline + 60:.1f} s")
     assert disconnected_seen and source.drops >= 1 and sum(kills) >= 1
     assert source.connected
