@@ -65,10 +65,6 @@ def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list
     return python_m(python, gpus) + ["-m", "engine", "resume", str(run_dir)]
 
 
-def _spawn(argv: list[str], root: Path) -> tuple[int, int | None]:
-    """Start argv detached with its output in root's log files; (pid, pid start time)."""
-    return scheduler.spawn_detached(argv, root)
-
 
 def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
                  python=None, host: spec.Host | None = None) -> LaunchedRun:
@@ -147,7 +143,11 @@ def resume_local(run, python=None) -> LaunchedRun:
         gpus = spec.load(RunPaths(root).snapshot).experiments[state.experiment].gpus
     except (spec.SpecError, KeyError):
         gpus = 1  # the engine reports a broken snapshot itself, in stderr.log and an event
-    pid, start = _spawn(resume_command(root.resolve(), gpus, python or sys.executable), root)
+    try:   # on a free slot of its runs directory, like any chain (engine.scheduler)
+        got = scheduler.start_now(root, resume_command(root.resolve(), gpus, python or sys.executable), gpus)
+    except scheduler.NoFreeSlot as exc:
+        raise LaunchError(f"{name}: {exc}") from None
+    pid, start = got["pid"], got["pid_start"]
     return LaunchedRun(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
 
 

@@ -224,21 +224,47 @@ def start_ready(runs_dir: Path) -> list[Path]:
             if len(free) < need:
                 continue
             taken, free = free[:need], free[need:]
-            env = slot_env(taken, len(slots))
             try:
-                pid, pid_start = spawn_detached(marker["argv"], root, env, marker.get("cwd"))
+                start_on(root, marker["argv"], taken, len(slots), marker.get("cwd"))
             except (OSError, KeyError, TypeError) as exc:   # say why in its stderr.log; the queue goes on
                 with open(RunPaths(root).stderr, "a") as err:
                     print(f"error: the scheduler cannot start {marker.get('argv')!r}: {exc}", file=err)
                 (root / QUEUED).unlink(missing_ok=True)
                 free = taken + free
                 continue
-            write_json(root / SLOT, {"slots": taken, "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-                                     "threads": env.get("BAN_THREADS"), "pid": pid, "pid_start": pid_start,
-                                     "started": time.time()})
             (root / QUEUED).unlink(missing_ok=True)
             started.append(root)
     return started
+
+
+def start_on(root: Path, argv: list[str], taken: list[str], n_slots: int, cwd=None) -> dict:
+    """Start argv on the slots `taken` (their environment) and record them in the run's slot.json."""
+    env = slot_env(taken, n_slots)
+    pid, pid_start = spawn_detached(argv, root, env, cwd)
+    record = {"slots": taken, "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+              "threads": env.get("BAN_THREADS"), "pid": pid, "pid_start": pid_start, "started": time.time()}
+    write_json(root / SLOT, record)
+    return record
+
+
+class NoFreeSlot(Exception):
+    """Every slot of the runs directory is held by a live run."""
+
+
+def start_now(root: Path, argv: list[str], need: int = 1) -> dict:
+    """Start argv for an existing run (a resume) on free slots of its runs directory, at once;
+    NoFreeSlot when not enough are free, so a resume never runs beside a full host's chains."""
+    root = Path(root)
+    runs_dir = root.parent.parent
+    with flocked(runs_dir / ASSIGN_LOCK):
+        slots = host_slots(runs_dir)
+        need = min(max(1, int(need)), len(slots))
+        busy = busy_slots(runs_dir)
+        free = [s for s in slots if s not in busy]
+        if len(free) < need:
+            raise NoFreeSlot(f"no free slot in {runs_dir}: {len(busy)} of {len(slots)} busy "
+                             f"({', '.join(sorted(busy))}); resume it when one frees")
+        return start_on(root, argv, free[:need], len(slots))
 
 
 def dequeue(root: Path) -> bool:

@@ -122,6 +122,43 @@ def test_five_chains_on_two_slots_survive_a_killed_launcher_and_a_killed_schedul
     assert shown.returncode == 0 and "status ok" in shown.stdout, shown.stdout + shown.stderr
 
 
+def test_a_resume_takes_a_free_slot_and_is_refused_while_every_slot_is_busy(tmp_path):
+    from ban_tui import launch
+    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0], epochs=6, host="", name="local", ssh="")
+                                     .replace("slots = 2", "slots = 1"))
+    runs = tmp_path / "runs"
+    scheduler.configure(runs, None, 1)
+    root = runs / "q" / "r1"
+    engine = subprocess.Popen([sys.executable, "-m", "engine", "run", "q.toml", "--experiment", "q",
+                               "--runs-dir", "runs", "--run-id", "r1"], cwd=tmp_path, env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: any(e["kind"] == "epoch" for e in read_events(root / "events.jsonl"))
+             if (root / "events.jsonl").exists() else False, 120, "a first epoch")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(120) == 0 and ended(root)["status"] == "cancelled"
+    # another chain holds the only slot (a live process, recorded as the scheduler records it)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        other = runs / "q" / "other"
+        other.mkdir()
+        from engine.runs import process_start_time
+        scheduler.write_json(other / scheduler.SLOT, {"slots": ["cpu0"], "pid": holder.pid,
+                                                      "pid_start": process_start_time(holder.pid)})
+        with pytest.raises(launch.LaunchError, match=r"q/r1: no free slot in .*: 1 of 1 busy \(cpu0\)"):
+            launch.resume_local(root)
+        assert not (root / "pid").exists() or not pid_alive(*map(int, (root / "pid").read_text().split()[:2]))
+    finally:
+        holder.kill()
+        holder.wait()
+    run = launch.resume_local(root)   # the slot is free again
+    wait_for(lambda: [e["kind"] for e in read_events(root / "events.jsonl")].count("run_end") == 2, 180,
+             "the resumed run to end")
+    starts = [e for e in read_events(root / "events.jsonl") if e["kind"] == "run_start"]
+    assert starts[-1]["pid"] == run.pid and starts[-1]["slot"] == "cpu0"
+    assert json.loads((root / scheduler.SLOT).read_text())["pid"] == run.pid
+    assert read_events(root / "events.jsonl")[-1]["status"] == "ok"
+
+
 FAKE_NVIDIA_SMI = """#!/bin/sh
 # four GPUs, answering the scheduler's query (--query-gpu=index --format=csv,noheader)
 case "$*" in *--query-gpu=index*) printf '0\\n1\\n2\\n3\\n' ;; *) exit 9 ;; esac
