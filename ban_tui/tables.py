@@ -255,6 +255,29 @@ def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
             "last": metric_str(g.test, g.metric) if g else "-", "started": clock(state.started, "%m-%d %H:%M")}
 
 
+def ellipsize(text: str, width: int) -> str:
+    """At most `width` characters: cut at the end with an ellipsis (a cell never wraps)."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def short_run_name(name: str, width: int) -> str:
+    """experiment/run-id in at most `width` characters: the experiment is cut first (with an
+    ellipsis), so the run id, which tells runs apart, stays whole while it fits."""
+    exp, _, rid = name.rpartition("/")
+    if len(name) <= width or not exp or len(rid) + 2 >= width:
+        return ellipsize(name, width)
+    return f"{ellipsize(exp, width - len(rid) - 1)}/{rid}"
+
+
+def chain_objectives(objectives: list[str]) -> str:
+    """The objectives of a chain's generations, repeats folded: ce→ban (teacher ce, students ban)."""
+    out: list[str] = []
+    for o in objectives:
+        if o and (not out or out[-1] != o):
+            out.append(o)
+    return "→".join(out) or "-"
+
+
 # ---- remote hosts ---------------------------------------------------------------------------
 
 HOST_COLUMNS = [("host", "host"), ("ssh", "ssh"), ("state", "status"), ("gpu", "GPU"), ("util", "util"),

@@ -54,6 +54,6 @@ class MainScreen(Screen):
     def activate(self, panel: str) -> None:
         """Show a panel and focus its first control, so its keys work at once."""
         self.query_one("#panels", TabbedContent).active = panel
-        focusable = [w for w in self.query_one(f"TabPane#{panel}").query("*") if w.focusable]
+        focusable = [w for w in self.query_one(f"TabPane#{panel}").query("*") if w.focusable and w.display]
         if focusable and self.app.screen is self:
             focusable[0].focus()
