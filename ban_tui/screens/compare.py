@@ -21,9 +21,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, Static
+from textual.widgets import Header, Label, Static
 
 from ban_tui import report
+from ban_tui.widgets.footer import KeysFooter
 from ban_tui.progress import load_plan
 from ban_tui.tables import STATUS_MARK, STATUS_STYLE, config_diff, delta_rows, flatten_snapshot, pick, run_letter
 from ban_tui.watch import RunsUpdate
@@ -113,7 +114,7 @@ class CompareScreen(Screen):
             yield Label("seeds: computing...", classes="caption", id="seeds-title")
             yield RowsTable(SEED_COLUMNS, id="seeds")
             yield Static("", id="seeds-notes")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.show_diff()

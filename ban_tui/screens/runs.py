@@ -186,9 +186,9 @@ class RunsPane(Vertical):
         self.show_title(len(keys), len(self.shown))
 
     def show_title(self, shown: int, total: int) -> None:
-        text = f"runs in {self.runs_dir}  sorted by {SORTS[self.sort][1]} (s)"
-        text += f"  filter {self.query_text!r}: {shown} of {total}" if self.query_text else "  / filters"
-        self.query_one("#runs-title", Label).update(text + "  (enter opens, space marks, c compares)")
+        text = f"runs in {self.runs_dir} · sorted by {SORTS[self.sort][1]} (s)"
+        text += f" · filter {self.query_text!r}: {shown} of {total}" if self.query_text else " · / filters"
+        self.query_one("#runs-title", Label).update(text)
 
     def action_sort(self) -> None:
         self.sort = (self.sort + 1) % len(SORTS)
