@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Header, Label, Static
 
 from ban_tui import report
+from ban_tui.screens import BACK
 from ban_tui.widgets.footer import KeysFooter
 from ban_tui.progress import load_plan
 from ban_tui.tables import STATUS_MARK, STATUS_STYLE, config_diff, delta_rows, flatten_snapshot, pick, run_letter
@@ -73,7 +74,7 @@ def seeds_of_one_config(run_dirs: list[Path]) -> dict | None:
 
 class CompareScreen(Screen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
+        BACK,
         Binding("l", "toggle_log", "Log/linear"),
     ] + [Binding(str(k), f"toggle_run({k - 1})", "Hide/show run", show=k == 1) for k in range(1, 10)]
     DEFAULT_CSS = """

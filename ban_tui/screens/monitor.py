@@ -14,7 +14,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Header, Label, Log, Static
 
+from ban_tui.screens import BACK
 from ban_tui.widgets.footer import KeysFooter
+from ban_tui.screens.runs import RUN_CONTROLS
 from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_MARK, STATUS_STYLE, clock, ensemble_rows,
                             gen_rows, num, pct, with_val_selected)
@@ -79,12 +81,11 @@ def describe(model: RunModel, status: str, plan=None) -> Text:
 
 class RunMonitor(Screen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
+        BACK,
         Binding("l", "toggle_log", "Log/linear"),
         Binding("t", "toggle_table", "Epoch table"),
         Binding("e", "export", "Export figure"),
-        Binding("x", "cancel", "Cancel run"),
-        Binding("r", "resume", "Resume run"),
+        *RUN_CONTROLS,
     ] + [Binding(str(k), f"toggle_gen({k})", "Hide/show gen", show=k == 0) for k in range(10)]
     # below 100 columns the diagnostics keep their sparklines and drop the last values (t shows them)
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]

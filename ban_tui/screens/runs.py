@@ -70,13 +70,16 @@ def remove_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
+# the keys that control the run under the cursor (the runs table) or on the screen (the monitor)
+RUN_CONTROLS = [Binding("x", "cancel", "Cancel run"), Binding("r", "resume", "Resume run")]
+
+
 class RunsTable(RowsTable):
     BINDINGS = [
         Binding("enter", "select_cursor", "Open"),   # DataTable posts RowSelected (so does a click)
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare marked"),
-        Binding("x", "cancel", "Cancel run"),
-        Binding("r", "resume", "Resume run"),
+        *RUN_CONTROLS,
         Binding("d", "delete", "Delete run"),
     ]
 
