@@ -140,6 +140,80 @@ def ensemble_rows(state: RunState) -> list[dict]:
     return rows
 
 
+
+# ---- several runs (the comparison) ----------------------------------------------------------
+
+def run_letter(i: int) -> str:
+    """A, B, ..., Z, then A2, B2, ...: the short names of compared runs (column headings)."""
+    return chr(ord("A") + i % 26) + (str(i // 26 + 1) if i >= 26 else "")
+
+
+def flatten_snapshot(doc: dict) -> dict[str, str]:
+    """A run's snapshot (experiment.toml as a dict) as {key: value}: nested tables dotted
+    (dataset.name), each generation's keys under its label ("BAN-1 optimizer.lr")."""
+    exps = doc.get("experiment") or [{}]
+    exp = exps[0] if isinstance(exps, list) and exps and isinstance(exps[0], dict) else {}
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(value).lower() if isinstance(value, bool) else str(value)
+
+    for key, value in exp.items():
+        if key == "generation" and isinstance(value, list):
+            for g, table in enumerate(value):
+                for k, v in (table.items() if isinstance(table, dict) else ()):
+                    walk(f"{gen_label(g)} {k}", v)
+        else:
+            walk(key, value)
+    return out
+
+
+def config_diff(configs: list[dict[str, str] | None]) -> list[dict]:
+    """The keys whose values differ between the runs' flattened snapshots (None: no snapshot,
+    left out), first-seen order: [{"key": k, "r0": value or "-", "r1": ...}]."""
+    known = [c for c in configs if c is not None]
+    keys = list(dict.fromkeys(k for c in known for k in c))
+    rows = []
+    for key in keys:
+        values = [c.get(key, "-") for c in known]
+        if len(set(values)) > 1:
+            rows.append({"key": key, **{f"r{i}": "-" if c is None else c.get(key, "-")
+                                        for i, c in enumerate(configs)}})
+    return rows
+
+
+def delta_rows(states: list[RunState]) -> list[dict]:
+    """Each generation's last-epoch test value and each ensemble's, for every run, and each later
+    run's difference against the first run (points of error, or perplexity): one row per
+    generation or ensemble any run has ({"column": "BAN-1", "r0": "8.64%", "r1": "9.10% +0.46"})."""
+    def values(state: RunState) -> dict[str, float]:
+        found = {gen_label(gen): g.test for gen, g in sorted(state.gens.items()) if g.test is not None}
+        for k, e in sorted(state.ensembles.items()):
+            if ensemble_value(e, state.metric) is not None:
+                found[f"Ens*{k}"] = ensemble_value(e, state.metric)
+        return found
+
+    table = [values(s) for s in states]
+    metric = states[0].metric if states else "err"
+    seen = list(dict.fromkeys(x for t in table for x in t))
+    labels = sorted(seen, key=lambda x: (x.startswith("Ens*"), seen.index(x)))
+    factor = 1 if metric == "ppl" else 100
+    rows = []
+    for label in labels:
+        ref = table[0].get(label)
+        row = {"column": label}
+        for i, t in enumerate(table):
+            v = t.get(label)
+            delta = f" {(v - ref) * factor:+.2f}" if i and v is not None and ref is not None else ""
+            row[f"r{i}"] = metric_str(v, metric) + delta
+        rows.append(row)
+    return rows
+
+
 DIAGNOSTIC_KEYS = ("grad_correct", "grad_dark", "conf_w_mean", "conf_w_std")
 DIAGNOSTIC_COLUMNS = [("generation", "")] + [(k, k) for k in DIAGNOSTIC_KEYS]
 
@@ -179,6 +253,29 @@ def run_row(run_dir: Path, state: RunState, now: float | None = None) -> dict:
             "status": status_label(state.status(now), state), "progress": f"{done}/{planned}",
             "generation": f"{g.label} {g.epoch}/{g.epochs}" if g else "-",
             "last": metric_str(g.test, g.metric) if g else "-", "started": clock(state.started, "%m-%d %H:%M")}
+
+
+def ellipsize(text: str, width: int) -> str:
+    """At most `width` characters: cut at the end with an ellipsis (a cell never wraps)."""
+    return text if len(text) <= width else text[:max(0, width - 1)] + "…"
+
+
+def short_run_name(name: str, width: int) -> str:
+    """experiment/run-id in at most `width` characters: the experiment is cut first (with an
+    ellipsis), so the run id, which tells runs apart, stays whole while it fits."""
+    exp, _, rid = name.rpartition("/")
+    if len(name) <= width or not exp or len(rid) + 2 >= width:
+        return ellipsize(name, width)
+    return f"{ellipsize(exp, width - len(rid) - 1)}/{rid}"
+
+
+def chain_objectives(objectives: list[str]) -> str:
+    """The objectives of a chain's generations, repeats folded: ce→ban (teacher ce, students ban)."""
+    out: list[str] = []
+    for o in objectives:
+        if o and (not out or out[-1] != o):
+            out.append(o)
+    return "→".join(out) or "-"
 
 
 # ---- remote hosts ---------------------------------------------------------------------------

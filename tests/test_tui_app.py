@@ -14,7 +14,7 @@ from ban_tui.messages import RunEvents
 from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.monitor import RunMonitor
 from ban_tui.screens.runs import RunsTable
-from ban_tui.tables import ensemble_rows, gen_rows
+from ban_tui.tables import delta_rows, ensemble_rows, gen_rows
 from ban_tui.watch import CURVE_CAP, DIAGNOSTIC_CAP, STDERR_CAP, RunModel
 from ban_tui.widgets.curves import CurvePlot
 from ban_tui.widgets.diagnostics import DiagnosticsRow
@@ -124,10 +124,10 @@ async def test_keyboard_open_compare_and_back(setup):
         await pilot.press("space", "down", "space", "c")
         screen = await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.is_mounted and app.screen)
         assert len(screen.run_dirs) == 2
-        tables = list(screen.query(".gens").results(RowsTable))
-        await wait_for(pilot, lambda: all(t.row_count for t in tables))
-        for t, d in zip(tables, screen.run_dirs):
-            assert [row[0] for row in cells(t)] == [r["generation"] for r in gen_rows(load_state(d))]
+        deltas = screen.query_one("#deltas", RowsTable)
+        expected = [[r[k] for k, _ in deltas.spec] for r in delta_rows([load_state(d) for d in screen.run_dirs])]
+        assert await wait_for(pilot, lambda: cells(deltas) == expected)
+        assert [row[0] for row in expected][:3] == ["Teacher", "BAN-1", "BAN-2"]
         await pilot.press("escape", "enter")
         assert await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor))
         await pilot.press("escape")

@@ -86,3 +86,18 @@ async def test_cancel_asks_first(app):
         assert app.screen is screen and cancelled == []
         await pilot.press("x", "y")
         assert cancelled == [str((runs / OK).resolve())]
+
+
+async def test_export_key_writes_the_figure_into_the_run_and_says_where(app):
+    pytest.importorskip("matplotlib")
+    app, runs = app
+    async with app.run_test(size=(140, 48)) as pilot:
+        screen = await open_monitor(pilot, app, runs / OK)
+        out = screen.run_dir / "figures" / "chain.png"
+        assert not out.exists()
+        await pilot.press("e")
+        said = await wait_for(pilot, lambda: [n.message for n in app._notifications if "figure" in n.message], 30)
+        assert said == [f"figure written to {out}"]
+        data = out.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert [p.name for p in out.parent.iterdir()] == ["chain.png"]     # no temp file left behind

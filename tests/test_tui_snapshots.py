@@ -3,6 +3,9 @@
 Deterministic: fixed timestamps in the recordings, UTC clock, relative paths, no live run.
 Update after an intended change with `pytest tests/test_tui_snapshots.py --snapshot-update`
 and look at the SVGs under tests/__snapshots__/.
+
+The runs table, a run's monitor and the comparison are held at the three sizes the layout must
+work at: 160×48, 100×30 and 80×24.
 """
 from __future__ import annotations
 
@@ -11,12 +14,15 @@ import time
 import pytest
 
 from ban_tui.app import BanApp
+from ban_tui.screens.compare import CompareScreen
 from ban_tui.screens.monitor import RunMonitor
+from engine import spec
 from engine.events import read_events
 from engine.runs import load_state
-from test_tui_support import CONFIG, FAILED, OK, copy_runs, wait_for
+from test_tui_support import CANCELLED, CONFIG, FAILED, OK, copy_runs, wait_for
 
 SIZE = (120, 40)
+SIZES = pytest.mark.parametrize("size", [(160, 48), (100, 30), (80, 24)], ids=lambda s: f"{s[0]}x{s[1]}")
 
 
 @pytest.fixture
@@ -25,7 +31,10 @@ def here(tmp_path, monkeypatch):
     time.tzset()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments.toml").write_text(CONFIG)
-    copy_runs(tmp_path)
+    runs = copy_runs(tmp_path)
+    for run, lr in ((OK, 0.1), (CANCELLED, 0.05)):   # snapshots, so the comparison has a config diff
+        exp = spec.loads(CONFIG.replace("epochs = 2", f"epochs = 2\noptimizer = {{ lr = {lr} }}")).experiments["tiny"]
+        (runs / run / "experiment.toml").write_text(spec.dumps_experiment(exp))
     yield tmp_path
     monkeypatch.undo()
     time.tzset()
@@ -83,13 +92,31 @@ def test_experiments_view(here, snap_compare):
     assert snap_compare(app_at(), terminal_size=SIZE, run_before=validated)
 
 
-def test_runs_view(here, snap_compare):
-    assert snap_compare(app_at("runs"), terminal_size=SIZE, run_before=all_runs_shown)
+@SIZES
+def test_runs_view(here, snap_compare, size):
+    assert snap_compare(app_at("runs"), terminal_size=size, run_before=all_runs_shown)
 
 
-def test_monitor_of_a_finished_run(here, snap_compare):
-    assert snap_compare(app_at("runs"), terminal_size=SIZE, run_before=monitor_of(OK))
+@SIZES
+def test_monitor_of_a_finished_run(here, snap_compare, size):
+    assert snap_compare(app_at("runs"), terminal_size=size, run_before=monitor_of(OK))
 
 
 def test_monitor_of_a_failed_run(here, snap_compare):
     assert snap_compare(app_at("runs"), terminal_size=SIZE, run_before=monitor_of(FAILED))
+
+
+async def compared(pilot) -> None:
+    """The finished and the cancelled run compared, every part drawn."""
+    await all_runs_shown(pilot)
+    pilot.app.compare_runs([str((pilot.app.runs_dir / r).resolve()) for r in (OK, CANCELLED)])
+    screen = await wait_for(pilot, lambda: isinstance(pilot.app.screen, CompareScreen) and pilot.app.screen.is_mounted
+                            and pilot.app.screen)
+    await wait_for(pilot, lambda: screen.query_one("#deltas").row_count and screen.query_one("#diff").row_count
+                   and "computing" not in str(screen.query_one("#seeds-title").render()))
+    await pilot.pause(0.5)
+
+
+@SIZES
+def test_compare_view(here, snap_compare, size):
+    assert snap_compare(app_at("runs"), terminal_size=size, run_before=compared)

@@ -7,7 +7,9 @@ import shutil
 import time
 from pathlib import Path
 
-from engine.runs import process_start_time
+from engine import spec
+from engine.events import EventWriter
+from engine.runs import RunPaths, process_start_time
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events" / "recorded"
 OK = "tiny/20251129-013320-s0-0k01"
@@ -61,3 +63,30 @@ async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
         await pilot.pause(step)
+
+
+def make_run(runs_dir: Path, run_id: str, seed: int, errs: list[list[float]], ens: float | None = None,
+             epochs: int = 2, lr: float = 0.1, objective: str = "ban", name: str = "tiny") -> Path:
+    """A finished chain: the snapshot the engine writes (spec.dumps_experiment), then run_start,
+    and per generation gen_start, one epoch event per test error in errs[g], gen_end; Ens*2."""
+    text = (CONFIG.replace("epochs = 2", f"epochs = {epochs}\noptimizer = {{ lr = {lr} }}").replace('"ban"', f'"{objective}"')
+            .replace('name = "tiny"', f'name = "{name}"'))
+    exp = spec.loads(text).experiments[name]
+    root = runs_dir / name / run_id
+    root.mkdir(parents=True)
+    RunPaths(root).snapshot.write_text(spec.dumps_experiment(exp))
+    w = EventWriter(RunPaths(root).events, run_id)
+    w.emit("run_start", experiment=name, config_hash=exp.config_hash(), host="box", pid=None, pid_start=None,
+           versions={}, device="cpu", seed=seed)
+    for g, series in enumerate(errs):
+        w.emit("gen_start", gen=g, role="student" if g else "teacher", objective=objective if g else "ce",
+               model="cnn-small", params=1000, teacher=g - 1 if g else None, epochs=len(series))
+        for e, err in enumerate(series, 1):
+            w.emit("epoch", gen=g, epoch=e, epochs=len(series), train_loss=1.0 / e, train_err=err / 2,
+                   test_loss=1.0, test_err=err, lr=lr, seconds=1.0, diagnostics={})
+        w.emit("gen_end", gen=g, final={"test_err": series[-1]}, best={"test_err": series[-1]}, checkpoint="x")
+    if ens is not None:
+        w.emit("ensemble", k=2, members=[1, 2], test_err=ens)
+    w.emit("run_end", status="ok")
+    w.close()
+    return root.resolve()

@@ -14,11 +14,13 @@ from tomlkit.exceptions import TOMLKitError
 
 from ban_tui import config_edit as ce
 from ban_tui.messages import ConfigChanged
+from ban_tui.tables import ellipsize
 from ban_tui.screens.confirm import Confirm
 from ban_tui.widgets.chain_form import ChainForm
 
 NEW = "+ new chain"
 SAVE_DISCARD_CANCEL = [("s", "Save"), ("d", "Discard"), ("c", "Cancel")]
+NAME_WIDTH = 30          # of the experiment list (34 columns wide)
 VALIDATE_SECONDS = 0.25   # validation waits for a pause in typing (it re-reads the whole config)
 
 
@@ -79,9 +81,13 @@ class ExperimentsPane(Horizontal):
                 yield Button("Launch", id="launch", variant="success", tooltip="ctrl+r")
                 yield Static("", id="save-state")
 
-    def _options(self) -> list[str]:
-        # prompts, not option ids: a broken file may hold a name twice (the problems panel says so)
+    def _names(self) -> list[str]:
         return ce.experiment_names(self.doc()) + [NEW]
+
+    def _options(self) -> list[str]:
+        # prompts, not option ids: a broken file may hold a name twice (the problems panel says so);
+        # a long name is cut with an ellipsis (never wrapped mid-word), chosen by its index
+        return [ellipsize(name, NAME_WIDTH) for name in self._names()]
 
     def on_mount(self) -> None:
         self.validate_soon()
@@ -120,7 +126,7 @@ class ExperimentsPane(Horizontal):
     # ---- choosing an experiment ----
     @on(OptionList.OptionSelected, "#experiments")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
-        self.open(str(event.option.prompt))
+        self.open(self._names()[event.option_index])
 
     def open(self, name: str) -> None:
         """Show another experiment in the form; with unsaved edits, ask first (save, discard, stay)."""

@@ -13,8 +13,9 @@ from typing import Callable
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Header, TabbedContent, TabPane
+from textual.widgets import Header, TabbedContent, TabPane
 
+from ban_tui.widgets.footer import KeysFooter
 from ban_tui.screens.experiments import ExperimentsPane
 from ban_tui.screens.hosts import HostsPane
 from ban_tui.screens.runs import RunsPane
@@ -46,7 +47,7 @@ class MainScreen(Screen):
             for panel in PANELS:
                 with TabPane(panel.title, id=panel.id):
                     yield panel.make(self.app)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.activate(self.initial)
@@ -54,6 +55,6 @@ class MainScreen(Screen):
     def activate(self, panel: str) -> None:
         """Show a panel and focus its first control, so its keys work at once."""
         self.query_one("#panels", TabbedContent).active = panel
-        focusable = [w for w in self.query_one(f"TabPane#{panel}").query("*") if w.focusable]
+        focusable = [w for w in self.query_one(f"TabPane#{panel}").query("*") if w.focusable and w.display]
         if focusable and self.app.screen is self:
             focusable[0].focus()

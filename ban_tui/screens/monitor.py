@@ -1,6 +1,6 @@
 """One run, live: its status (failed, cancelled and stale runs are marked) with the whole chain's
 progress (planned epochs) and ETA, loss and error curves over the whole chain, the generation
-table, the ensembles against the best single generation, the gradient diagnostics and the
+table, the ensembles against the teacher, the gradient diagnostics and the
 engine's stderr (hidden while empty). Keys: l linear/log, 0-9 hide/show a generation, t the
 per-epoch table instead of the curves, e export the figure, x cancel (asks), r resume."""
 from __future__ import annotations
@@ -12,11 +12,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Label, Log, Static
+from textual.widgets import Header, Label, Log, Static
 
+from ban_tui.screens import BACK
+from ban_tui.widgets.footer import KeysFooter
+from ban_tui.screens.runs import RUN_CONTROLS
 from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.tables import (ENSEMBLE_COLUMNS, GEN_COLUMNS, STATUS_MARK, STATUS_STYLE, clock, ensemble_rows,
-                            gen_rows, num, pct)
+                            gen_rows, num, pct, with_val_selected)
 from ban_tui.watch import STDERR_CAP, RunModel, RunsUpdate
 from ban_tui.widgets.curves import CurvePlot, gen_offsets, legend
 from ban_tui.widgets.diagnostics import DiagnosticsPanel
@@ -78,22 +81,24 @@ def describe(model: RunModel, status: str, plan=None) -> Text:
 
 class RunMonitor(Screen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
+        BACK,
         Binding("l", "toggle_log", "Log/linear"),
         Binding("t", "toggle_table", "Epoch table"),
         Binding("e", "export", "Export figure"),
-        Binding("x", "cancel", "Cancel run"),
-        Binding("r", "resume", "Resume run"),
+        *RUN_CONTROLS,
     ] + [Binding(str(k), f"toggle_gen({k})", "Hide/show gen", show=k == 0) for k in range(10)]
+    # below 100 columns the diagnostics keep their sparklines and drop the last values (t shows them)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     DEFAULT_CSS = """
+    RunMonitor.-narrow DiagnosticsRow .value { display: none; }
     RunMonitor #status { height: 2; padding: 0 1; }
     RunMonitor #curves { height: 1fr; min-height: 10; }
     RunMonitor #legend { height: 1; padding: 0 1; }
     RunMonitor #gens { height: auto; max-height: 10; }
     RunMonitor #lower { height: auto; }
-    RunMonitor #ensembles-box { width: 2fr; height: auto; }
-    RunMonitor #ensembles { height: auto; }
-    RunMonitor DiagnosticsPanel { width: 3fr; }
+    RunMonitor #ensembles-box { width: auto; height: auto; margin-right: 2; }
+    RunMonitor #ensembles { height: auto; width: auto; }
+    RunMonitor DiagnosticsPanel { width: 1fr; }
     RunMonitor #epochs { height: 1fr; max-height: 100%; display: none; }
     RunMonitor.table #epochs { display: block; }
     RunMonitor.table #curves, RunMonitor.table #legend { display: none; }
@@ -123,13 +128,13 @@ class RunMonitor(Screen):
         yield RowsTable(GEN_COLUMNS, id="gens")
         with Horizontal(id="lower"):
             with Vertical(id="ensembles-box"):
-                yield Label("ensembles vs the best single generation", classes="caption")
+                yield Label("ensembles vs the teacher", classes="caption")
                 yield RowsTable(ENSEMBLE_COLUMNS, id="ensembles")
             yield DiagnosticsPanel(id="diagnostics")
         with Vertical(id="stderr-box"):
             yield Label("engine stderr", classes="caption", id="stderr-title")
             yield Log(max_lines=STDERR_CAP, id="stderr")
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
         self.watch(self.app, "runs", self.show_runs, init=False)
@@ -152,7 +157,9 @@ class RunMonitor(Screen):
         if self.has_class("table"):
             rows = epoch_rows(model)
             self.query_one("#epochs", RowsTable).show(rows, [f"{r['gen']}:{r['epoch']}" for r in rows])
-        self.query_one("#gens", RowsTable).show(gen_rows(model.state), [gen_label(g) for g in sorted(model.state.gens)])
+        rows = gen_rows(model.state)   # "test @ min val" only where there is a validation split
+        self.query_one("#gens", RowsTable).show(rows, [gen_label(g) for g in sorted(model.state.gens)],
+                                                with_val_selected(GEN_COLUMNS, rows))
         rows = ensemble_rows(model.state)
         self.query_one("#ensembles", RowsTable).show(rows, [r["ensemble"] for r in rows])
         self.query_one(DiagnosticsPanel).show(model.diagnostics)

@@ -14,6 +14,7 @@ comparison import: the first frame of the app does not pay for it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual_plotext import PlotextPlot
@@ -62,9 +63,35 @@ def scaled(key: str, value: float) -> float:
     return 100.0 * value if key.endswith("_err") else value
 
 
+@dataclass(frozen=True)
+class Series:
+    """One curve: its name (what tests check), points (x on the drawn axis, y as shown), colour
+    and marker (braille for a line, dot for dots)."""
+    name: str
+    points: list[tuple[float, float]]
+    color: str
+    marker: str = "braille"
+
+
+def gen_series(curves: dict[str, dict], keys, offsets: dict[int, int], hidden=frozenset(), log: bool = False,
+               color=gen_color, prefix: str = "", marker: str | None = None) -> list[Series]:
+    """The series of `keys` (train_err, test_err, ...) of every shown generation of one run, each
+    on the chain's axis (offsets); test series dotted unless `marker` says. `color(gen)` and
+    `prefix` tell runs apart."""
+    out = []
+    for key in keys:
+        for gen, series in sorted(curves.get(key, {}).items()):
+            points = [(offsets.get(gen, 0) + x, scaled(key, y)) for x, y in series if not log or y > 0]
+            if gen not in hidden and points:
+                out.append(Series(f"{prefix}{gen_label(gen)} {key}", points, color(gen),
+                                  marker or ("dot" if key.startswith("test") else "braille")))
+    return out
+
+
 class CurvePlot(PlotextPlot):
-    """Plots model.curves[key] for `keys` (e.g. train_loss and test_loss), every shown generation,
-    on the chain's axis (gen_offsets)."""
+    """Draws series on one axis with integer epoch ticks and labelled vertical boundaries (the
+    monitor: every shown generation of a run on the chain's axis; the comparison: every marked
+    run's test error)."""
 
     def __init__(self, title: str, keys: tuple[str, ...], **kwargs):
         super().__init__(**kwargs)
@@ -76,28 +103,29 @@ class CurvePlot(PlotextPlot):
 
     def show(self, curves: dict[str, dict], offsets: dict[int, int] | None = None,
              hidden=frozenset(), log: bool = False) -> None:
+        """One run: every shown generation of `keys`, boundaries where each generation starts."""
+        offsets = offsets or {}
+        bounds = {gen_label(g): x for g, x in sorted(offsets.items()) if g > 0}
+        self.draw(gen_series(curves, self.keys, offsets, hidden, log), bounds, log, max(offsets.values(), default=0))
+
+    def draw(self, series: list[Series], boundaries: dict[str, int], log: bool = False, end: float = 0) -> None:
+        """Every series; a dotted line labelled with its name at each boundary within the axis."""
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
         plt.title(self.title + (" (log)" if log else ""))
         plt.xlabel("epoch of the chain")
-        offsets = offsets or {}
-        self.plotted, self.log_scale, top, end = {}, log, 0.0, max(offsets.values(), default=0)
-        for key in self.keys:
-            for gen, series in sorted(curves.get(key, {}).items()):
-                points = [(offsets.get(gen, 0) + x, scaled(key, y)) for x, y in series if not log or y > 0]
-                if gen in hidden or not points:
-                    continue
-                xs, ys = zip(*points)
-                plt.plot(list(xs), list(ys), color=gen_color(gen),
-                         marker="dot" if key.startswith("test") else "braille")
-                self.plotted[f"{gen_label(gen)} {key}"] = len(xs)
-                top, end = max(top, *ys), max(end, *xs)
+        self.plotted, self.log_scale, top = {}, log, 0.0
+        for s in series:
+            xs, ys = zip(*s.points)
+            plt.plot(list(xs), list(ys), color=s.color, marker=s.marker)
+            self.plotted[s.name] = len(xs)
+            top, end = max(top, *ys), max(end, *xs)
         if log:
             plt.yscale("log")
         self.ticks = int_ticks(int(end))
         plt.xticks(self.ticks, [str(t) for t in self.ticks])
-        self.boundaries = {gen_label(g): x for g, x in sorted(offsets.items()) if g > 0 and x <= end}
+        self.boundaries = {label: x for label, x in boundaries.items() if x <= end}
         for label, x in self.boundaries.items():
             plt.vline(x, "gray")
             if top > 0:

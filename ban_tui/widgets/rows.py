@@ -28,7 +28,14 @@ class RowsTable(DataTable):
     def row_keys(self) -> list[str]:
         return [k.value for k in self.rows]
 
-    def show(self, rows: list[dict], keys: list[str] | None = None) -> None:
+    def show(self, rows: list[dict], keys: list[str] | None = None, columns: list | None = None) -> None:
+        """The rows (keys: their row keys); `columns`, where given, replace the table's columns
+        when they differ (a column no row fills can be left out)."""
+        if columns is not None and columns != self.spec:
+            self.clear(columns=True)
+            self.spec = columns
+            for key, heading in columns:
+                self.add_column(heading, key=key)
         keys = keys if keys is not None else [str(i) for i in range(len(rows))]
         cells = [[self.cell(key, row.get(key, "")) for key, _ in self.spec] for row in rows]
         if self.row_keys() == keys:
