@@ -364,7 +364,7 @@ def load_state(path: Path) -> RunState:
 def mark_queued(state: RunState, root: Path) -> RunState:
     """Set a not yet started run's queue position from its directory's `queued` marker."""
     if state.pid is None and Path(root).is_dir():
-        from engine.scheduler import queue_position
+        from engine.queue_order import queue_position
         state.queued = queue_position(root)
     return state
 
