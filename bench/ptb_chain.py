@@ -3,10 +3,10 @@
     .venv/bin/python bench/ptb_chain.py [--model lstm-2x128] [--epochs 3] [--train-tokens 200000]
                                          [--runs-dir /tmp/ptb-bench] [--threads N]
 
-Writes a one-experiment config (the `ptb-small-cpu` preset with the options above), runs it
-through `python -m engine run` as `ban run` would, follows its events, and prints validation and
-test perplexity per generation and epoch, then for Ens (teacher + BAN-1, the mean of the two
-next-word distributions). Data: ../shared/data/ptb (Mikolov's split, 10,000 words).
+Writes a one-experiment config (the `ptb-small-cpu` preset of experiments.toml with the options
+above), runs it through `python -m engine run` as `ban run` would, follows its events, and prints
+validation and test perplexity per generation and epoch, then for Ens (teacher + BAN-1, the mean
+of the two next-word distributions). Data: ../shared/data/ptb (Mikolov's split, 10,000 words).
 The whole vocabulary and the full validation and test sets are always used; --train-tokens
 only shortens the training stream so that a CPU finishes in minutes.
 """
@@ -15,31 +15,27 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from engine import runs
+from engine import runs, spec
 from engine.events import EventReader
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "ptb"
+PRESET = "ptb-small-cpu"
 
-CONFIG = """\
-[[experiment]]
-name = "ptb-small-cpu"
-description = "CPU: teacher + 1 BAN+L generation of a small word LSTM on (part of) PTB"
-dataset = {{ name = "ptb", root = "{data}", options = {{ bptt = 35, train_tokens = {train_tokens} }} }}
-model = "{model}"
-epochs = {epochs}
-batch_size = 20
-eval_batch_size = 10
-optimizer = {{ lr = 1.0, momentum = 0.0, nesterov = false, weight_decay = 0.0 }}
-schedule = {{ name = "plateau", gamma = 0.25, threshold = 0.0 }}
-grad_clip = 5.0
-generations = 1
-objective = "ban+l"
-ensembles = [1]
-ensemble_include_teacher = true
-device = "cpu"
-"""
+
+def bench_experiment(args):
+    """The shipped preset (experiments.toml) with this command's model, epochs, training tokens
+    and data root, on the CPU."""
+    exp = spec.load(ROOT / "experiments.toml").experiments[PRESET]
+    exp.dataset = replace(exp.dataset, root=args.data,
+                          options={**exp.dataset.options, "train_tokens": args.train_tokens})
+    exp.generations = [replace(g, model=args.model, training=replace(g.training, epochs=args.epochs))
+                       for g in exp.generations]
+    exp.device = "cpu"
+    return exp
 
 
 def main():
@@ -54,15 +50,14 @@ def main():
 
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    config = runs_dir / "ptb-small-cpu.toml"
-    config.write_text(CONFIG.format(data=args.data, train_tokens=args.train_tokens, model=args.model,
-                                    epochs=args.epochs))
+    config = runs_dir / f"{PRESET}.toml"
+    config.write_text(spec.dumps_experiment(bench_experiment(args)))
     run_id = runs.new_run_id(0)
-    root = runs.run_dir(runs_dir, "ptb-small-cpu", run_id)
+    root = runs.run_dir(runs_dir, PRESET, run_id)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     print(f"config {config}\nrun    {root}", flush=True)
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(config), "--experiment", "ptb-small-cpu",
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(config), "--experiment", PRESET,
                              "--runs-dir", str(runs_dir), "--run-id", run_id], env=env)
     reader = EventReader(root / "events.jsonl")
     state = runs.RunState()
@@ -95,7 +90,7 @@ def main():
 def ensemble_val_ppl(root, members):
     """The chain stores test probabilities only: run the members' final weights on the
     validation stream for the ensemble's validation perplexity."""
-    from engine import checkpoint, models, spec
+    from engine import checkpoint, models
     from engine.data import ptb
     from engine.tasks.lm import ensemble_metrics, evaluate
     exp = next(iter(spec.load(root / "experiment.toml").experiments.values()))

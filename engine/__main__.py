@@ -223,6 +223,121 @@ def catch_signals() -> tuple[threading.Event, threading.Event]:
     return stop, preempt
 
 
+class Session:
+    """What main's pieces share as far as they got: the run directory, its lock, the event writer
+    (rank 0 only) and the heartbeat."""
+
+    def __init__(self, root: Path | None, held: lock.RunLock | None):
+        self.root, self.held = root, held
+        self.writer = self.beat = None
+
+    def own(self, root: Path) -> None:
+        """Hold the lock of `root` (made if need be), giving up one taken early on another directory."""
+        if self.held is not None and self.held.root == root:
+            return
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.held = claim(root)
+
+
+def open_run_dir(s: Session, args, exp, seed: int, rank: int) -> RunPaths:
+    """The run directory of this command, locked, with its snapshot, pid file and event writer
+    (rank 0); every rank learns the run id rank 0 drew."""
+    from engine import checkpoint, ddp
+    from engine.errors import ConfigError
+    from engine.events import EventWriter
+    if args.command == "run":
+        run_id = ddp.broadcast_object(args.run_id or runs.new_run_id(seed))
+        try:
+            s.root = runs.run_dir(args.runs_dir or exp.runs_dir, exp.name, run_id)
+        except ValueError as exc:
+            raise ConfigError(f"--run-id: {exc}") from None
+    root, paths = s.root, RunPaths(s.root)
+    if rank == 0:
+        s.own(root)
+        if args.command == "resume":
+            check_not_running(root)
+        elif runs.load_state(root).n_events:
+            raise ConfigError(f"{root}: already holds a run; continue it with `python -m engine resume {root}`")
+        root.mkdir(parents=True, exist_ok=True)
+        if args.command == "run":
+            checkpoint.write_text(paths.snapshot, spec.dumps_experiment(exp))
+        checkpoint.write_text(paths.pid, f"{os.getpid()} {runs.process_start_time(os.getpid())}\n")
+        s.writer = EventWriter(paths.events, root.name)
+    ddp.barrier()
+    return paths
+
+
+def configure_torch(device) -> tuple:
+    """Threads (hardware.set_threads: (count, where it came from)), determinism on the CPU, the
+    fast kernels on a GPU."""
+    import torch
+    from engine import hardware
+    from engine.errors import ConfigError
+    try:
+        threads = hardware.set_threads()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    return threads
+
+
+def announce(ctx, args, threads: tuple) -> None:
+    """The run_start event (what ran where, with which versions), and a warning when the
+    experiment asks for more GPUs than this process trains on."""
+    exp = ctx.exp
+    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
+             pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
+             device=str(ctx.device), seed=ctx.seed, resumed=args.command == "resume",
+             world_size=ctx.world_size, slot=os.environ.get("BAN_SLOT"),
+             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+             threads=threads[0], threads_from=threads[1])
+    if exp.gpus > 1 and ctx.world_size == 1:
+        ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
+                "(start it with `ban run` or torchrun for DDP)", "warning")
+
+
+def train(s: Session, args, stop: threading.Event) -> None:
+    """Load the experiment, open its run directory, set torch up and train the chain."""
+    from engine import chain, ddp
+    from engine.context import Context
+    rank, world_size, local_rank = ddp.from_env()
+    exp, seed = load_experiment(args)
+    device = resolve_device(exp.device, local_rank, world_size)
+    ddp.init(device)
+    paths = open_run_dir(s, args, exp, seed, rank)
+    threads = configure_torch(device)
+    ctx = Context(exp=exp, seed=seed, paths=paths, device=device, events=s.writer, stop=stop,
+                  rank=rank, world_size=world_size)
+    announce(ctx, args, threads)
+    if s.writer is not None:
+        s.beat = Heartbeat(s.writer)
+        s.beat.start()
+    chain.run_chain(ctx)
+
+
+def failure(exc: BaseException, rank: int) -> tuple[str, int]:
+    """(the error line, exit status) of a failed run, that line printed on stderr by rank 0 (or
+    by the rank whose own failure it is), the traceback too with BAN_DEBUG=1."""
+    from engine import checkpoint
+    from engine.errors import ConfigError, RunError
+    config = isinstance(exc, (spec.SpecError, ConfigError))
+    error = one_line(exc)
+    if not config and not isinstance(exc, (RunError, KeyboardInterrupt, checkpoint.FileError)):
+        error = f"{type(exc).__name__}: {error}"
+    if rank == 0 or not (config or isinstance(exc, RunError)):
+        print(f"error: {error}" if rank == 0 else f"rank {rank}: error: {error}", file=sys.stderr)
+    if os.environ.get("BAN_DEBUG") == "1":
+        traceback.print_exc()
+    return error, EXIT_CONFIG if config else EXIT_FAILED
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "schedule":   # torch-free: the queue's scheduler (engine/scheduler.py)
@@ -233,92 +348,28 @@ def main(argv=None) -> int:
     if code is not None:
         return code
 
-    from engine import chain, checkpoint, ddp
-    from engine.events import EventWriter
-    from engine.context import Context
-    from engine.errors import Cancelled, ConfigError, RunError
-
-    rank, world_size, local_rank = ddp.from_env()
-    root = given_dir(args)   # a launcher made the directory: report errors there
-    writer = beat = None
+    from engine import chain, ddp  # noqa: F401 - torch and the trainers load before the run begins
+    from engine.errors import Cancelled
+    rank = ddp.from_env()[0]
+    s = Session(given_dir(args), held)   # a launcher made the directory: report errors there
     status, error, code = "ok", None, 0
     try:
-        exp, seed = load_experiment(args)
-        device = resolve_device(exp.device, local_rank, world_size)
-        ddp.init(device)
-        if args.command == "run":
-            run_id = ddp.broadcast_object(args.run_id or runs.new_run_id(seed))
-            try:
-                root = runs.run_dir(args.runs_dir or exp.runs_dir, exp.name, run_id)
-            except ValueError as exc:
-                raise ConfigError(f"--run-id: {exc}") from None
-        paths = RunPaths(root)
-        if rank == 0:
-            if held is None or held.root != root:
-                if held is not None:
-                    held.release()
-                    held = None
-                root.mkdir(parents=True, exist_ok=True)
-                held = claim(root)
-            if args.command == "resume":
-                check_not_running(root)
-            elif runs.load_state(root).n_events:
-                raise ConfigError(f"{root}: already holds a run; continue it with `python -m engine resume {root}`")
-            root.mkdir(parents=True, exist_ok=True)
-            if args.command == "run":
-                checkpoint.write_text(paths.snapshot, spec.dumps_experiment(exp))
-            checkpoint.write_text(paths.pid, f"{os.getpid()} {runs.process_start_time(os.getpid())}\n")
-            writer = EventWriter(paths.events, root.name)
-        ddp.barrier()
-
-        import torch
-        from engine import hardware
-        try:
-            threads, threads_from = hardware.set_threads()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch.backends.cudnn.benchmark = True
-            torch.set_float32_matmul_precision("high")
-        ctx = Context(exp=exp, seed=seed, paths=paths, device=device, events=writer, stop=stop,
-                      rank=rank, world_size=world_size)
-        ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
-                 pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
-                 device=str(device), seed=seed, resumed=args.command == "resume", world_size=world_size,
-                 slot=os.environ.get("BAN_SLOT"), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                 threads=threads, threads_from=threads_from)
-        if exp.gpus > 1 and world_size == 1:
-            ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
-                    "(start it with `ban run` or torchrun for DDP)", "warning")
-        if writer is not None:
-            beat = Heartbeat(writer)
-            beat.start()
-        chain.run_chain(ctx)
+        train(s, args, stop)
     except (AlreadyRunning, lock.Locked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except Cancelled:
         status = "preempted" if preempt.is_set() else "cancelled"
     except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
-        config = isinstance(exc, (spec.SpecError, ConfigError))
-        status, error = "failed", one_line(exc)
-        if not config and not isinstance(exc, (RunError, KeyboardInterrupt, checkpoint.FileError)):
-            error = f"{type(exc).__name__}: {error}"
-        code = EXIT_CONFIG if config else EXIT_FAILED
-        if rank == 0 or not (config or isinstance(exc, RunError)):
-            print(f"error: {error}" if rank == 0 else f"rank {rank}: error: {error}", file=sys.stderr)
-        if os.environ.get("BAN_DEBUG") == "1":
-            traceback.print_exc()
+        status = "failed"
+        error, code = failure(exc, rank)
     finally:
-        if beat is not None:
-            beat.stop()
-    if rank == 0 and (writer is not None or (held is not None and root.is_dir())):
-        end_run(writer, root, status, error)
+        if s.beat is not None:
+            s.beat.stop()
+    if rank == 0 and (s.writer is not None or (s.held is not None and s.root.is_dir())):
+        end_run(s.writer, s.root, status, error)
     ddp.shutdown()
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,33 +40,33 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+class _InRun:
+    """A fixed path inside a run directory: `events = _InRun("events.jsonl")` reads as
+    `RunPaths(root).events == root / "events.jsonl"`."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, paths, owner=None):
+        return self if paths is None else paths.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
 
-    @property
-    def snapshot(self) -> Path: return self.root / "experiment.toml"
-    @property
-    def events(self) -> Path: return self.root / "events.jsonl"
-    @property
-    def checkpoints(self) -> Path: return self.root / "checkpoints"
-    @property
-    def probs(self) -> Path: return self.root / "probs"
-    @property
-    def results(self) -> Path: return self.root / "results.json"
-    @property
-    def stdout(self) -> Path: return self.root / "stdout.log"
-    @property
-    def stderr(self) -> Path: return self.root / "stderr.log"
-    @property
-    def pid(self) -> Path: return self.root / "pid"
+    snapshot = _InRun("experiment.toml")
+    events = _InRun("events.jsonl")
+    checkpoints = _InRun("checkpoints")
+    probs = _InRun("probs")
+    results = _InRun("results.json")
+    stdout = _InRun("stdout.log")
+    stderr = _InRun("stderr.log")
+    pid = _InRun("pid")
+    last_checkpoint = _InRun("checkpoints", "last.pt")
 
     def gen_checkpoint(self, gen: int) -> Path:
         return self.checkpoints / f"gen-{gen}.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
 
     def gen_probs(self, gen: int) -> Path:
         return self.probs / f"gen-{gen}.npy"
@@ -364,7 +364,7 @@ def load_state(path: Path) -> RunState:
 def mark_queued(state: RunState, root: Path) -> RunState:
     """Set a not yet started run's queue position from its directory's `queued` marker."""
     if state.pid is None and Path(root).is_dir():
-        from engine.scheduler import queue_position
+        from engine.queue_order import queue_position
         state.queued = queue_position(root)
     return state
 

@@ -37,9 +37,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from engine.queue_order import QUEUED, queue_position, queued, read_json, run_dirs  # noqa: F401 - the queue as read
 from engine.runs import RunPaths, pid_alive, process_start_time, write_atomic
 
-QUEUED, SLOT = "queued", "slot.json"
+SLOT = "slot.json"
 SLOTS_FILE, LOCK, ASSIGN_LOCK, LOG = ".slots.json", ".scheduler.lock", ".assign.lock", ".scheduler.log"
 SPAWNED = ".scheduler.json"   # the scheduler last started, so a second is not started while it starts
 INTERVAL = float(os.environ.get("BAN_SCHEDULE_INTERVAL", "0.5"))   # seconds between looks at the queue
@@ -52,13 +53,6 @@ def write_json(path: Path, value) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(value) + "\n")
     os.replace(tmp, path)
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @contextmanager
@@ -129,10 +123,6 @@ def slot_env(taken: list[str], n_slots: int) -> dict:
     return env
 
 
-def run_dirs(runs_dir: Path, name: str) -> list[Path]:
-    return [p.parent for p in Path(runs_dir).glob(f"*/*/{name}")]
-
-
 def busy_slots(runs_dir: Path) -> set[str]:
     """Slots held by live runs (a dead pid or a recycled one frees its slots)."""
     busy = set()
@@ -144,22 +134,6 @@ def busy_slots(runs_dir: Path) -> set[str]:
 
 
 # ---- the queue ------------------------------------------------------------------------------
-
-def queued(runs_dir: Path) -> list[tuple[Path, dict]]:
-    """Queued runs, oldest first."""
-    found = [(root, read_json(root / QUEUED)) for root in run_dirs(runs_dir, QUEUED)]
-    found = [(root, m) for root, m in found if isinstance(m, dict)]
-    return sorted(found, key=lambda rm: (rm[1].get("submitted", 0), str(rm[0])))
-
-
-def queue_position(root: Path) -> int | None:
-    """1 for the next run to start; None when the run is not queued."""
-    root = Path(root)
-    if not (root / QUEUED).exists():
-        return None
-    order = [r for r, _ in queued(root.parent.parent)]
-    return order.index(root) + 1 if root in order else None
-
 
 def submit(root: Path, snapshot: str, argv: list[str], need: int = 1, cwd: str | None = None) -> dict:
     """Put a run in its runs directory's queue, start whatever fits now, and make sure a

@@ -363,8 +363,8 @@ def test_models_lists_the_registry_with_counts():
     assert list(rows) == ["name", "wrn-16-2", "wrn-28-10", "wrn-28-3"]  # any registry name, not only examples
     n = models.count_params(models.build("wrn-16-2", num_classes=10))
     assert rows["wrn-16-2"][2:4] == ["10", f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"]
-    if getattr(models, "PAPER_PARAMS", {}).get("wrn-28-10") is not None:
-        assert rows["wrn-28-10"][4] == f"{models.PAPER_PARAMS['wrn-28-10']:.2f}M"
+    from engine.param_counts import PAPER_PARAMS
+    assert rows["wrn-28-10"][4] == f"{PAPER_PARAMS['wrn-28-10']:.2f}M"
 
 
 def test_live_view_on_a_terminal_draws_a_bar_per_generation(runs):

@@ -314,7 +314,8 @@ def test_teacher_checkpoint_that_does_not_fit_the_data(interrupted, tmp_path):
 
 
 def test_torch_free_modules_do_not_import_torch():
-    code = ("import sys, engine.events, engine.runs, engine.spec, engine.catalog, engine.spec.checks, engine.errors; "
+    code = ("import sys, engine.events, engine.runs, engine.spec, engine.catalog, engine.spec.checks, engine.errors, "
+            "engine.scheduler, engine.queue_order; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert out.stdout.strip() == "False"

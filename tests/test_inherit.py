@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import models as M
+from engine import param_counts
 from engine.models.inherit import inherit
 
 
@@ -104,7 +105,7 @@ def test_unknown_or_unshared_parts_are_refused():
         inherit(student, teacher, ["stem"], ["head"])
 
 
-@pytest.mark.parametrize("name", [n for n in M.PAPER_PARAMS if n.startswith(("densenet-bc-90-60-", "ban-"))])
+@pytest.mark.parametrize("name", [n for n in param_counts.PAPER_PARAMS if n.startswith(("densenet-bc-90-60-", "ban-"))])
 def test_every_paper_student_takes_densenet_90_60s_stem_and_head(name):
     with torch.device("meta"):   # shapes only: no memory, no time
         teacher, student = M.build("densenet-bc-90-60", 100), M.build(name, 100)

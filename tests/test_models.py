@@ -7,13 +7,14 @@ import torch.nn.functional as F
 
 from engine import catalog
 from engine import models as M
+from engine import param_counts
 from engine.models.densenet import Transition
 
 
 
 def paper_row(name):
-    ours = M.param_count(name, M.PAPER_NUM_CLASSES[name]) / 1e6
-    paper = M.PAPER_PARAMS[name]
+    ours = M.param_count(name, param_counts.PAPER_NUM_CLASSES[name]) / 1e6
+    paper = param_counts.PAPER_PARAMS[name]
     print(f"{name:30s} ours {ours:7.2f} M   paper {paper:6.2f} M   {100 * (ours / paper - 1):+6.1f}%")
     return ours, paper
 
@@ -54,8 +55,8 @@ def test_densenet_counts_follow_the_documented_layout_and_sit_near_the_paper():
         assert abs(ours / paper - 1) < tol, name
 
 
-TABLE4 = [n for n in M.PAPER_PARAMS if n.startswith("densenet-bc-90-60-")]
-TABLE5 = [n for n in M.PAPER_PARAMS if n.startswith("ban-")]
+TABLE4 = [n for n in param_counts.PAPER_PARAMS if n.startswith("densenet-bc-90-60-")]
+TABLE5 = [n for n in param_counts.PAPER_PARAMS if n.startswith("ban-")]
 
 
 def test_table4_counts_order_like_the_paper():
@@ -67,7 +68,7 @@ def test_table4_counts_order_like_the_paper():
     # compression x0.5 and x0.75 are smaller than the teacher, x1.5 larger (5.1, 10.1 < 16.1 < 80.5)
     assert c("comp0.5") < c("comp0.75") < teacher < c("comp1.5")
     for v in ("depth0.5", "depth2", "depth3", "depth4"):   # stated tolerance: 10%
-        assert abs(c(v) / M.PAPER_PARAMS[f"densenet-bc-90-60-{v}"] - 1) < 0.10, v
+        assert abs(c(v) / param_counts.PAPER_PARAMS[f"densenet-bc-90-60-{v}"] - 1) < 0.10, v
 
 
 def test_table5_counts():
@@ -141,7 +142,7 @@ def test_paper_students_train_against_densenet_90_60(name):
 
 def test_every_listed_name_builds_with_stem_and_head():
     names = M.names()
-    assert set(M.PAPER_PARAMS) <= set(names)
+    assert set(param_counts.PAPER_PARAMS) <= set(names)
     for name in names:
         if catalog.resolve_model(name)[0].kind != "image":
             continue

@@ -26,6 +26,12 @@ def _join(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _field(label: str, value: str, id: str, **options) -> ComposeResult:
+    """A labelled input of the form: the label, then the input `id` holding `value`."""
+    yield Label(label, classes="field")
+    yield Input(value, id=id, compact=True, **options)
+
+
 class GenRows(Vertical):
     """One line per generation: the teacher (objective ce) then the students."""
 
@@ -84,25 +90,18 @@ class ChainForm(VerticalScroll):
     def compose(self) -> ComposeResult:
         d = self.draft
         with Horizontal():
-            yield Label("name", classes="field")
-            yield Input(d.name, id="name", compact=True)
+            yield from _field("name", d.name, "name")
         with Horizontal():
             yield Label("data set", classes="field")
             yield Select([(n, n) for n in catalog.DATASETS], value=d.dataset, allow_blank=False, id="dataset", compact=True)
-            yield Label("data root", classes="field")
-            yield Input(d.root, placeholder="(none)", id="root", compact=True)
+            yield from _field("data root", d.root, "root", placeholder="(none)")
         with Horizontal():
-            yield Label("epochs", classes="field")
-            yield Input(str(d.epochs), type="integer", id="epochs", compact=True)
-            yield Label("batch size", classes="field")
-            yield Input(str(d.batch_size), type="integer", id="batch_size", compact=True)
-            yield Label("lr", classes="field")
-            yield Input(repr(d.lr), type="number", id="lr", compact=True)
+            yield from _field("epochs", str(d.epochs), "epochs", type="integer")
+            yield from _field("batch size", str(d.batch_size), "batch_size", type="integer")
+            yield from _field("lr", repr(d.lr), "lr", type="number")
         with Horizontal():
-            yield Label("ensembles", classes="field")
-            yield Input(_join(d.ensembles), placeholder="e.g. 2, 3 (Ens*k over BAN-1..k)", id="ensembles", compact=True)
-            yield Label("seeds", classes="field")
-            yield Input(_join(d.seeds), placeholder="e.g. 0, 1", id="seeds", compact=True)
+            yield from _field("ensembles", _join(d.ensembles), "ensembles", placeholder="e.g. 2, 3 (Ens*k over BAN-1..k)")
+            yield from _field("seeds", _join(d.seeds), "seeds", placeholder="e.g. 0, 1")
         yield Label("generations (teacher model first; students may change architecture)", classes="section")
         yield GenRows(d.rows, id="gen-rows")
         with Horizontal():

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_width, fp32_head, he_init, register
+from engine.models.common import check_width, fp32_head, he_init
+from engine.models.registry import register
 
 BN_MOMENTUM = 0.4    # PyTorch's convention: running = 0.6 * running + 0.4 * batch
 LOGIT_SCALE = 1 / 9

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_dropout, check_width, fp32_head, he_init, register
+from engine.models.common import check_dropout, check_width, fp32_head, he_init
+from engine.models.registry import register
 
 
 class SmallCNN(nn.Module):

@@ -47,7 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import check_dropout, check_width, fp32_head, he_init, register
+from engine.models.common import check_dropout, check_width, fp32_head, he_init
+from engine.models.registry import register
 
 
 class DenseLayer(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.models import fp32_head
+from engine.models.common import fp32_head
 
 # Zaremba et al.'s per-size settings, used when the name gives one of their sizes.
 ZAREMBA = {200: dict(dropout=0.0, init_range=0.1), 650: dict(dropout=0.5, init_range=0.05),

@@ -45,7 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import catalog
-from engine.models import check_dropout, check_width, fp32_head, he_init, register
+from engine.models.common import check_dropout, check_width, fp32_head, he_init
+from engine.models.registry import register
 from engine.models.densenet import densenet_bc_layout
 
 

@@ -372,6 +372,33 @@ class Checker:
         self.unknown_keys(p, raw, EXPERIMENT_KEYS)
         n_before = len(self.problems)
         merged = {**defaults, **raw}
+        name = self.experiment_name(p, merged)
+        where = lambda k: p + (k,) if k in raw else ("defaults", k)  # noqa: E731
+        dataset = self.dataset(where("dataset"), merged.get("dataset", {"name": "digits"}))
+        training = self.training(p if raw else ("defaults",), {k: merged[k] for k in TRAINING_KEYS if k in merged}, Training())
+        model = self.model(where("model"), merged["model"]) if "model" in merged else "cnn-small"
+        model_options = self.options(where("model_options"), merged.get("model_options", {}))
+        objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
+        shared = (model, model_options, objective_options, training)
+        if "generation" in raw:
+            gens = self.generation_tables(p, raw, where, *shared)
+        else:
+            gens = self.uniform_generations(merged, where, *shared)
+        gens = [g for g in gens if g is not None]
+        ensembles = self.ensembles(where("ensembles"), merged.get("ensembles", []), len(gens) - 1)
+        seeds = self.seeds(where("seeds"), merged.get("seeds", [0]))
+        device, runs_dir, gpus, host = self.placement(merged, where, hosts)
+        include = merged.get("ensemble_include_teacher", False)
+        include = self.bool_(where("ensemble_include_teacher"), include) or False
+        self.model_kinds(where("model"), dataset, gens)
+        if len(self.problems) > n_before or dataset is None or not isinstance(name, str):
+            return None
+        return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
+                          ensemble_include_teacher=include, seeds=list(seeds), device=device,
+                          runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+
+    def experiment_name(self, p, merged):
+        """The experiment's name as given (None when missing), a problem when it is not a valid name."""
         name = merged.get("name")
         if name is None:
             self.bad(p, "expected key 'name', found none")
@@ -380,60 +407,64 @@ class Checker:
                 check_name(name, "experiment name")
             except ValueError as exc:
                 self.bad(p + ("name",), str(exc))
-        where = lambda k: p + (k,) if k in raw else ("defaults", k)  # noqa: E731
-        dataset = self.dataset(where("dataset"), merged.get("dataset", {"name": "digits"}))
-        training = self.training(p if raw else ("defaults",), {k: merged[k] for k in TRAINING_KEYS if k in merged}, Training())
-        model = self.model(where("model"), merged["model"]) if "model" in merged else "cnn-small"
-        model_options = self.options(where("model_options"), merged.get("model_options", {}))
-        objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
+        return name
+
+    def generation_tables(self, p, raw, where, model, model_options, objective_options, training) -> list:
+        """The generations of an experiment written as [[experiment.generation]] tables, whose shared
+        objective options must each be an option of some objective."""
         every_option = sorted({o for opts in catalog.OBJECTIVE_OPTIONS.values() for o in opts})
-        if "generation" in raw:
-            for k in objective_options:
-                if k not in every_option:
-                    self.bad(where("objective_options") + (k,), "unknown objective option"
-                             + did_you_mean(k, every_option) + "; expected one of: " + ", ".join(every_option))
-        gens: list[Generation] = []
-        if "generation" in raw:
-            if "generations" in raw or "objective" in raw:
-                self.bad(p + ("generation",), "expected either `generations` + `objective` or "
-                         "[[experiment.generation]] tables, found both")
-            gl = raw["generation"]
-            if not isinstance(gl, list) or not gl:
-                self.bad(p + ("generation",), f"expected an array of [[experiment.generation]] tables, found {describe(gl)}")
-                gl = []
-            if len(gl) > MOST["generations"] + 1:
-                self.bad(p + ("generation",), f"expected at most {MOST['generations'] + 1} generations "
-                         f"(the upper bound for generations), found {len(gl)}")
-                gl = []
-            for j, g in enumerate(gl):
-                if isinstance(g, dict) and "model" not in g and model is not None:   # takes the shared options
-                    self.model_options(where("model_options"), model, model_options)
-                gens.append(self.generation(p + ("generation", j), j, g, model, model_options, objective_options, training))
-        else:
-            n = merged.get("generations", 3)
-            n = self.int_(where("generations"), n, 0)
-            obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
-            if model is not None:
+        for k in objective_options:
+            if k not in every_option:
+                self.bad(where("objective_options") + (k,), "unknown objective option"
+                         + did_you_mean(k, every_option) + "; expected one of: " + ", ".join(every_option))
+        if "generations" in raw or "objective" in raw:
+            self.bad(p + ("generation",), "expected either `generations` + `objective` or "
+                     "[[experiment.generation]] tables, found both")
+        gl = raw["generation"]
+        if not isinstance(gl, list) or not gl:
+            self.bad(p + ("generation",), f"expected an array of [[experiment.generation]] tables, found {describe(gl)}")
+            gl = []
+        if len(gl) > MOST["generations"] + 1:
+            self.bad(p + ("generation",), f"expected at most {MOST['generations'] + 1} generations "
+                     f"(the upper bound for generations), found {len(gl)}")
+            gl = []
+        gens = []
+        for j, g in enumerate(gl):
+            if isinstance(g, dict) and "model" not in g and model is not None:   # takes the shared options
                 self.model_options(where("model_options"), model, model_options)
-            if n is not None and obj is not None:
-                gens.append(Generation(0, "ce", model, dict(model_options), {}, None, training=training))
-                opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
-                for j in range(1, n + 1):
-                    gens.append(Generation(j, obj, model, dict(model_options), dict(opts),
-                                           None if obj in catalog.TEACHERLESS else j - 1,
-                                           training=training))
-        gens = [g for g in gens if g is not None]
-        n_students = len(gens) - 1
-        ensembles = merged.get("ensembles", [])
-        ens_ok = isinstance(ensembles, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in ensembles)
-        if not ens_ok:
-            self.bad(where("ensembles"), f"expected an array of generation counts like [2, 3], found {describe(ensembles)}")
-            ensembles = []
+            gens.append(self.generation(p + ("generation", j), j, g, model, model_options, objective_options, training))
+        return gens
+
+    def uniform_generations(self, merged, where, model, model_options, objective_options, training) -> list:
+        """`generations = n` + `objective`: a `ce` teacher, then n students of one objective, each
+        taught by the one before (by none for a teacherless objective)."""
+        n = self.int_(where("generations"), merged.get("generations", 3), 0)
+        obj = self.choice(where("objective"), merged.get("objective", "ban"), catalog.OBJECTIVES, "objective")
+        if model is not None:
+            self.model_options(where("model_options"), model, model_options)
+        if n is None or obj is None:
+            return []
+        gens = [Generation(0, "ce", model, dict(model_options), {}, None, training=training)]
+        opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
+        for j in range(1, n + 1):
+            gens.append(Generation(j, obj, model, dict(model_options), dict(opts),
+                                   None if obj in catalog.TEACHERLESS else j - 1, training=training))
+        return gens
+
+    def ensembles(self, path, ensembles, n_students: int) -> list:
+        """The Ens*k sizes: integers between 1 and the number of student generations."""
+        if not (isinstance(ensembles, list) and all(isinstance(k, int) and not isinstance(k, bool) for k in ensembles)):
+            self.bad(path, f"expected an array of generation counts like [2, 3], found {describe(ensembles)}")
+            return []
         for k in ensembles:
             if not 1 <= k <= max(n_students, 0):
-                self.bad(where("ensembles"), f"expected each k between 1 and the number of student generations "
+                self.bad(path, f"expected each k between 1 and the number of student generations "
                          f"({n_students}), found {k}")
-        seeds = self.seeds(where("seeds"), merged.get("seeds", [0]))
+        return ensembles
+
+    def placement(self, merged, where, hosts) -> tuple:
+        """(device, runs_dir, gpus, host): where the experiment runs, the host one of [hosts] or of
+        the user's hosts file."""
         device = merged.get("device", "auto")
         if self.str_(where("device"), device) is not None and not DEVICES.fullmatch(device):
             self.bad(where("device"), f"expected auto, cpu, cuda or cuda:N, found {device!r}")
@@ -444,25 +475,21 @@ class Checker:
                 and host not in self.extra_hosts:
             self.bad(where("host"), f"expected a host defined under [hosts], found {host!r}"
                      + did_you_mean(host, list(hosts) + sorted(self.extra_hosts)))
-        include = merged.get("ensemble_include_teacher", False)
-        include = self.bool_(where("ensemble_include_teacher"), include) or False
-        if dataset and dataset.name in catalog.LM_DATASETS:
-            for g in gens:
-                fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
-                if fam and fam.kind != "lm":
-                    self.bad(where("model"), f"expected a language model for data set {dataset.name!r}, found image model {g.model!r}")
-                    break
-        elif dataset:
-            for g in gens:
-                fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
-                if fam and fam.kind == "lm":
-                    self.bad(where("model"), f"expected an image model for data set {dataset.name!r}, found language model {g.model!r}")
-                    break
-        if len(self.problems) > n_before or dataset is None or not isinstance(name, str):
-            return None
-        return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
-                          ensemble_include_teacher=include, seeds=list(seeds), device=device,
-                          runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+        return device, runs_dir, gpus, host
+
+    def model_kinds(self, path, dataset, gens) -> None:
+        """Language models for a language data set, image models for the others (one problem)."""
+        if not dataset:
+            return
+        lm = dataset.name in catalog.LM_DATASETS
+        for g in gens:
+            fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
+            if fam and (fam.kind == "lm") != lm:
+                if lm:
+                    self.bad(path, f"expected a language model for data set {dataset.name!r}, found image model {g.model!r}")
+                else:
+                    self.bad(path, f"expected an image model for data set {dataset.name!r}, found language model {g.model!r}")
+                break
 
     def seeds(self, path, seeds) -> list:
         if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):

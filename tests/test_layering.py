@@ -1,0 +1,123 @@
+"""The import graph of engine/ and ban_tui/, read with ast: every import, at module level or
+inside a function, is an edge. No cycle anywhere, a package that imports its submodules
+included (`engine.models` imports `engine.models.cnn`, so `cnn` must not import `engine.models`
+back: it imports `engine.models.registry` and `engine.models.common`), and the engine never
+imports the manager. (What each side may load at run time, torch and textual, is held by
+tests/test_cli.py, test_spec.py and test_engine_process.py.)"""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def modules(root: Path, packages=("engine", "ban_tui")) -> dict[str, Path]:
+    """Dotted module name -> file, a package named by its __init__.py."""
+    out = {}
+    for top in packages:
+        for path in (root / top).rglob("*.py"):
+            out[".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")] = path
+    return out
+
+
+def imports(name: str, path: Path, known) -> set[str]:
+    """The modules of `known` that `name` imports: `import a.b` -> a.b; `from a import b` -> a.b
+    where that is a module, else a; relative imports resolved against the importing package."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = alias.name
+                while target and target not in known:
+                    target = target.rpartition(".")[0]
+                found.add(target)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package
+                for _ in range(node.level - 1):
+                    up = up.rpartition(".")[0]
+                base = f"{up}.{base}" if base else up
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def graph(root: Path, packages=("engine", "ban_tui")) -> dict[str, set[str]]:
+    known = modules(root, packages)
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a path back to its start) per strongly connected group of two or more modules."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(g[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(group)
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return [path_back(g, min(group), group) for group in groups]
+
+
+def path_back(g, start, group) -> list[str]:
+    """A shortest path start -> ... -> start inside group (breadth first)."""
+    paths, seen = [[start]], set()
+    while paths:
+        path = paths.pop(0)
+        for w in sorted(g[path[-1]] & group):
+            if w == start:
+                return path + [start]
+            if w not in seen:
+                seen.add(w)
+                paths.append(path + [w])
+    raise AssertionError(f"{start} is in no cycle of {sorted(group)}")
+
+
+def test_engine_and_ban_tui_import_no_cycle():
+    g = graph(ROOT)
+    assert {"engine.models", "engine.models.registry", "engine.spec.checks", "ban_tui.remote.source"} <= set(g)
+    assert "engine.models.cnn" in g["engine.models"] and "engine.models.registry" in g["engine.models.cnn"]
+    assert [" -> ".join(c) for c in cycles(g)] == []
+
+
+def test_the_engine_never_imports_the_manager():
+    g = graph(ROOT)
+    up = {m: sorted(t for t in ts if t.startswith("ban_tui")) for m, ts in g.items() if m.startswith("engine")}
+    assert {m: ts for m, ts in up.items() if ts} == {}
+
+
+def test_a_package_that_its_submodule_imports_back_is_a_cycle(tmp_path):
+    """The graph sees the package -> submodule -> package cycle (and a relative one), as it was in
+    engine.models before the registry moved out of its __init__.py."""
+    pkg = tmp_path / "engine" / "models"
+    pkg.mkdir(parents=True)
+    (tmp_path / "engine" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("def register(f): return f\nfrom engine.models import cnn  # noqa\n")
+    (pkg / "cnn.py").write_text("def build():\n    from engine.models import register\n")
+    (pkg / "lm.py").write_text("from . import helpers\n")
+    (pkg / "helpers.py").write_text("from .lm import x\n")
+    (tmp_path / "engine" / "fine.py").write_text("from engine.models import cnn\nimport engine.models.lm\n")
+    g = graph(tmp_path, ("engine",))
+    assert g["engine.fine"] == {"engine.models.cnn", "engine.models.lm"}
+    assert sorted(cycles(g)) == [["engine.models", "engine.models.cnn", "engine.models"],
+                                 ["engine.models.helpers", "engine.models.lm", "engine.models.helpers"]]
