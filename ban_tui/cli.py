@@ -37,7 +37,7 @@ from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.live import OutputConsole, metric_header, open_view, print_summary, print_table, say
 from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
                             clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row,
-                            status_label, with_val_selected)
+                            metric_str, status_label, with_val_selected)
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
@@ -471,6 +471,10 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
         say(console, f"notes: {exc}")
     rows = gen_rows(state)
     print_table(console, metric_header(with_val_selected(GEN_COLUMNS, rows), state.metric), rows, "generations")
+    key = f"train_eval_{state.metric}"   # gen_end's fit criterion
+    fit = [f"{g.label} {metric_str(g.final[key], state.metric)}" for _, g in sorted(state.gens.items()) if key in g.final]
+    if fit:
+        say(console, "training set in eval mode (fit): " + "  ".join(fit))
     if state.ensembles:
         print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
     diag = diagnostics_rows(state)

@@ -6,7 +6,8 @@ trains it for `gen.training.epochs` epochs on `gen.objective` and returns it wit
 and its test-set probabilities. What is the same for every task lives here: build + inherit,
 the gen_start event, the objective/optimizer/precision parts, restoring checkpoints/last.pt,
 the epoch loop's bookkeeping (running sums, the finite check, stopping on SIGTERM, the epoch
-record, `end_epoch`, `save_last`) and the final evaluation. What differs (batches, the steps of
+record, `end_epoch`, `save_last`) and the final evaluation (with the task's eval-mode error on
+the training set, the fit criterion). What differs (batches, the steps of
 one epoch, evaluation, ensemble metrics, the model's build arguments) comes from the task
 (engine/tasks/: `image`, `lm`; the protocol is in engine/tasks/__init__.py).
 
@@ -249,12 +250,14 @@ class Generation:
         return probs
 
     def result(self, probs) -> GenResult:
-        """The final evaluation: the last epoch's metrics, and the test probabilities (again when
-        the generation resumed after its last epoch had been saved)."""
+        """The final evaluation: the last epoch's metrics with the task's fit criterion (the
+        training set in eval mode, `Loop.fit`), and the test probabilities (again when the
+        generation resumed after its last epoch had been saved). Both are functions of the
+        trained weights, so a resumed generation ends with the same numbers."""
         history = self.progress.history
         if probs is None:
             probs = self.loop.test_probs()
-        final = {k: history[-1][k] for k in self.task.metrics if k in history[-1]}
+        final = {**{k: history[-1][k] for k in self.task.metrics if k in history[-1]}, **self.loop.fit()}
         return GenResult(self.model, final, self.progress.best, probs, sum(h["seconds"] for h in history))
 
 

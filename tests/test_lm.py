@@ -328,3 +328,13 @@ def test_a_stopped_generation_resumes_with_its_hidden_state(tmp_path, corpus_dir
     resumed = train_generation(ctx, gen, teacher, task, Resume(resume, started=True))
     assert resumed.final == pytest.approx(whole.final, rel=1e-6)
     np.testing.assert_allclose(resumed.test_probs, whole.test_probs, rtol=1e-6)
+    # the fit criterion: the training stream in eval mode, hidden state carried, computed here
+    model, columns = whole.model.eval(), ptb.batchify(task.data.train, gen.training.batch_size)
+    hidden, nll, n = model.init_hidden(columns.size(1)), 0.0, 0
+    with torch.no_grad():
+        for x, y in ptb.windows(columns, task.data.bptt):
+            logits, hidden = model(x, hidden)
+            nll += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+            n += y.numel()
+    assert whole.final["train_eval_loss"] == pytest.approx(nll / n, rel=1e-5)
+    assert whole.final["train_eval_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)

@@ -101,7 +101,10 @@ def test_a_generation_trains_and_reports(tmp_path, digits):
     epochs = [e for e in read_events(tmp_path / "events.jsonl") if e["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert epochs[-1]["test_err"] < 0.3 and epochs[-1]["test_err"] < epochs[0]["test_err"]
-    assert result.final == {k: epochs[-1][k] for k in ("train_loss", "train_err", "test_loss", "test_err")}
+    assert set(result.final) == {"train_loss", "train_err", "test_loss", "test_err", "train_eval_loss", "train_eval_err"}
+    assert {k: result.final[k] for k in ("train_loss", "train_err", "test_loss", "test_err")} == \
+        {k: epochs[-1][k] for k in ("train_loss", "train_err", "test_loss", "test_err")}
+    assert 0 <= result.final["train_eval_err"] < 0.3 and result.final["train_eval_loss"] > 0
     assert result.best["test_err"] == min(e["test_err"] for e in epochs)
     assert result.test_probs.dtype == np.float32 and result.test_probs.shape == (len(digits.test_y), 10)
     assert np.mean(result.test_probs.argmax(1) != digits.test_y.numpy()) == result.final["test_err"]
@@ -109,6 +112,36 @@ def test_a_generation_trains_and_reports(tmp_path, digits):
     assert epochs[-1]["samples_per_s"] > 0 and epochs[0]["lr"] > epochs[-1]["lr"]    # cosine
     last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 3 and last["step"] == 0 and len(last["history"]) == 3
+
+
+def test_gen_end_fit_is_an_eval_mode_evaluation_of_the_saved_model_on_the_training_set(tmp_path, digits):
+    """gen_end's train_eval_err/loss equal, for every generation of a chain, an evaluation written
+    here (one batch, by hand-normalised pixels) of the weights in checkpoints/gen-<k>.pt, in eval mode."""
+    from typer.testing import CliRunner
+    from ban_tui.cli import app
+    from engine import chain, checkpoint
+    root = tmp_path / "runs" / "t" / "r"
+    ctx = context(root, digits, CONFIG.replace("epochs = 1", "epochs = 2"))
+    chain.run_chain(ctx)
+    ends = {e["gen"]: e for e in read_events(root / "events.jsonl") if e["kind"] == "gen_end"}
+    assert sorted(ends) == [0, 1]
+    mean = torch.tensor(digits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(digits.std).view(1, -1, 1, 1)
+    x, y = (digits.train_x.float() / 255 - mean) / std, digits.train_y.long()
+    for k, e in ends.items():
+        model = build("cnn-small", 10, 1)
+        model.load_state_dict(checkpoint.load(root / "checkpoints" / f"gen-{k}.pt")["state_dict"])
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        err = (logits.argmax(1) != y).sum().item() / len(y)
+        loss = torch.nn.functional.cross_entropy(logits, y).item()
+        assert e["final"]["train_eval_err"] == pytest.approx(err, abs=0.5 / len(y)), k    # the same samples wrong
+        assert e["final"]["train_eval_loss"] == pytest.approx(loss, rel=1e-5), k
+    shown = CliRunner().invoke(app, ["show", str(root)])
+    assert shown.exit_code == 0, shown.output
+    fit = [f"{label} {100 * ends[k]['final']['train_eval_err']:.2f}%" for k, label in ((0, "Teacher"), (1, "BAN-1"))]
+    assert f"training set in eval mode (fit): {fit[0]}  {fit[1]}" in shown.output
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, digits):

@@ -43,6 +43,12 @@ class Loop(ABC):
     def test_probs(self) -> np.ndarray:
         """The test probabilities of the model as it is (a generation resumed after its end)."""
 
+    def fit(self) -> dict:
+        """The fit criterion, added to gen_end's `final` once the generation has trained: the
+        trained model evaluated on the training set in evaluation mode, no augmentation (e.g.
+        train_eval_err). A task without one returns {}."""
+        return {}
+
     def carry_state(self, carry) -> dict:
         """Entries of last.pt that continue the epoch mid-way (carry None: at an epoch's end)."""
         return {}
@@ -54,7 +60,7 @@ class Loop(ABC):
 
 class Task(ABC):
     """What one kind of data set trains like, holding the run's data (`self.data`)."""
-    metrics: tuple[str, ...]         # the epoch metrics that make gen_end's `final`
+    metrics: tuple[str, ...]         # the epoch metrics that make gen_end's `final` (with Loop.fit's)
     sums: tuple[str, ...]            # running sums of an epoch besides "n", "seconds", "diag"
 
     def __init__(self, data):

@@ -7,6 +7,8 @@ in eval mode under inference_mode and the same precision (or its cached logits, 
 running sums over the epoch, from the logits the step already has (no extra forward pass), read
 back from the device every READ_BACK_STEPS steps. After each epoch: val (if any) and test
 loss/err. The headline is the last epoch's test error; the test set never chooses anything.
+After the last epoch, once: the training set in eval mode, unaugmented (`fit`: train_eval_loss,
+train_eval_err in gen_end's final), the fit criterion; train_err is the running train-mode error.
 
 DDP (torchrun, world_size > 1): every rank draws the same global batch of `batch_size` and
 trains on its 1/world_size slice; the loss is weighted so that DDP's gradient average equals the
@@ -220,3 +222,9 @@ class ImageLoop(Loop):
 
     def test_probs(self):
         return evaluate(self.eval_net, self.test, self.parts.autocast, keep_probs=True)[2]
+
+    def fit(self):
+        """The training set in eval mode (BN running statistics, no dropout), unaugmented, in order."""
+        every = self.make_batches(self.data.train_x, self.data.train_y, self.gen.training.eval_batch_size, False)
+        loss, err, _ = evaluate(self.eval_net, every, self.parts.autocast)
+        return {"train_eval_loss": loss, "train_eval_err": err}

@@ -20,6 +20,9 @@ training, dropout on), val_loss/val_ppl, test_loss/test_ppl (mean cross-entropy 
 token in nats, and its exp), lr, seconds, tokens_per_s, diagnostics (eq. 7-10, sampled on every
 DIAG_EVERY-th window: the full-vocabulary gradient split costs a few softmaxes per call).
 
+gen_end's final adds train_eval_loss/train_eval_ppl: the trained model on the training columns
+in eval mode (one forward pass, hidden state carried), the fit criterion beside train_ppl.
+
 Test probabilities for ensembles: an ensemble's next-word distribution is the mean of its
 members' distributions, so its probability of the actual next word is the mean of the members'
 probabilities of that word. Storing, per generation, each test position's probability of the
@@ -223,6 +226,11 @@ class LanguageModelLoop(Loop):
 
     def test_probs(self):
         return evaluate(self.model, self.test, self.bptt, keep_probs=True, autocast=self.parts.autocast)[1]
+
+    def fit(self):
+        """The training columns in eval mode (dropout off), hidden state carried: one forward pass."""
+        loss, _ = evaluate(self.model, self.columns, self.bptt, autocast=self.parts.autocast)
+        return {"train_eval_loss": loss, "train_eval_ppl": ppl(loss)}
 
     def carry_state(self, carry) -> dict:
         states = carry or (None, None)
