@@ -73,7 +73,7 @@ def test_drive_ban_tui_with_keys_in_tmux(tmp_path):
         term.keys("F2")
         term.wait("^n New chain", "✓ valid")
         term.keys("C-n")                                      # a new chain in the form
-        term.wait("chain-1", "unsaved changes")
+        term.wait("chain-1", "(unsaved)")                    # the title marks unsaved edits
         term.keys("C-q")                                      # unsaved edits: it asks (issue 17)
         term.wait("unsaved edits. Quit?", "Discard (d)")
         term.keys("d")                                        # quit without saving
