@@ -192,9 +192,7 @@ def start_ready(runs_dir: Path) -> list[Path]:
             if started_elsewhere(root):
                 (root / QUEUED).unlink(missing_ok=True)
                 continue
-            need = max(1, int(marker.get("need", 1)))
-            if need > len(slots):   # never fits here: take the whole host rather than wait forever
-                need = len(slots)
+            need = slots_needed(marker.get("need", 1), slots)
             if len(free) < need:
                 continue
             taken, free = free[:need], free[need:]
@@ -209,6 +207,12 @@ def start_ready(runs_dir: Path) -> list[Path]:
             (root / QUEUED).unlink(missing_ok=True)
             started.append(root)
     return started
+
+
+def slots_needed(need, slots: list[str]) -> int:
+    """At least one slot; a run that needs more than the host has takes the whole host rather
+    than wait forever."""
+    return min(max(1, int(need)), len(slots))
 
 
 def start_on(root: Path, argv: list[str], taken: list[str], n_slots: int, cwd=None) -> dict:
@@ -232,7 +236,7 @@ def start_now(root: Path, argv: list[str], need: int = 1) -> dict:
     runs_dir = root.parent.parent
     with flocked(runs_dir / ASSIGN_LOCK):
         slots = host_slots(runs_dir)
-        need = min(max(1, int(need)), len(slots))
+        need = slots_needed(need, slots)
         busy = busy_slots(runs_dir)
         free = [s for s in slots if s not in busy]
         if len(free) < need:
