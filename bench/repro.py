@@ -44,11 +44,12 @@ from ban_tui import report  # noqa: E402
 
 N_TRAIN = 200
 N_TEST = 1000
-EPOCHS = 25
+EPOCHS = 25          # every student
+TEACHER_EPOCHS = 35  # the teacher and the control's CE models: the pilot's fit target needs them
 SEEDS = [0, 1, 2, 3, 4]
 FIT_TARGET = 0.02
 DATA = ROOT / "data" / "repro16-cifar10"
-MAIN, CONTROL = "r16", "r16+ce"
+MAIN, CONTROL, PILOT = "r16", "r16+ce", "r16-pilot"
 
 COMMON = """dataset = {{ name = "npz", root = "{root}", augment = false }}
 model = "preact-resnet-8"
@@ -80,20 +81,25 @@ def prepare_data(shared: Path) -> None:
     np.savez(DATA / "test.npz", x=test["x"][:N_TEST], y=test["y"][:N_TEST])
 
 
-def generation(objective: str, teacher) -> str:
+def generation(objective: str, teacher, epochs: int | None = None) -> str:
     line = f'[[experiment.generation]]\nobjective = "{objective}"\n'
+    if epochs is not None:
+        line += f"epochs = {epochs}\n"
     if objective == "ls":
         line += "objective_options = { smoothing = 0.1 }\n"
     return line + (f"teacher = {teacher}\n" if teacher is not None and objective != "ce" else "")
 
 
-def config_text(epochs: int, seeds: list[int]) -> str:
+def config_text(epochs: int, teacher_epochs: int, seeds: list[int]) -> str:
     head = COMMON.format(root=DATA, epochs=epochs, seeds=seeds)
-    main = f'[[experiment]]\nname = "{MAIN}"\n' + head + "".join(generation(o, t) for o, t, _ in CHAIN)
+    main = f'[[experiment]]\nname = "{MAIN}"\n' + head + "".join(
+        generation(o, t, teacher_epochs if o == "ce" else None) for o, t, _ in CHAIN)
     # a chain needs a generation 0; the control's is a 1-epoch placeholder, left out of the report
-    control = (f'[[experiment]]\nname = "{CONTROL}"\n' + head + generation("ce", None) + "epochs = 1\n"
-               + "".join(generation("ce", None) for _ in range(3)))
-    return main + "\n" + control
+    control = (f'[[experiment]]\nname = "{CONTROL}"\n' + head + generation("ce", None, 1)
+               + "".join(generation("ce", None, teacher_epochs) for _ in range(3)))
+    # the pilot: the teacher alone, to check the fit target before the whole reproduction
+    pilot = f'[[experiment]]\nname = "{PILOT}"\n' + head + generation("ce", None, teacher_epochs)
+    return main + "\n" + control + "\n" + pilot
 
 
 def run_one(config: Path, runs_dir: Path, name: str, seed: int) -> tuple[str, int, int, float]:
@@ -120,13 +126,13 @@ def wall_seconds(run_dirs) -> float:
     return max(ts) - min(ts) if ts else 0.0
 
 
-def teacher_fit(runs_dir: Path) -> dict:
+def teacher_fit(runs_dir: Path, name: str = MAIN) -> dict:
     """Per seed: the teacher's eval-mode training error (gen_end's train_eval_err) and its
     running train-mode error of the last epoch."""
     out = {}
     for r in list_runs(runs_dir):
         s = load_state(r)
-        if r.parent.name == MAIN and s.status() == "ok" and 0 in s.gens:
+        if r.parent.name == name and s.status() == "ok" and 0 in s.gens:
             f = s.gens[0].final
             out[s.seed] = {"train_eval_err": f.get("train_eval_err"), "train_err_running": f.get("train_err")}
     return dict(sorted(out.items()))
@@ -181,9 +187,9 @@ def hardware(jobs: int) -> str:
             f"{jobs} engines at a time with one thread each")
 
 
-def run_all(config: Path, runs_dir: Path, jobs: int) -> int:
+def run_all(config: Path, runs_dir: Path, jobs: int, names=(MAIN, CONTROL)) -> int:
     """The chains not yet ok (longest first), `jobs` at a time; how many ran."""
-    todo = [(n, s) for n in (MAIN, CONTROL) for s in SEEDS
+    todo = [(n, s) for n in names for s in SEEDS
             if s not in ok_seeds(runs_dir, n, ("ok", "running", "starting"))]
     print(f"{len(todo)} chains to run, {jobs} at a time", flush=True)
     with ThreadPoolExecutor(jobs) as pool:
@@ -214,16 +220,25 @@ def write(out: Path, data: dict, wall: float, ran: int, jobs: int, epochs: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--teacher-epochs", type=int, default=TEACHER_EPOCHS)
     ap.add_argument("--shared", type=Path, default=Path("/work/shared/data/cifar10"))
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs-repro16")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--report-only", action="store_true", help="train nothing: report the chains that ended ok")
+    ap.add_argument("--pilot", action="store_true", help="train only each seed's teacher and print its fit")
     args = ap.parse_args()
     prepare_data(args.shared)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     config = args.runs_dir / "repro16.toml"
-    config.write_text(config_text(args.epochs, SEEDS))
+    config.write_text(config_text(args.epochs, args.teacher_epochs, SEEDS))
+    if args.pilot:
+        t0 = time.time()
+        run_all(config, args.runs_dir, args.jobs, (PILOT,))
+        fit = teacher_fit(args.runs_dir, PILOT)
+        print(f"pilot ({args.teacher_epochs} epochs, {(time.time() - t0) / 60:.1f} min): " + ", ".join(
+            f"seed {s} train_eval_err {100 * v['train_eval_err']:.2f}%" for s, v in fit.items()))
+        return
     if not args.report_only:
         run_all(config, args.runs_dir, args.jobs)
     dirs = [r for r in list_runs(args.runs_dir) if r.parent.name in (MAIN, CONTROL)]
