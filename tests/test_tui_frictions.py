@@ -10,6 +10,7 @@ import pytest
 from ban_tui.app import BanApp
 from ban_tui.screens.confirm import Confirm
 from ban_tui.screens.runs import RunsTable, remove_run
+from ban_tui.widgets.footer import KeysFooter
 from test_tui_support import CONFIG, OK, STALE, cells, copy_runs, wait_for
 
 
@@ -51,6 +52,23 @@ async def test_number_keys_switch_tabs_and_question_mark_shows_keys(setup):
         await pilot.press("question_mark")
         await pilot.pause()
         assert not app.screen.query("HelpPanel")
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+async def test_the_footer_keeps_the_help_key_in_view_and_a_click_presses_a_key(setup, width):
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+    async with app.run_test(size=(width, 24)) as pilot:
+        table = await runs_shown(pilot, app)
+        footer = app.screen.query_one(KeysFooter)
+        text = footer.render().plain
+        assert text.rstrip().endswith("? Keys") and len(text) <= width
+        assert text.lstrip().startswith("⏎ Open")          # the focused table's keys come first
+        if width < 160:
+            assert "…" in text                              # keys that do not fit give way, visibly
+        start = next(s for s, _e, key in footer.spans if key == "space")
+        await pilot.click(KeysFooter, offset=(start, 0))
+        assert cells(table)[0][0] == "*"                    # space: the row under the cursor is marked
 
 
 async def test_delete_asks_and_removes_a_finished_run(setup):
