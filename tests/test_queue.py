@@ -212,6 +212,18 @@ def test_slots_from_the_host_table_and_busy_only_while_the_pid_lives(tmp_path):
     assert scheduler.busy_slots(runs) == {"cpu2"}
 
 
+def test_omp_num_threads_caps_the_threads_of_a_cpu_slot(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert scheduler.slot_env(["cpu0"], 2)["BAN_THREADS"] == "4"            # cores / slots
+    assert scheduler.slot_env(["cpu0", "cpu1"], 2)["BAN_THREADS"] == "8"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert scheduler.slot_env(["cpu0", "cpu1"], 2)["BAN_THREADS"] == "1"    # the user's cap holds
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert scheduler.slot_env(["cpu0"], 2)["BAN_THREADS"] == "4"            # a cap, never a raise
+    assert "BAN_THREADS" not in scheduler.slot_env(["gpu0"], 2)
+
+
 def test_a_run_already_started_is_not_started_twice(tmp_path):
     runs = tmp_path / "runs"
     root = runs / "e" / "r0"
