@@ -64,8 +64,10 @@ class Sshd:
             f"HostKey {r / 'hostkey'}", f"AuthorizedKeysFile {r / 'authorized_keys'}",
             f"PidFile {r / 'sshd.pid'}", "UsePAM no", "StrictModes no", "PermitRootLogin yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "MaxStartups 100",
-            "MaxSessions 100", "Subsystem sftp /usr/lib/openssh/sftp-server", f"Match LocalPort {self.ports['loopgpu']}",
-            f"  SetEnv PATH={self.fakebin}:/usr/local/bin:/usr/bin:/bin", ""]))
+            "MaxSessions 100", "Subsystem sftp /usr/lib/openssh/sftp-server",
+            # one thread per engine on "the host" too (tests/conftest.py): it shares these 2 cores
+            "SetEnv OMP_NUM_THREADS=1", f"Match LocalPort {self.ports['loopgpu']}",
+            f"  SetEnv PATH={self.fakebin}:/usr/local/bin:/usr/bin:/bin OMP_NUM_THREADS=1", ""]))
         (r / "ssh_config").write_text("\n".join(
             [f"Host {name}\n  HostName 127.0.0.1\n  Port {port}" for name, port in self.ports.items()]
             + ["Host *", f"  User {user}", f"  IdentityFile {r / 'userkey'}", "  IdentitiesOnly yes",
