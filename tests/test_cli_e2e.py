@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,8 @@ import pytest
 from engine.events import read_events
 from engine.runs import RunPaths, list_runs, load_state, pid_alive
 
-BAN = str(Path(sys.executable).parent / "ban")
+import helpers
+from helpers import BAN, wait_until
 
 CONFIG = """
 [[experiment]]
@@ -36,8 +35,7 @@ ENV = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
 
 
 def ban(*args, cwd, timeout=240, **kw):
-    env = {**ENV, "BAN_RUNS_DIR": str(Path(cwd) / "runs")}
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    return helpers.ban(*args, cwd=cwd, timeout=timeout, env={**ENV, "BAN_RUNS_DIR": str(Path(cwd) / "runs")}, **kw)
 
 
 def write_config(tmp_path, epochs=1, generations=2, seeds=(0,)):
@@ -45,13 +43,6 @@ def write_config(tmp_path, epochs=1, generations=2, seeds=(0,)):
     cfg.write_text(CONFIG.format(epochs=epochs, generations=generations, ensembles=[2] if generations >= 2 else [],
                                  seeds=list(seeds)))
     return cfg
-
-
-def wait_for(predicate, timeout=120.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def expected_columns(run_dirs):
@@ -116,7 +107,7 @@ def test_detach_cancel_resume(tmp_path):
     root = Path(re.search(r"^started tiny/\S+ \(pid \d+\) in (\S+)$", result.stdout, re.M).group(1))
     assert root.parent == tmp_path / "runs" / "tiny" and f"ban follow {root}" in result.stdout
     # it returned while the engine runs on: the engine writes its first epoch after we are back
-    wait_for(lambda: any(e["kind"] == "epoch" for e in read_events(RunPaths(root).events)))
+    wait_until(lambda: any(e["kind"] == "epoch" for e in read_events(RunPaths(root).events)), 120, "a first epoch")
     state = load_state(root)
     assert state.end is None and pid_alive(state.pid, state.pid_start)
     assert os.getsid(state.pid) == state.pid            # its own session: a Ctrl-C here never reaches it
@@ -142,8 +133,8 @@ def test_ctrl_c_in_run_cancels_gracefully(tmp_path):
     proc = subprocess.Popen([BAN, "run", "experiments.toml"], cwd=tmp_path, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: list_runs(tmp_path / "runs") and any(
-            e["kind"] == "epoch" for e in read_events(RunPaths(list_runs(tmp_path / "runs")[0]).events)))
+        wait_until(lambda: list_runs(tmp_path / "runs") and any(
+            e["kind"] == "epoch" for e in read_events(RunPaths(list_runs(tmp_path / "runs")[0]).events)), 120, "a first epoch")
         proc.send_signal(signal.SIGINT)  # what the terminal sends to the foreground group on Ctrl-C
         out, err = proc.communicate(timeout=120)
     finally:

@@ -18,11 +18,12 @@ from engine.events import read_events
 from engine.runs import pid_alive
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
-BAN = str(Path(sys.executable).parent / "ban")
+from helpers import BAN, cli_env, wait_until as wait_for
+from helpers import ban as run_ban
 
 
 def env() -> dict:   # read at each call: the sshd fixture sets BAN_SSH_CONFIG
-    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "BAN_SCHEDULE_INTERVAL": "0.2"}
+    return cli_env(BAN_SCHEDULE_INTERVAL="0.2")
 
 CHAINS = """
 [defaults]
@@ -42,18 +43,8 @@ seeds = {seeds}
 """
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def ban(*args, cwd, timeout=120):
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env())
+    return run_ban(*args, cwd=cwd, timeout=timeout, env=env())
 
 
 def ended(root: Path) -> dict | None:

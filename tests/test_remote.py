@@ -20,17 +20,12 @@ from ban_tui.remote.source import RemoteSource
 from engine.events import read_events
 from engine.runs import load_state
 from engine.spec import Host, SpecError, loads
+from helpers import ban, cli_env, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_until(predicate, timeout, what, step=0.05)
 
 
 # ---- hosts ----------------------------------------------------------------------------------
@@ -302,7 +297,6 @@ def test_follow_in_chunks_and_after_the_file_is_replaced(sshd):
 
 # ---- a real chain on "the remote", through the CLI and the API ----------------------------------
 
-BAN = str(Path(sys.executable).parent / "ban")
 
 TINY = """
 [[experiment]]
@@ -321,11 +315,6 @@ ssh = "loop"
 workdir = "{workdir}"
 python = "{python}"
 """
-
-
-def ban(*args, cwd, timeout=120):
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tmp_path):
@@ -405,9 +394,8 @@ def test_ban_hosts_shows_gpus_no_gpu_and_unreachable(sshd, tmp_path):
         f'[hosts.loopgpu]\nssh = "loopgpu"\n[hosts.closed]\nssh = "closed"\n')
     config = tmp_path / "ssh_config"
     config.write_text(Path(os.environ["BAN_SSH_CONFIG"]).read_text() + "Host closed\n  HostName 127.0.0.1\n  Port 1\n")
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "250", "XDG_CONFIG_HOME": str(tmp_path),
-           "BAN_SSH_CONFIG": str(config)}
-    result = subprocess.run([BAN, "hosts"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    result = ban("hosts", cwd=tmp_path, timeout=60,
+                 env=cli_env(COLUMNS="250", XDG_CONFIG_HOME=str(tmp_path), BAN_SSH_CONFIG=str(config)))
     assert result.returncode == 0, result.stderr
     lines = [" ".join(line.split()) for line in result.stdout.splitlines() if line.strip()]
     at = {line.split()[0]: i for i, line in enumerate(lines)}

@@ -3,11 +3,9 @@
 exactly as printed."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,10 @@ from engine.events import EventWriter, read_events
 from engine.runs import RunPaths, process_start_time
 from ban_tui.remote import control as remote_control
 from ban_tui.remote.transport import RemoteError
+import helpers
+from helpers import BAN, wait_until
+from helpers import cli_env as env
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
-
-BIN = Path(sys.executable).parent
-BAN = str(BIN / "ban")
 
 # Long enough to be cancelled mid-chain on a busy machine, short enough to end soon after.
 CHAIN = """
@@ -41,22 +39,12 @@ python = "{python}"
 """
 
 
-def env() -> dict:
-    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-
 def ban(*args, cwd, timeout=300):
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env())
+    return helpers.ban(*args, cwd=cwd, timeout=timeout)
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_until(predicate, timeout, what, step=0.2)
 
 
 def kinds(run_dir: Path) -> list[tuple]:

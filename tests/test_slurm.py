@@ -10,28 +10,24 @@ was left alone.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from engine.events import read_events
 from engine.spec import SpecError, loads
+from helpers import BIN, cli_env, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
-
-BIN = Path(sys.executable).parent
 
 
 def env() -> dict:
     """Read when used: the sshd fixture sets BAN_SSH_CONFIG."""
-    return {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return cli_env(PYTHONUNBUFFERED="1")
 
 CHAIN = """
 [[experiment]]
@@ -56,12 +52,7 @@ slurm = {{ time = "20:00", gpus_per_job = 0, cpus_per_job = 1, signal_delay_s = 
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_until(predicate, timeout, what, step=0.5)
 
 
 def events(run_dir: Path) -> list[dict]:

@@ -2,10 +2,6 @@
 and `ban validate` / `ban run --dry-run / --only / --yes` work on the expanded names."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +9,7 @@ from engine.runs import check_name
 from engine.spec import SpecError, dumps_experiment, loads
 from engine.spec.checks import EXPERIMENT_KEYS
 
-BAN = str(Path(sys.executable).parent / "ban")
+import helpers
 
 GRID = """\
 [defaults]
@@ -32,8 +28,7 @@ name = "plain"
 
 
 def ban(*args, cwd):
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([BAN, *args], cwd=cwd, capture_output=True, text=True, timeout=60, env=env)
+    return helpers.ban(*args, cwd=cwd, timeout=60)
 
 
 def test_three_objectives_by_two_temperatures_give_six_named_experiments():
