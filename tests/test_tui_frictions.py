@@ -27,6 +27,14 @@ async def runs_shown(pilot, app, n=5):
     return table
 
 
+async def focused_name(pilot, app):
+    """The form's name input, focused once the form has settled."""
+    await pilot.pause(0.5)
+    name = app.experiments.query_one("#name")
+    name.focus()
+    return name
+
+
 async def test_a_mark_is_visible_at_once(setup):
     config, runs = setup
     app = BanApp(config, runs, poll_interval=0.05, initial="runs")
@@ -115,9 +123,7 @@ async def test_unsaved_edits_ask_before_quitting(setup):
     config, runs = setup
     app = BanApp(config, runs, poll_interval=0.05)
     async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.pause(0.5)
-        name = app.experiments.query_one("#name")
-        name.focus()
+        await focused_name(pilot, app)
         await pilot.press("end", "x")
         await pilot.press("ctrl+q")
         assert isinstance(app.screen, Confirm)
@@ -132,9 +138,7 @@ async def test_fast_typing_into_the_name_loses_nothing(setup):
     config, runs = setup
     app = BanApp(config, runs, poll_interval=0.05)
     async with app.run_test(size=(140, 40)) as pilot:
-        await pilot.pause(0.5)
-        name = app.experiments.query_one("#name")
-        name.focus()
+        name = await focused_name(pilot, app)
         name.value = ""
         typed = "chain-1-burst-test-abcdefghijklmnopqrstu"
         assert len(typed) == 40
