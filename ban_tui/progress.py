@@ -3,7 +3,7 @@
 The events say how many epochs a generation has only once it starts (gen_start), so counting
 from them alone gives `30/45` while generation 3 of 4 runs, where the truth is 30/60. The plan
 comes from the run's snapshot, `experiment.toml` (the resolved experiment the engine runs:
-every generation with its epochs and model), read with tomllib: no validation, no torch.
+every generation with its epochs and model), read by engine.runs.snapshot_experiment: no validation, no torch.
 Without a snapshot (a remote run, an old run) the totals count the started generations only and
 say so (`30/45+`).
 
@@ -15,16 +15,10 @@ forward pass, so a teacher's epochs are the last resort). Every ETA is shown as 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-from engine.runs import RunPaths, RunState
+from engine.runs import RunState, snapshot_experiment
 
 
 @dataclass(frozen=True)
@@ -35,12 +29,13 @@ class PlannedGen:
 
 def load_plan(run_dir: Path) -> list[PlannedGen] | None:
     """The generations of a run's snapshot, in order; None when it has none or it cannot be read."""
+    exp = snapshot_experiment(run_dir)
+    if exp is None:
+        return None
     try:
-        doc = tomllib.loads(RunPaths(Path(run_dir)).snapshot.read_text())
-        exp = doc["experiment"][0]
         return [PlannedGen(int(g["epochs"]), str(g.get("model", exp.get("model", ""))))
                 for g in exp["generation"]]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -29,17 +29,11 @@ import json
 import math
 import re
 import statistics
-import sys
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from engine.catalog import CONTROL_SUFFIX
 from engine.events import read_events
-from engine.runs import RunPaths, RunState, load_state, gen_label
+from engine.runs import RunPaths, RunState, load_state, gen_label, snapshot_experiment
 from ban_tui.tables import ensemble_value, metric_name, render_plain
 
 NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")
@@ -75,15 +69,14 @@ def paired(a: dict, b: dict) -> dict | None:
 
 # ---- grouping and selection ------------------------------------------------------------------
 
-def config_key(root: Path, events: list[dict]) -> str:
-    """The hash of what was trained: the snapshot minus NOT_CONFIG, else run_start's hash."""
-    try:
-        exps = tomllib.loads(RunPaths(root).snapshot.read_text()).get("experiment") or []
-        table = {k: v for k, v in exps[0].items() if k not in NOT_CONFIG}
-        return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    except (OSError, ValueError, IndexError, AttributeError):
+def config_key(exp: dict | None, events: list[dict]) -> str:
+    """The hash of what was trained: the snapshot's experiment table (engine.runs.snapshot_experiment)
+    minus NOT_CONFIG, else (no snapshot) run_start's hash."""
+    if exp is None:
         start = next((e for e in events if e.get("kind") == "run_start"), {})
         return str(start.get("config_hash") or "unknown")
+    table = {k: v for k, v in exp.items() if k not in NOT_CONFIG}
+    return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def is_control(state: RunState) -> bool:
@@ -99,7 +92,7 @@ def load_runs(run_dirs) -> list[dict]:
         events = read_events(RunPaths(d).events)
         state = RunState().extend(events) if events else load_state(d)
         runs.append({"dir": d, "state": state, "name": state.experiment or d.parent.name,
-                     "config": config_key(d, events), "id": f"{d.parent.name}/{state.run_id or d.name}"})
+                     "config": config_key(snapshot_experiment(d), events), "id": f"{d.parent.name}/{state.run_id or d.name}"})
     return runs
 
 

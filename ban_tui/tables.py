@@ -148,11 +148,9 @@ def run_letter(i: int) -> str:
     return chr(ord("A") + i % 26) + (str(i // 26 + 1) if i >= 26 else "")
 
 
-def flatten_snapshot(doc: dict) -> dict[str, str]:
-    """A run's snapshot (experiment.toml as a dict) as {key: value}: nested tables dotted
-    (dataset.name), each generation's keys under its label ("BAN-1 optimizer.lr")."""
-    exps = doc.get("experiment") or [{}]
-    exp = exps[0] if isinstance(exps, list) and exps and isinstance(exps[0], dict) else {}
+def flatten_snapshot(exp: dict) -> dict[str, str]:
+    """A run's snapshot (its experiment table, engine.runs.snapshot_experiment) as {key: value}:
+    nested tables dotted (dataset.name), each generation's keys under its label ("BAN-1 optimizer.lr")."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, value) -> None:

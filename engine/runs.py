@@ -72,6 +72,17 @@ class RunPaths:
         return self.probs / f"gen-{gen}.npy"
 
 
+def snapshot_experiment(root: Path) -> dict | None:
+    """The experiment table of a run's snapshot (experiment.toml parsed, not validated: readers
+    that must not import the spec machinery); None when the file is missing, unreadable, not
+    TOML or holds no experiment table."""
+    try:
+        exps = tomllib.loads(RunPaths(Path(root)).snapshot.read_text()).get("experiment")
+    except (OSError, ValueError):
+        return None
+    return exps[0] if isinstance(exps, list) and exps and isinstance(exps[0], dict) else None
+
+
 RUNS_DIR_ENV = "BAN_RUNS_DIR"
 
 

@@ -37,8 +37,8 @@ def test_config_diff_keeps_only_the_keys_that_differ():
     assert config_diff([a, b, None]) == [
         {"key": "Teacher epochs", "r0": "15", "r1": "4", "r2": "-"},
         {"key": "BAN-1 epochs", "r0": "-", "r1": "4", "r2": "-"}]
-    flat = flatten_snapshot({"experiment": [{"name": "x", "dataset": {"name": "digits"},
-                                             "generation": [{"epochs": 2, "optimizer": {"lr": 0.1}}, {"compile": False}]}]})
+    flat = flatten_snapshot({"name": "x", "dataset": {"name": "digits"},
+                             "generation": [{"epochs": 2, "optimizer": {"lr": 0.1}}, {"compile": False}]})
     assert flat == {"name": "x", "dataset.name": "digits", "Teacher epochs": "2", "Teacher optimizer.lr": "0.1",
                     "BAN-1 compile": "false"}
 

@@ -9,6 +9,7 @@ from textual.widgets import Input, OptionList
 from ban_tui import notes
 from ban_tui.app import BanApp
 from ban_tui.report import config_key
+from engine.runs import snapshot_experiment
 from ban_tui.screens.runs import NAME_WIDTH, RunsTable
 from test_tui_support import CONFIG, cells, make_run, wait_for
 
@@ -44,7 +45,7 @@ async def test_columns_and_long_names(runs):
         by_key = dict(zip(table.row_keys(), rows(table)))
         tiny = by_key[str(runs["tiny"])]
         assert tiny["objective"] == "ce→ban" and tiny["seed"] == "0" and tiny["tags"] == "baseline, paper"
-        assert tiny["config"] == config_key(runs["tiny"], []) and len(tiny["config"]) == 12
+        assert tiny["config"] == config_key(snapshot_experiment(runs["tiny"]), []) and len(tiny["config"]) == 12
         assert by_key[str(runs["cw"])]["objective"] == "ce→cwtm" and by_key[str(runs["cw"])]["tags"] == "-"
         long = by_key[str(runs["long"])]["run"]
         assert len(long) == NAME_WIDTH and "…" in long and long.endswith("/20250101-000200-s2-cccc")

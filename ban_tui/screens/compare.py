@@ -7,13 +7,7 @@ mean ± std over the seeds and the paired difference against the teacher with it
 Keys: l linear/log, 1-9 hide/show run A, B, ..."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from rich.text import Text
 from textual import work
@@ -31,7 +25,7 @@ from ban_tui.tables import STATUS_MARK, STATUS_STYLE, config_diff, delta_rows, f
 from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.curves import RICH_COLORS, GEN_COLORS, CurvePlot, gen_offsets, gen_series
 from ban_tui.widgets.rows import RowsTable
-from engine.runs import RunPaths, gen_label
+from engine.runs import gen_label, snapshot_experiment
 
 # ban report's columns, less those every row of one group shares (experiment, config, metric)
 SEED_COLUMNS = pick(report.COLUMNS, "column", "n", "value", "vs_teacher")
@@ -43,10 +37,8 @@ def run_name(run_dir: Path, state=None) -> str:
 
 def read_snapshot(run_dir: Path) -> dict[str, str] | None:
     """The run's flattened experiment.toml; None without one (a remote or old run) or unreadable."""
-    try:
-        return flatten_snapshot(tomllib.loads(RunPaths(run_dir).snapshot.read_text()))
-    except (OSError, ValueError):
-        return None
+    exp = snapshot_experiment(run_dir)
+    return None if exp is None else flatten_snapshot(exp)
 
 
 def seeds_of_one_config(run_dirs: list[Path]) -> dict | None:

@@ -7,13 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from textual import on
 from textual.app import ComposeResult
@@ -23,7 +17,7 @@ from textual.widgets import DataTable, Input, Label
 
 from ban_tui import notes
 from ban_tui.tables import RUN_COLUMNS, chain_objectives, current_gen, pick, run_row, short_run_name, status_label
-from engine.runs import RunPaths, load_state, pid_alive
+from engine.runs import RunPaths, load_state, pid_alive, snapshot_experiment
 from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 
@@ -40,13 +34,13 @@ def run_facts(run_dir: Path, state) -> dict:
     configuration hash as `ban report` computes it (without a snapshot: the started
     generations' objectives and run_start's hash; "snapshot" False says to look again later)."""
     from ban_tui.report import config_key   # its statistics import scipy only when used
+    exp = snapshot_experiment(run_dir)   # read once: the objectives and the hash both come from it
     try:
-        exp = tomllib.loads(RunPaths(run_dir).snapshot.read_text())["experiment"][0]
         objectives = [str(g.get("objective", "")) for g in exp.get("generation", [])]
         snapshot = True
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (TypeError, AttributeError):   # no snapshot, or generations that are not tables
         objectives, snapshot = [g.objective for _, g in sorted(state.gens.items())], False
-    config = config_key(run_dir, first_event(RunPaths(run_dir).events))
+    config = config_key(exp, first_event(RunPaths(run_dir).events))
     return {"objective": chain_objectives(objectives), "config": "-" if config == "unknown" else config,
             "snapshot": snapshot}
 
