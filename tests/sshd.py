@@ -129,6 +129,20 @@ class Sshd:
                 pass
         return killed
 
+    def sabotage(self, drops: int, every: float, down: float, kills: list) -> None:
+        """Drop every connection `drops` times, `every` s apart (appending how many each time to
+        `kills`), then stop the server for `down` s; it is started again whatever happens, since
+        the later tests share it."""
+        try:
+            for _ in range(drops):
+                time.sleep(every)
+                kills.append(self.kill_clients())
+            self.stop()
+            self.kill_clients()
+            time.sleep(down)
+        finally:
+            self.start()
+
 
 @pytest.fixture(scope="session")
 def sshd():

@@ -186,17 +186,6 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
     source, seen, kills = RemoteSource(host, rdir, timeout=5), [], []
     background, seen_bg = RemoteSource(host, rdir, timeout=5).start(), []   # fetches in its thread
 
-    def saboteur():  # drop every connection a few times, then take sshd down for a while
-        try:
-            for _ in range(4):
-                time.sleep(0.6)
-                kills.append(sshd.kill_clients())
-            sshd.stop()
-            sshd.kill_clients()
-            time.sleep(1.5)
-        finally:
-            sshd.start()   # whatever happens here: the later tests share this server
-
     # Sabotage once the source has seen events (on a loaded machine the first fetch may be slow).
     seen += source.poll()
     first = time.monotonic() + 60
@@ -204,7 +193,7 @@ def test_follow_survives_dropped_connections_and_sshd_restarts(sshd):
         time.sleep(0.05)
         seen += source.poll()
     assert seen, source.error
-    thread = threading.Thread(target=saboteur)
+    thread = threading.Thread(target=sshd.sabotage, args=(4, 0.6, 1.5, kills))
     thread.start()
     disconnected_seen = False
     deadline = time.monotonic() + 60
@@ -333,16 +322,7 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
     busy = gpus.gpu_status(host)      # the running run shows in the host's status
     assert busy.gpus is None and run_dir in [r.dir for r in busy.runs]
 
-    def saboteur():
-        for _ in range(3):
-            time.sleep(0.8)
-            kills.append(sshd.kill_clients())
-        sshd.stop()
-        sshd.kill_clients()
-        time.sleep(1.0)
-        sshd.start()
-
-    thread = threading.Thread(target=saboteur)
+    thread = threading.Thread(target=sshd.sabotage, args=(3, 0.8, 1.0, kills))
     thread.start()
     deadline = time.monotonic() + 240
     while not source.ended() and time.monotonic() < deadline:
