@@ -62,7 +62,6 @@ teacher_cache = true
 device = "cpu"
 precision = "fp32"
 seeds = {seeds}
-ensembles = [2, 3]
 """
 # generation index: (objective, teacher, its column's name in the report)
 CHAIN = [("ce", None, "Teacher"), ("ban", 0, "BAN-1"), ("ban", 1, "BAN-2"), ("ban", 2, "BAN-3"),
@@ -91,14 +90,14 @@ def generation(objective: str, teacher, epochs: int | None = None) -> str:
 
 def config_text(epochs: int, teacher_epochs: int, seeds: list[int]) -> str:
     head = COMMON.format(root=DATA, epochs=epochs, seeds=seeds)
-    main = f'[[experiment]]\nname = "{MAIN}"\n' + head + "".join(
+    chains = head + "ensembles = [2, 3]\n"   # the pilot's teacher alone has no ensemble
+    main = f'[[experiment]]\nname = "{MAIN}"\n' + chains + "".join(
         generation(o, t, teacher_epochs if o == "ce" else None) for o, t, _ in CHAIN)
     # a chain needs a generation 0; the control's is a 1-epoch placeholder, left out of the report
-    control = (f'[[experiment]]\nname = "{CONTROL}"\n' + head + generation("ce", None, 1)
+    control = (f'[[experiment]]\nname = "{CONTROL}"\n' + chains + generation("ce", None, 1)
                + "".join(generation("ce", None, teacher_epochs) for _ in range(3)))
     # the pilot: the teacher alone, to check the fit target before the whole reproduction
-    pilot = (f'[[experiment]]\nname = "{PILOT}"\n' + head.replace("ensembles = [2, 3]\n", "")
-             + generation("ce", None, teacher_epochs))
+    pilot = f'[[experiment]]\nname = "{PILOT}"\n' + head + generation("ce", None, teacher_epochs)
     return main + "\n" + control + "\n" + pilot
 
 
