@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from rich.cells import cell_len
 
 from ban_tui.app import BanApp
 from ban_tui.screens.compare import CompareScreen
@@ -58,9 +59,18 @@ def last_seq(run_dir) -> int:
 async def all_runs_shown(pilot) -> None:
     def shown():
         tables = [t for s in pilot.app.screen_stack for t in s.query("#runs-table")]
-        return tables and tables[0].row_count == 4 and all_events_read(pilot.app)
+        return (tables and tables[0].row_count == 4 and all_events_read(pilot.app)
+                and columns_fit(tables[0]))
     await wait_for(pilot, shown)
     await pilot.pause(0.3)
+
+
+def columns_fit(table) -> bool:
+    """Every column as wide as its widest cell: the table measures new rows when the app is
+    idle, so on a busy machine a screenshot right after the rows arrive can catch them cut."""
+    rows = [table.get_row_at(i) for i in range(table.row_count)]
+    return all(column.content_width >= max((cell_len(str(row[i])) for row in rows), default=0)
+               for i, column in enumerate(table.ordered_columns))
 
 
 def monitor_of(run):
