@@ -8,7 +8,8 @@ view of runs (the runs panel, the run monitor, the comparison) watches that one 
 app knows no view's type. The panels of the main screen are declared in ban_tui.screens.main.
 Runs are launched detached (ban_tui.launch): quitting leaves them running, and reopening follows
 every run again from the start of its events.
-Never imports torch.
+Never imports torch. What is not drawn in the first frame (ssh, the other tabs, the monitor) is
+imported where it is first used: imports are half of the start-up time.
 """
 from __future__ import annotations
 
@@ -25,17 +26,12 @@ from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
 from ban_tui import hosts, launch
-from ban_tui.remote import queue as remote_queue
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
-from ban_tui.remote import operations as remote
-from ban_tui.remote.source import RemoteSource
-from ban_tui.remote.transport import RemoteError
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.confirm import YES_NO, Confirm
 from ban_tui.screens.experiments import SAVE_DISCARD_CANCEL, ExperimentsPane
 from ban_tui.screens.main import PANELS, MainScreen
-from ban_tui.screens.runs import RunsTable, remove_run
 from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
 from engine import spec
 
@@ -132,6 +128,10 @@ class BanApp(App):
         """Draw this run again on the next tick (a view just mounted calls it for its runs)."""
         self.dirty.add(Path(run_dir))
 
+    def refresh_all(self) -> None:
+        """Draw every run again on the next tick (a view of all runs calls it when mounted)."""
+        self._next_status = 0.0
+
     def flush(self) -> None:
         """Hand the views what changed since the last tick (every run once per STATUS_SECONDS):
         setting `runs` calls each view's watcher now, in this thread, under the watcher's lock."""
@@ -161,17 +161,23 @@ class BanApp(App):
         self.main_screen.activate(panel)
 
     @property
-    def experiments(self) -> ExperimentsPane:
-        return self.main_screen.query_one(ExperimentsPane)
+    def experiments(self) -> ExperimentsPane | None:
+        """The experiments tab; None for the moment after the first frame when another tab was
+        shown first (ban_tui.screens.main builds hidden tabs after it)."""
+        found = self.main_screen.query(ExperimentsPane)
+        return found.first() if found else None
 
     def experiment_names(self) -> list[str]:
-        return experiment_names(self.experiments.doc())
+        pane = self.experiments
+        return experiment_names(pane.doc()) if pane else []
 
     def save_config(self) -> None:
-        self.experiments.save()
+        if self.experiments:
+            self.experiments.save()
 
     def reload_config(self) -> None:
-        self.experiments.reload()
+        if self.experiments:
+            self.experiments.reload()
 
     def action_toggle_keys(self) -> None:
         """`?`: the keys of what has focus and of the screen (Textual's help panel), or hide it."""
@@ -182,14 +188,15 @@ class BanApp(App):
 
     def action_request_quit(self) -> None:
         """Quit; with unsaved edits to the config, ask first (save, discard, or stay)."""
-        if self.experiments._pending is not None:   # edits typed just now count
-            self.experiments._validate()
-        if not self.experiments.dirty:
+        pane = self.experiments
+        if pane is not None and pane._pending is not None:   # edits typed just now count
+            pane._validate()
+        if pane is None or not pane.dirty:
             self.exit()
             return
 
         def answered(answer: str | None) -> None:
-            if answer == "d" or (answer == "s" and self.experiments.save()):
+            if answer == "d" or (answer == "s" and pane.save()):
                 self.exit()
         self.push_screen(Confirm(f"{self.config_path} has unsaved edits. Quit?", SAVE_DISCARD_CANCEL), answered)
 
@@ -220,6 +227,7 @@ class BanApp(App):
         name = "/".join(Path(run_dir).parts[-2:])
 
         def answered(answer: str | None) -> None:
+            from ban_tui.screens.runs import remove_run
             if answer == "y":
                 try:
                     remove_run(Path(run_dir))
@@ -242,6 +250,7 @@ class BanApp(App):
             self.notify(f"figure written to {out}", timeout=10)
 
     def compare_marked(self) -> None:
+        from ban_tui.screens.runs import RunsTable
         self.main_screen.query_one(RunsTable).action_compare()
 
     def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
@@ -278,6 +287,8 @@ class BanApp(App):
     @work(thread=True, group="launch")
     def launch_remote(self, exp: spec.Experiment, host: spec.Host) -> None:
         """remote.launch waits for the engine's first event: never in the UI thread."""
+        from ban_tui.remote import queue as remote_queue
+        from ban_tui.remote.transport import RemoteError
         for seed in exp.seeds:
             self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
             try:
@@ -301,7 +312,8 @@ class BanApp(App):
     @work(thread=True, group="control")
     def control_remote(self, verb: str, run_dir: str, source) -> None:
         """cancel / resume a run on its host (ban_tui.remote.control): over ssh, never in the UI thread."""
-        from ban_tui.remote import control as remote_control
+        from ban_tui.remote import control as remote_control, queue as remote_queue
+        from ban_tui.remote.transport import RemoteError
         try:
             if verb == "resume":
                 run = remote_control.resume(source.host, source.run_dir)
@@ -309,7 +321,7 @@ class BanApp(App):
                 said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
             else:
                 said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]
-        except remote.RemoteError as exc:
+        except RemoteError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error")
             return
         self.call_from_thread(self.notify, said)

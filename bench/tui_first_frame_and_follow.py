@@ -5,10 +5,12 @@ uses while it follows 20 runs that each write 200 events a second for ~10 s.
         [--startup-only] [--compare DIR]
 
 First frame: `python -m ban_tui.app` is started in a real terminal (tmux) and the screen is read
-until the experiments tab is drawn; wall time from the spawn (Python start-up and imports
-included) and the CPU time the app had used by then (its /proc utime + stime: on a shared
-machine the wall time mostly measures the others' load). Without tmux, a headless app measures
-from before its import to its first refresh.
+until the tabs and the experiment list are drawn; wall time from the spawn (Python start-up and
+imports included) and the CPU time the app had used by then (its /proc utime + stime: on a
+shared machine the wall time mostly measures the others' load). The whole experiments tab is
+measured the same way, until the chain form (mounted after the first frame) is drawn too.
+Without tmux, a headless app measures from before its import to its first refresh. Both
+checkouts' bytecode caches are written first (see compile_checkout).
 
 `ban models`: `python -m ban_tui.cli models` to its exit, wall and CPU (rusage of the child).
 
@@ -24,6 +26,7 @@ The machine may be shared: the load average is printed beside the numbers.
 from __future__ import annotations
 
 import argparse
+import compileall
 import itertools
 import json
 import os
@@ -60,8 +63,12 @@ def proc_cpu(pid: int) -> float:
 SESSIONS = itertools.count()
 
 
-def first_frame_tmux(work: Path, root: Path = ROOT) -> tuple[float, float] | None:
-    """(wall, CPU) seconds from the spawn to the experiments tab on screen; None without tmux."""
+FIRST_FRAME = ("Experiments", "bench")             # the tabs and the experiment list
+WHOLE_TAB = FIRST_FRAME + ("data set", "epochs")   # and the chain form, mounted after the first frame
+
+
+def first_frame_tmux(work: Path, root: Path = ROOT, until: tuple[str, ...] = FIRST_FRAME) -> tuple[float, float] | None:
+    """(wall, CPU) seconds from the spawn until every text of `until` is on screen; None without tmux."""
     if shutil.which("tmux") is None:
         return None
     argv = [sys.executable, "-m", "ban_tui.app"]
@@ -77,7 +84,7 @@ def first_frame_tmux(work: Path, root: Path = ROOT) -> tuple[float, float] | Non
                                   text=True).stdout.strip() or 0)
         while time.perf_counter() - t0 < 60:
             screen = subprocess.run(tmux + ["capture-pane", "-p", "-t", "b"], capture_output=True, text=True).stdout
-            if "Experiments" in screen and "bench" in screen:
+            if all(text in screen for text in until):
                 return time.perf_counter() - t0, proc_cpu(pane) if pane else float("nan")
             time.sleep(0.01)
         return None
@@ -111,11 +118,25 @@ def ban_models(work: Path, root: Path = ROOT) -> tuple[float, float]:
     return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
 
 
-def startup(work: Path, roots: dict[str, Path], repeat: int = 3) -> None:
+def compile_checkout(root: Path) -> None:
+    """Write the bytecode caches of a checkout's packages, as a user's Python does on its first
+    start; the machines here set PYTHONDONTWRITEBYTECODE, so without them every start compiles
+    ban_tui and engine from source (about 0.1 s) and a checkout that happens to have caches wins."""
+    for package in ("ban_tui", "engine"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
+def startup(work: Path, roots: dict[str, Path], repeat: int = 5) -> None:
     """First frame and `ban models` of each checkout, alternating, best of `repeat`; ratios."""
-    frame = first_frame_tmux if shutil.which("tmux") else first_frame_headless
-    how = "tmux, spawn to experiments tab on screen" if frame is first_frame_tmux else "headless, import to first refresh"
-    for what, measure in ((f"first frame ({how})", frame), ("ban models", ban_models)):
+    for root in roots.values():
+        compile_checkout(root)
+    if shutil.which("tmux"):
+        measures = [("first frame (tmux, spawn to the tabs and experiment list on screen)", first_frame_tmux),
+                    ("whole experiments tab (tmux, spawn to the chain form on screen too)",
+                     lambda work, root: first_frame_tmux(work, root, WHOLE_TAB))]
+    else:
+        measures = [("first frame (headless, import to first refresh)", first_frame_headless)]
+    for what, measure in measures + [("ban models", ban_models)]:
         got: dict[str, list] = {name: [] for name in roots}
         for _ in range(repeat):
             for name, root in roots.items():

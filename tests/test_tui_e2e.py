@@ -17,7 +17,7 @@ from ban_tui.widgets.rows import RowsTable
 from engine import spec
 from engine.runs import load_state, pid_alive
 from test_tui_form import type_into
-from test_tui_support import CONFIG, cells, wait_for
+from test_tui_support import CONFIG, built, cells, wait_for
 
 DEADLINE = 240   # seconds for the whole tiny chain on a busy 2-core machine
 
@@ -30,6 +30,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
     engines = []   # (pid, pid start) of what the app launched, to clean up if the test fails
     try:
         async with app.run_test(size=(140, 50)) as pilot:
+            await built(pilot)
             await pilot.press("ctrl+n")
             await wait_for(pilot, lambda: app.experiments.draft.source is None and app.query("#model-1"))
             await type_into(pilot, "#name", "e2e")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine import spec
 from ban_tui.app import BanApp
 from ban_tui.screens.experiments import ExperimentsPane
-from test_tui_support import CONFIG, wait_for
+from test_tui_support import CONFIG, built, wait_for
 
 
 async def type_into(pilot, selector: str, text: str) -> None:
@@ -22,6 +22,7 @@ async def test_define_a_digits_chain_and_save_it_keeping_comments(tmp_path):
     config.write_text(CONFIG)
     app = BanApp(config, tmp_path / "runs")
     async with app.run_test(size=(140, 50)) as pilot:
+        await built(pilot)
         pane: ExperimentsPane = app.experiments
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: pane.draft.source is None and app.query("#model-1"))
@@ -52,6 +53,7 @@ async def test_problems_show_live_with_the_validators_messages_and_block_saving(
     config.write_text(CONFIG)
     app = BanApp(config, tmp_path / "runs")
     async with app.run_test(size=(140, 50)) as pilot:
+        await built(pilot)
         pane = app.experiments
         await wait_for(pilot, lambda: pane.draft.name == "tiny")
         await type_into(pilot, "#ensembles", "5")
@@ -79,8 +81,8 @@ async def test_remove_and_reorder_generations_with_buttons(tmp_path):
     config.write_text(CONFIG)
     app = BanApp(config, tmp_path / "runs")
     async with app.run_test(size=(140, 50)) as pilot:
+        await built(pilot)
         pane = app.experiments
-        await wait_for(pilot, lambda: app.query("#remove-2"))
         await pilot.click("#remove-2")
         await wait_for(pilot, lambda: len(pane.draft.rows) == 2)
         # Ens*2 now needs a second student: the validator says so

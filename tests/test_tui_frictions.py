@@ -11,7 +11,7 @@ from ban_tui.app import BanApp
 from ban_tui.screens.confirm import Confirm
 from ban_tui.screens.runs import RunsTable, remove_run
 from ban_tui.widgets.footer import KeysFooter
-from test_tui_support import CONFIG, OK, STALE, cells, copy_runs, wait_for
+from test_tui_support import CONFIG, OK, STALE, built, cells, copy_runs, wait_for
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ async def runs_shown(pilot, app, n=5):
 
 async def focused_name(pilot, app):
     """The form's name input, focused once the form has settled."""
-    await pilot.pause(0.5)
+    await built(pilot)
     name = app.experiments.query_one("#name")
     name.focus()
     return name
@@ -61,6 +61,19 @@ async def test_number_keys_switch_tabs_and_question_mark_shows_keys(setup):
         await pilot.pause()
         assert not app.screen.query("HelpPanel")
 
+
+async def test_a_tab_shown_before_it_was_built_is_built_at_once_and_takes_focus(setup):
+    """Only the first tab is built before the first frame; a key pressed at once still works."""
+    config, runs = setup
+    app = BanApp(config, runs, poll_interval=0.05)
+    async with app.run_test(size=(140, 40)) as pilot:
+        first_frame = [p.id for p in app.main_screen.unbuilt]
+        await pilot.press("f3")
+        table = await runs_shown(pilot, app)
+        assert app.main_screen.query_one("#panels").active == "runs" and app.focused is table
+        await wait_for(pilot, lambda: app.main_screen.built)
+        assert app.main_screen.query("#hosts-table") and app.experiments.form.is_mounted
+    assert first_frame == ["runs", "hosts"]   # run_test hands over at the first frame
 
 @pytest.mark.parametrize("width", [80, 100, 160])
 async def test_the_footer_keeps_the_help_key_in_view_and_a_click_presses_a_key(setup, width):

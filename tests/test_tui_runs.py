@@ -11,7 +11,7 @@ from ban_tui.app import BanApp
 from ban_tui.report import config_key
 from engine.runs import snapshot_experiment
 from ban_tui.screens.runs import NAME_WIDTH, RunsTable
-from test_tui_support import CONFIG, cells, make_run, wait_for
+from test_tui_support import CONFIG, built, cells, make_run, wait_for
 
 LONG = "a-very-long-experiment-name-of-a-learning-rate-sweep"
 
@@ -89,7 +89,7 @@ async def test_a_long_experiment_name_is_cut_in_the_list_and_opens_whole(tmp_pat
     config.write_text(CONFIG.replace('name = "tiny"', f'name = "{LONG}"'))
     app = BanApp(config, tmp_path / "runs", poll_interval=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause(0.3)
+        await built(pilot)
         options = app.experiments.query_one("#experiments", OptionList)
         prompt = str(options.get_option_at_index(0).prompt)
         assert prompt.endswith("…") and len(prompt) <= 30 and LONG.startswith(prompt[:-1])

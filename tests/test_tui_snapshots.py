@@ -92,7 +92,7 @@ async def validated(pilot) -> None:
     """The form's validation ran (it waits for a pause after mount)."""
     def done():
         panes = [p for s in pilot.app.screen_stack for p in s.query("#experiments-pane")]
-        return panes and panes[0].is_mounted and panes[0]._pending is None and "valid" in str(
+        return panes and panes[0].form.is_mounted and panes[0]._pending is None and "valid" in str(
             panes[0].query_one("#problems").render())
     await wait_for(pilot, done)
     await pilot.pause(0.1)

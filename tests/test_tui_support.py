@@ -65,6 +65,13 @@ async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05):
         await pilot.pause(step)
 
 
+async def built(pilot) -> None:
+    """Wait until the main screen has mounted what it mounts after the first frame (the chain
+    form, the hidden tabs) and laid it out: a click before that finds nothing to click."""
+    await wait_for(pilot, lambda: pilot.app.main_screen.built)
+    await pilot.pause()
+
+
 def make_run(runs_dir: Path, run_id: str, seed: int, errs: list[list[float]], ens: float | None = None,
              epochs: int = 2, lr: float = 0.1, objective: str = "ban", name: str = "tiny") -> Path:
     """A finished chain: the snapshot the engine writes (spec.dumps_experiment), then run_start,

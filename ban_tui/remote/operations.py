@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field, fields, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from engine.events import SCHEMA_VERSION
@@ -59,6 +58,7 @@ def engine_versions() -> dict:
     """The events schema and the installed `ban` of the Python running this (None: not installed
     as a package). Called here and, through VERSION_CODE, on the host, so "compatible" means the
     same thing at both ends."""
+    from importlib.metadata import PackageNotFoundError, version   # 25 ms: not at every start of the app
     try:
         installed = version("ban")
     except PackageNotFoundError:

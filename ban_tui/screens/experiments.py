@@ -1,5 +1,8 @@
 """The experiments tab: the experiments of the config, the chain form, live validation, save and
-launch. The file on disk changes only on save, through ban_tui.config_edit (comments kept)."""
+launch. The file on disk changes only on save, through ban_tui.config_edit (comments kept).
+
+The form is mounted just after the first frame (textual.lazy.Lazy, holding its place meanwhile):
+its fifty-odd widgets were a third of the time to the first frame."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.lazy import Lazy
 from textual.widgets import Button, Label, OptionList, Static
 from tomlkit.exceptions import TOMLKitError
 
@@ -24,6 +28,13 @@ NAME_WIDTH = 30          # of the experiment list (34 columns wide)
 VALIDATE_SECONDS = 0.25   # validation waits for a pause in typing (it re-reads the whole config)
 
 
+class FormSlot(Lazy):
+    """Holds the form's place (blank, its height) until the form is mounted after the first frame."""
+
+    def render(self) -> str:
+        return ""
+
+
 class ExperimentsPane(Horizontal):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
@@ -35,6 +46,7 @@ class ExperimentsPane(Horizontal):
     ExperimentsPane #experiment-list { width: 34; }
     ExperimentsPane #experiment-list OptionList { height: 1fr; }
     ExperimentsPane #editor { width: 1fr; }
+    ExperimentsPane #editor > FormSlot { display: block; height: 1fr; }
     ExperimentsPane #problems { height: auto; max-height: 8; padding: 0 1; }
     ExperimentsPane #actions { height: auto; }
     ExperimentsPane #save-state { padding: 1 2; }
@@ -50,6 +62,7 @@ class ExperimentsPane(Horizontal):
         names = ce.experiment_names(self.doc())
         self.draft = ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc())
         self._pending = None   # the timer of the debounced validation
+        self.form = ChainForm(self.draft, id="form")
 
     # ---- the file ----
     def _read(self) -> str:
@@ -74,7 +87,7 @@ class ExperimentsPane(Horizontal):
             yield Label(f"experiments in {self.config_path}")
             yield OptionList(*self._options(), id="experiments")
         with Vertical(id="editor"):
-            yield ChainForm(self.draft, id="form")
+            yield FormSlot(self.form)
             yield Static("", id="problems")
             with Horizontal(id="actions"):
                 yield Button("Save", id="save", variant="primary", tooltip="ctrl+s")
@@ -144,14 +157,15 @@ class ExperimentsPane(Horizontal):
     def _open(self, name: str) -> None:
         self.draft = ce.new_draft(self.doc()) if name == NEW else ce.draft_of(self.doc(), name)
         self.field_errors = {}
-        self.query_one(ChainForm).load(self.draft)
+        self.form.load(self.draft)
         self._validate()
 
     def action_new(self) -> None:
         self.open(NEW)
 
     async def action_add_generation(self) -> None:
-        await self.query_one(ChainForm).add_generation()
+        if self.form.is_mounted:   # not in the moment before the form is mounted
+            await self.form.add_generation()
 
     # ---- save and launch ----
     def save(self) -> bool:
@@ -172,7 +186,7 @@ class ExperimentsPane(Horizontal):
             self.app.notify(f"saved {self.draft.name!r} to {self.config_path}")
         # the saved file now holds the draft under its name (and its generation tables' order)
         self.draft = ce.draft_of(self.doc(), self.draft.name)
-        self.query_one(ChainForm).draft = self.draft
+        self.form.draft = self.draft
         self.query_one("#experiments", OptionList).set_options(self._options())
         self._validate()
         return True
@@ -184,7 +198,7 @@ class ExperimentsPane(Horizontal):
         self.draft = ce.draft_of(self.doc(), self.draft.source) if self.draft.source in names else (
             ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc()))
         self.query_one("#experiments", OptionList).set_options(self._options())
-        self.query_one(ChainForm).load(self.draft)
+        self.form.load(self.draft)
         self._validate()
 
     def action_save(self) -> None:

@@ -139,6 +139,7 @@ class RunsPane(Vertical):
     def on_mount(self) -> None:
         self.show_title(0, 0)
         self.watch(self.app, "runs", self.show_runs, init=False)
+        self.app.refresh_all()   # mounted after the first frame: the runs followed until now too
 
     def show_runs(self, update: RunsUpdate) -> None:
         """Recompute the rows of the runs that changed (of every run on a periodic tick)."""
