@@ -728,21 +728,30 @@ def plot(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs 
 def export(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs or experiment names."),
            tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Write TensorBoard logs under DIR "
                                                                                   "(DIR/experiment/run-id/generation)."),
+           mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="STORE",
+                                                help="Write MLflow runs (one per chain, one nested per generation) "
+                                                     "to a tracking URI or a sqlite file/directory."),
            runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
-    """Export runs' stored events to other tools: --tensorboard DIR (then: tensorboard --logdir DIR).
-    Needs the tensorboard package: pip install 'ban[export]'."""
+    """Export runs' stored events to other tools: --tensorboard DIR (then: tensorboard --logdir DIR)
+    and/or --mlflow STORE (sqlite:///mlflow.db, http://host:5000, or a path: a sqlite database there).
+    Needs tensorboard (pip install 'ban[export]') or mlflow (pip install 'ban[mlflow]')."""
     from ban_tui import export as export_mod
-    if tensorboard is None:
-        fail("say where to export: --tensorboard DIR")
+    if tensorboard is None and mlflow is None:
+        fail("say where to export: --tensorboard DIR and/or --mlflow STORE")
     roots = find_many(default_runs_dir(runs_dir), run_refs)
+    console = out()
     try:
-        written = export_mod.tensorboard(roots, tensorboard)
+        if tensorboard is not None:
+            for d in export_mod.tensorboard(roots, tensorboard):
+                say(console, f"wrote {d}")
+            say(console, f"view with: tensorboard --logdir {shlex.quote(str(tensorboard))}")
+        if mlflow is not None:
+            uri, run_ids = export_mod.mlflow(roots, mlflow)
+            for root, run_id in zip(roots, run_ids):
+                say(console, f"wrote {root} as MLflow run {run_id}")
+            say(console, f"view with: mlflow ui --backend-store-uri {shlex.quote(uri)}")
     except export_mod.ExportError as exc:
         fail(str(exc))
-    console = out()
-    for d in written:
-        say(console, f"wrote {d}")
-    say(console, f"view with: tensorboard --logdir {shlex.quote(str(tensorboard))}")
 
 
 # ---- remote hosts (ban_tui.remote) ----------------------------------------------------------
