@@ -14,6 +14,7 @@ imported where it is first used: imports are half of the start-up time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from pathlib import Path
 
@@ -103,6 +104,16 @@ class BanApp(App):
 
     def on_unmount(self) -> None:
         self.watcher.close()
+
+    async def _shutdown(self) -> None:
+        """Closing: let widgets still being mounted finish first (at most a second). The panels
+        built after the first frame may be mid-mount when the app quits at once, and a Select
+        torn down mid-mount queries a child already removed and fails the exit."""
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and any(not w.is_mounted for s in self.screen_stack
+                                                  for w in s.walk_children()):
+            await asyncio.sleep(0.01)
+        await super()._shutdown()
 
     @work(thread=True, exclusive=True, group="watch")
     def follow_runs(self) -> None:

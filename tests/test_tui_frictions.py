@@ -3,6 +3,7 @@ tabs, `?` shows the keys, delete asks and refuses a live run, unsaved edits ask 
 dropped (and on quit), fast typing into the form loses nothing."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,14 @@ async def test_fast_typing_into_the_name_loses_nothing(setup):
         await pilot.pause(0.6)
         assert app.experiments.query_one("#name").value == typed[:30]
         assert app.experiments.draft.name == typed[:30]
+
+
+async def test_quitting_while_the_hidden_tabs_are_still_being_built_closes_cleanly(setup):
+    """Quit at any moment of the first half second: the tabs built after the first frame may be
+    mid-mount then, and the exit must still be clean (it used to fail in a Select's mount)."""
+    config, runs = setup
+    for i in range(12):
+        app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+        async with app.run_test(size=(120, 40)):
+            await asyncio.sleep(i * 0.04)
+        assert app.return_code in (None, 0), f"quit after {i * 0.04:.2f} s: {app._exception!r}"

@@ -84,15 +84,19 @@ async def test_filter_and_sort(runs):
         assert [r["mark"] for r in rows(table)] == ["", "", "*"] and table.row_keys()[2] == str(runs["cw"])
 
 
-async def test_a_long_experiment_name_is_cut_in_the_list_and_opens_whole(tmp_path):
+@pytest.mark.parametrize("width", [80, 120])
+async def test_a_long_experiment_name_is_cut_in_the_list_and_opens_whole(tmp_path, width):
     config = tmp_path / "experiments.toml"
     config.write_text(CONFIG.replace('name = "tiny"', f'name = "{LONG}"'))
     app = BanApp(config, tmp_path / "runs", poll_interval=0.05)
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(width, 40)) as pilot:
         await built(pilot)
         options = app.experiments.query_one("#experiments", OptionList)
-        prompt = str(options.get_option_at_index(0).prompt)
+        room = options.scrollable_content_region.width   # 24 columns of list under 100, else 34
+        prompt = await wait_for(pilot, lambda: len(p := str(options.get_option_at_index(0).prompt)) < room and p)
         assert prompt.endswith("…") and len(prompt) <= 30 and LONG.startswith(prompt[:-1])
+        await pilot.pause()
+        assert options.virtual_size.height == options.option_count      # one line each: never wrapped
         options.focus()
         options.highlighted = 0
         await pilot.press("enter")

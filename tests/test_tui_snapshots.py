@@ -98,8 +98,9 @@ async def validated(pilot) -> None:
     await pilot.pause(0.1)
 
 
-def test_experiments_view(here, snap_compare):
-    assert snap_compare(app_at(), terminal_size=SIZE, run_before=validated)
+@SIZES
+def test_experiments_view(here, snap_compare, size):
+    assert snap_compare(app_at(), terminal_size=size, run_before=validated)
 
 
 @SIZES

@@ -24,7 +24,7 @@ from ban_tui.widgets.chain_form import ChainForm
 
 NEW = "+ new chain"
 SAVE_DISCARD_CANCEL = [("s", "Save"), ("d", "Discard"), ("c", "Cancel")]
-NAME_WIDTH = 30          # of the experiment list (34 columns wide)
+NAME_WIDTH = 30          # at most, in the experiment list (34 columns wide; 24 under 100 columns)
 VALIDATE_SECONDS = 0.25   # validation waits for a pause in typing (it re-reads the whole config)
 
 
@@ -63,6 +63,7 @@ class ExperimentsPane(Horizontal):
         self.draft = ce.draft_of(self.doc(), names[0]) if names else ce.new_draft(self.doc())
         self._pending = None   # the timer of the debounced validation
         self.form = ChainForm(self.draft, id="form")
+        self.name_width = NAME_WIDTH   # names in the list are cut to this (_fit_names)
 
     # ---- the file ----
     def _read(self) -> str:
@@ -100,7 +101,20 @@ class ExperimentsPane(Horizontal):
     def _options(self) -> list[str]:
         # prompts, not option ids: a broken file may hold a name twice (the problems panel says so);
         # a long name is cut with an ellipsis (never wrapped mid-word), chosen by its index
-        return [ellipsize(name, NAME_WIDTH) for name in self._names()]
+        return [ellipsize(name, self.name_width) for name in self._names()]
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_names)
+
+    def _fit_names(self) -> None:
+        """Cut the names to the list's width now (24 or 34 columns, by the terminal's width)."""
+        options = self.query_one("#experiments", OptionList)
+        width = min(NAME_WIDTH, options.scrollable_content_region.width - 2) if options.size.width else NAME_WIDTH
+        if width > 0 and width != self.name_width:
+            self.name_width = width
+            highlighted = options.highlighted
+            options.set_options(self._options())
+            options.highlighted = highlighted
 
     def on_mount(self) -> None:
         self.validate_soon()

@@ -50,6 +50,9 @@ PANELS: tuple[Panel, ...] = (
 
 
 class MainScreen(Screen):
+    # under 100 columns the panels give their lists less room (ExperimentsPane's CSS)
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+
     def __init__(self, initial: str = "experiments", **kwargs):
         super().__init__(**kwargs)
         self.initial = initial

@@ -71,7 +71,7 @@ class ChainForm(VerticalScroll):
     ChainForm > Horizontal { height: 1; margin-bottom: 1; }
     ChainForm .field { width: 12; padding: 0 1; }
     ChainForm Input, ChainForm Select { width: 1fr; margin-right: 1; }
-    ChainForm .section { padding: 0 1 1 1; text-style: bold; }
+    ChainForm .section { width: 1fr; padding: 0 1 1 1; text-style: bold; text-wrap: nowrap; text-overflow: ellipsis; }
     ChainForm #add-gen { width: auto; margin-left: 9; }
     """
 
