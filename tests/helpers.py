@@ -34,3 +34,37 @@ def wait_until(predicate, timeout: float, what: str = "the condition", step: flo
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+SGD = {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}   # the paper's optimizer, a small lr
+
+
+def toml_value(value) -> str:
+    """A Python value as the TOML the tests' configs are written in (inline tables on one line)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def digits_chain(name: str, dataset: dict | None = None, generations_tables: tuple[dict, ...] = (), **keys) -> str:
+    """One [[experiment]] table training cnn-small on scikit-learn's digits (no download; more
+    keys of the data set in `dataset`), then `keys` one per line in the order given, then one
+    [[experiment.generation]] table per dict of `generations_tables`:
+    `digits_chain("t", epochs=1, generations=2)`."""
+    lines = ["[[experiment]]", f'name = "{name}"', f"dataset = {toml_value({'name': 'digits', **(dataset or {})})}",
+             'model = "cnn-small"'] + [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+    for table in generations_tables:
+        lines += ["", "[[experiment.generation]]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def loop_host(workdir, python: str = sys.executable, name: str = "loop", **keys) -> str:
+    """A [hosts.NAME] table reaching the loopback sshd (tests/sshd.py) as host `loop`."""
+    lines = [f"[hosts.{name}]", 'ssh = "loop"', f'workdir = "{workdir}"', f'python = "{python}"']
+    return "\n" + "\n".join(lines + [f"{k} = {toml_value(v)}" for k, v in keys.items()]) + "\n"

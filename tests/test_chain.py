@@ -12,22 +12,11 @@ from engine.runs import RunPaths
 from engine.context import Context
 from engine.generation import train_generation
 from engine.tasks.image import ImageClassifier
+from helpers import digits_chain
 
-CONFIG = """
-[[experiment]]
-name = "c"
-dataset = { name = "digits" }
-model = "cnn-small"
-epochs = 1
-batch_size = 64
-optimizer = { lr = 0.05 }
-generations = 2
-objective = "ban"
-ensembles = [1, 2]
-ensemble_include_teacher = true
-device = "cpu"
-precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
-"""
+# precision fp32: compared bit for bit, not bf16 on a bf16 CPU
+CONFIG = digits_chain("c", epochs=1, batch_size=64, optimizer={"lr": 0.05}, generations=2, objective="ban",
+                      ensembles=[1, 2], ensemble_include_teacher=True, device="cpu", precision="fp32")
 
 
 

@@ -15,20 +15,13 @@ from engine.events import EventWriter, dumps_events, read_events
 from engine.runs import RunPaths, process_start_time
 from engine.spec import SpecError, loads
 from ban_tui.cli import app
+from helpers import digits_chain
 
 runner = CliRunner()
 
-DIGITS = """
-[[experiment]]
-name = "{name}"
-dataset = {{ name = "digits" }}
-model = "cnn-small"
-epochs = 2
-batch_size = 128
-generations = 2
-ensembles = [2]
-seeds = [0, 1]
-"""
+def digits(name: str) -> str:
+    return digits_chain(name, epochs=2, batch_size=128, generations=2, ensembles=[2], seeds=[0, 1])
+
 
 
 def dead_pid():
@@ -94,7 +87,7 @@ def test_help_lists_every_command():
 
 def test_validate_summarises_good_config(tmp_path):
     cfg = tmp_path / "e.toml"
-    cfg.write_text(DIGITS.format(name="a") + DIGITS.format(name="b"))
+    cfg.write_text(digits("a") + digits("b"))
     result = runner.invoke(app, ["validate", str(cfg)])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
@@ -103,7 +96,7 @@ def test_validate_summarises_good_config(tmp_path):
 
 
 def test_validate_prints_every_problem(tmp_path):
-    text = DIGITS.format(name="a").replace('"cnn-small"', '"cnn-smal"').replace("epochs = 2", "epochs = -1")
+    text = digits("a").replace('"cnn-small"', '"cnn-smal"').replace("epochs = 2", "epochs = -1")
     cfg = tmp_path / "e.toml"
     cfg.write_text(text)
     with pytest.raises(SpecError) as err:
@@ -117,7 +110,7 @@ def test_validate_prints_every_problem(tmp_path):
 
 def test_run_with_broken_config_launches_nothing(tmp_path):
     cfg = tmp_path / "e.toml"
-    cfg.write_text(DIGITS.format(name="a").replace("generations = 2", "generations = 2\nobjectiv = 'ban'"))
+    cfg.write_text(digits("a").replace("generations = 2", "generations = 2\nobjectiv = 'ban'"))
     result = runner.invoke(app, ["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2
     assert "objectiv" in result.output and "nothing launched" in result.output
@@ -126,7 +119,7 @@ def test_run_with_broken_config_launches_nothing(tmp_path):
 
 def test_run_only_unknown_name_suggests(tmp_path):
     cfg = tmp_path / "e.toml"
-    cfg.write_text(DIGITS.format(name="quickstart") + DIGITS.format(name="wide"))
+    cfg.write_text(digits("quickstart") + digits("wide"))
     result = runner.invoke(app, ["run", str(cfg), "--only", "quikstart", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2
     assert "did you mean 'quickstart'" in result.output
@@ -135,7 +128,7 @@ def test_run_only_unknown_name_suggests(tmp_path):
 
 def test_dry_run_prints_resolved_chain(tmp_path):
     cfg = tmp_path / "e.toml"
-    cfg.write_text(DIGITS.format(name="first") + DIGITS.format(name="quickstart").replace("epochs = 2", "epochs = 7"))
+    cfg.write_text(digits("first") + digits("quickstart").replace("epochs = 2", "epochs = 7"))
     result = runner.invoke(app, ["run", str(cfg), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     out = result.output
@@ -150,7 +143,7 @@ def test_dry_run_prints_resolved_chain(tmp_path):
 
 def test_dry_run_only_selects_in_order(tmp_path):
     cfg = tmp_path / "e.toml"
-    cfg.write_text(DIGITS.format(name="a") + DIGITS.format(name="b") + DIGITS.format(name="c"))
+    cfg.write_text(digits("a") + digits("b") + digits("c"))
     result = runner.invoke(app, ["run", str(cfg), "--dry-run", "--only", "c", "--only", "a"])
     assert result.exit_code == 0, result.output
     assert result.output.index("c: data set") < result.output.index("a: data set")

@@ -18,18 +18,6 @@ from engine.runs import RunPaths, list_runs, load_state, pid_alive
 import helpers
 from helpers import BAN, wait_until
 
-CONFIG = """
-[[experiment]]
-name = "tiny"
-dataset = {{ name = "digits" }}
-model = "cnn-small"
-epochs = {epochs}
-batch_size = 128
-generations = {generations}
-ensembles = {ensembles}
-seeds = {seeds}
-"""
-
 # one thread per engine: two engines share the two cores of a CI box without thrashing
 ENV = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
 
@@ -40,8 +28,8 @@ def ban(*args, cwd, timeout=240, **kw):
 
 def write_config(tmp_path, epochs=1, generations=2, seeds=(0,)):
     cfg = tmp_path / "experiments.toml"
-    cfg.write_text(CONFIG.format(epochs=epochs, generations=generations, ensembles=[2] if generations >= 2 else [],
-                                 seeds=list(seeds)))
+    cfg.write_text(helpers.digits_chain("tiny", epochs=epochs, batch_size=128, generations=generations,
+                                        ensembles=[2] if generations >= 2 else [], seeds=list(seeds)))
     return cfg
 
 

@@ -22,37 +22,17 @@ import torch
 from engine import spec
 from engine.events import KINDS, read_events
 from engine.runs import RunPaths
+from helpers import SGD, digits_chain
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("BAN_DEBUG", None)
 
-CHAIN = """
-[[experiment]]
-name = "chain"
-dataset = { name = "digits", val_split = 0.1 }
-model = "cnn-small"
-batch_size = 64
-optimizer = { lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 5e-4 }
-schedule = "cosine"
-ensembles = [1, 2]
-seeds = [3]
-device = "cpu"
-precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
-
-[[experiment.generation]]
-objective = "ce"
-epochs = 2
-
-[[experiment.generation]]
-objective = "ban"
-epochs = 3
-grad_clip = 5.0
-
-[[experiment.generation]]
-objective = "dkpp"
-epochs = 4
-schedule = { name = "plateau", gamma = 0.5, threshold = 0.01 }
-"""
+# precision fp32: compared bit for bit, not bf16 on a bf16 CPU
+CHAIN = digits_chain("chain", dataset={"val_split": 0.1}, batch_size=64, optimizer=SGD, schedule="cosine",
+                     ensembles=[1, 2], seeds=[3], device="cpu", precision="fp32", generations_tables=(
+                         {"objective": "ce", "epochs": 2}, {"objective": "ban", "epochs": 3, "grad_clip": 5.0},
+                         {"objective": "dkpp", "epochs": 4,
+                          "schedule": {"name": "plateau", "gamma": 0.5, "threshold": 0.01}}))
 EPOCHS = {0: 2, 1: 3, 2: 4}
 TIMING = ("seconds", "samples_per_s")
 

@@ -14,18 +14,9 @@ from engine.events import EventWriter, read_events
 from engine.generation import Resume, train_generation
 from engine.runs import RunPaths
 from engine.tasks import Loop, Task
+from helpers import digits_chain
 
-CONFIG = """
-[[experiment]]
-name = "g"
-dataset = { name = "digits" }
-model = "cnn-small"
-epochs = 3
-batch_size = 64
-optimizer = { lr = 0.1 }
-generations = 0
-device = "cpu"
-"""
+CONFIG = digits_chain("g", epochs=3, batch_size=64, optimizer={"lr": 0.1}, generations=0, device="cpu")
 
 
 class Plain(Task):

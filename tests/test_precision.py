@@ -15,30 +15,13 @@ from engine.runs import RunPaths
 from engine.context import Context
 from engine.optim import autocast_dtype
 from test_engine_process import epochs_of, failed_run, finish, numbers, run_chain, start, wait_for
+from helpers import SGD, digits_chain
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
-BF16_CHAIN = """
-[[experiment]]
-name = "chain"
-dataset = { name = "digits" }
-model = "cnn-small"
-batch_size = 64
-optimizer = { lr = 0.05, momentum = 0.9, nesterov = true, weight_decay = 5e-4 }
-schedule = "cosine"
-precision = "bf16"
-seeds = [3]
-device = "cpu"
-
-[[experiment.generation]]
-objective = "ce"
-epochs = 1
-
-[[experiment.generation]]
-objective = "ban"
-epochs = 2
-grad_clip = 5.0
-"""
+BF16_CHAIN = digits_chain("chain", batch_size=64, optimizer=SGD, schedule="cosine", precision="bf16", seeds=[3],
+                          device="cpu", generations_tables=({"objective": "ce", "epochs": 1},
+                                                            {"objective": "ban", "epochs": 2, "grad_clip": 5.0}))
 
 
 # ---- what auto resolves to ----------------------------------------------------------------

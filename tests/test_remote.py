@@ -20,7 +20,7 @@ from ban_tui.remote.source import RemoteSource
 from engine.events import read_events
 from engine.runs import load_state
 from engine.spec import Host, SpecError, loads
-from helpers import ban, cli_env, wait_until
+from helpers import ban, cli_env, digits_chain, loop_host, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
@@ -287,28 +287,15 @@ def test_follow_in_chunks_and_after_the_file_is_replaced(sshd):
 # ---- a real chain on "the remote", through the CLI and the API ----------------------------------
 
 
-TINY = """
-[[experiment]]
-name = "tiny"
-dataset = {{ name = "digits" }}
-model = "cnn-small"
-epochs = 2
-batch_size = 128
-generations = 1
-ensembles = [1]
-seeds = [0]
-host = "loop"
+def tiny(workdir) -> str:
+    return digits_chain("tiny", epochs=2, batch_size=128, generations=1, ensembles=[1], seeds=[0], host="loop") \
+        + loop_host(workdir)
 
-[hosts.loop]
-ssh = "loop"
-workdir = "{workdir}"
-python = "{python}"
-"""
 
 
 def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tmp_path):
     host = sshd.host()
-    (tmp_path / "tiny.toml").write_text(TINY.format(workdir=sshd.workdir, python=sys.executable))
+    (tmp_path / "tiny.toml").write_text(tiny(sshd.workdir))
     started = ban("run", "tiny.toml", "--detach", cwd=tmp_path)    # the experiment's host = "loop"
     assert started.returncode == 0, started.stderr
     match = re.search(r"started tiny/(\S+) \(pid (\d+)\) in loop:(\S+)", started.stdout)

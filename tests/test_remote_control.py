@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,28 +14,15 @@ from engine.runs import RunPaths, process_start_time
 from ban_tui.remote import control as remote_control
 from ban_tui.remote.transport import RemoteError
 import helpers
-from helpers import BAN, wait_until
+from helpers import BAN, digits_chain, loop_host, wait_until
 from helpers import cli_env as env
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 # Long enough to be cancelled mid-chain on a busy machine, short enough to end soon after.
-CHAIN = """
-[[experiment]]
-name = "ctl"
-dataset = {{ name = "digits" }}
-model = "cnn-small"
-epochs = 3
-batch_size = 64
-generations = 2
-seeds = [5]
-device = "cpu"
-host = "loop"
+def chain(workdir) -> str:
+    return digits_chain("ctl", epochs=3, batch_size=64, generations=2, seeds=[5], device="cpu", host="loop") \
+        + loop_host(workdir)
 
-[hosts.loop]
-ssh = "loop"
-workdir = "{workdir}"
-python = "{python}"
-"""
 
 
 def ban(*args, cwd, timeout=300):
@@ -53,7 +39,7 @@ def kinds(run_dir: Path) -> list[tuple]:
 
 
 def test_cancel_resume_rm_on_a_host_and_the_printed_follow_command(sshd, tmp_path):
-    (tmp_path / "chain.toml").write_text(CHAIN.format(workdir=sshd.workdir, python=sys.executable))
+    (tmp_path / "chain.toml").write_text(chain(sshd.workdir))
     started = ban("run", "chain.toml", "--detach", cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     run_dir = Path(re.search(r"started ctl/\S+ \(pid \d+\) in loop:(\S+)", started.stdout).group(1))

@@ -15,6 +15,7 @@ from ban_tui import report
 from ban_tui.cli import app
 from engine.events import EventWriter
 from engine.runs import RunPaths, RunState
+from helpers import digits_chain
 
 runner = CliRunner()
 
@@ -225,22 +226,9 @@ def test_ls_and_show_print_no_test_minimum(tmp_path):
     assert "Teacher done test_err 21.00% min val_err 5.00%" in follow      # no "best test" at the end
 
 
-CONTROL = """
-[[experiment]]
-name = "x"
-dataset = { name = "digits" }
-model = "cnn-small"
-model_options = { width = 0.25 }
-epochs = 1
-batch_size = 128
-optimizer = { lr = 0.05 }
-generations = 3
-objective = "ban"
-ensembles = [2, 3]
-seeds = [0, 1]
-device = "cpu"
-control = "independent"
-"""
+CONTROL = digits_chain("x", model_options={"width": 0.25}, epochs=1, batch_size=128, optimizer={"lr": 0.05},
+                       generations=3, objective="ban", ensembles=[2, 3], seeds=[0, 1], device="cpu",
+                       control="independent")
 
 
 def test_control_independent_adds_a_ce_chain_without_teachers():

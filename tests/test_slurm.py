@@ -21,7 +21,7 @@ import pytest
 
 from engine.events import read_events
 from engine.spec import SpecError, loads
-from helpers import BIN, cli_env, wait_until
+from helpers import BIN, cli_env, digits_chain, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
@@ -29,18 +29,9 @@ def env() -> dict:
     """Read when used: the sshd fixture sets BAN_SSH_CONFIG."""
     return cli_env(PYTHONUNBUFFERED="1")
 
-CHAIN = """
-[[experiment]]
-name = "{name}"
-dataset = {{ name = "digits" }}
-model = "cnn-small"
-epochs = 2
-batch_size = 64
-generations = 2
-ensembles = [1]
-seeds = [4]
-device = "cpu"
-"""
+def chain(name: str) -> str:
+    return digits_chain(name, epochs=2, batch_size=64, generations=2, ensembles=[1], seeds=[4], device="cpu")
+
 
 HOST = """
 [hosts.cluster]
@@ -75,7 +66,7 @@ def numbers(run_dir: Path) -> dict:
 
 @pytest.mark.timeout(1200)   # two short chains' worth of CPU time on a shared machine
 def test_sigusr2_ends_the_run_preempted_and_resume_finishes_it(tmp_path):
-    (tmp_path / "c.toml").write_text(CHAIN.format(name="pre"))
+    (tmp_path / "c.toml").write_text(chain("pre"))
     argv = [sys.executable, "-m", "engine", "run", "c.toml", "--experiment", "pre", "--runs-dir", "runs",
             "--run-id", "r1"]
     with open(tmp_path / "err.log", "wb") as err:
@@ -135,7 +126,7 @@ def job_state(job: str) -> str:
 @pytest.mark.timeout(1800)
 def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(sshd, tmp_path):
     cluster_or_skip()
-    (tmp_path / "study.toml").write_text(CHAIN.format(name="left-alone") + CHAIN.format(name="signalled")
+    (tmp_path / "study.toml").write_text(chain("left-alone") + chain("signalled")
                                          + HOST.format(workdir=sshd.workdir, python=sys.executable))
     out = open(tmp_path / "ban-run.log", "w+")
     launcher = subprocess.Popen([str(BIN / "ban"), "run", "study.toml", "--all", "--host", "cluster"], cwd=tmp_path,

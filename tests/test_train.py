@@ -17,26 +17,24 @@ from engine.errors import RunError
 from engine.generation import train_generation
 from engine.optim import LRSchedule
 from engine.tasks.image import ImageClassifier, teacher_outputs
+from helpers import digits_chain, toml_value
 
-CONFIG = """
-[[experiment]]
-name = "t"
-dataset = { name = "digits" }
-model = "cnn-small"
-epochs = 1
-batch_size = 64
-optimizer = { lr = 0.05 }
-generations = 1
-objective = "ban"
-device = "cpu"
-precision = "fp32"          # compared bit for bit: not bf16 on a bf16 CPU
-"""
+# precision fp32: compared bit for bit, not bf16 on a bf16 CPU
+CONFIG = digits_chain("t", epochs=1, batch_size=64, optimizer={"lr": 0.05}, generations=1, objective="ban",
+                      device="cpu", precision="fp32")
 
 
 
 @pytest.fixture(scope="module")
 def digits():
     return load(spec.Dataset("digits"), 0)
+
+
+def two_generations(student: dict) -> str:
+    """CONFIG with a plain ce teacher and one student given as its generation table."""
+    return CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + "".join(
+        "[[experiment.generation]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+        for table in ({"objective": "ce"}, student))
 
 
 def context(tmp_path, data, text=CONFIG, seed=0) -> Context:
@@ -153,16 +151,8 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, digits):
 
 
 def test_frozen_inherited_parts_get_no_update_and_no_weight_decay(tmp_path, digits):
-    text = CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + """
-[[experiment.generation]]
-objective = "ce"
-[[experiment.generation]]
-objective = "ban"
-inherit = ["stem", "head"]
-freeze = ["stem"]
-optimizer = { lr = 0.05, weight_decay = 0.1 }
-"""
-    ctx = context(tmp_path, digits, text)
+    ctx = context(tmp_path, digits, two_generations({"objective": "ban", "inherit": ["stem", "head"], "freeze": ["stem"],
+                                                    "optimizer": {"lr": 0.05, "weight_decay": 0.1}}))
     teacher = frozen_teacher(ctx, digits)
     stem, head = teacher.stem.weight.clone(), teacher.head.weight.clone()
     student = train_generation(ctx, ctx.exp.generations[1], teacher, ImageClassifier(digits)).model
@@ -175,19 +165,13 @@ optimizer = { lr = 0.05, weight_decay = 0.1 }
 
 
 def test_teacher_cache_gives_the_losses_of_recomputation(tmp_path, digits):
-    text = CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + """
-[[experiment.generation]]
-objective = "ce"
-[[experiment.generation]]
-objective = "ban+l"
-epochs = 2
-teacher_cache = {cache}
-"""
-    ctx = context(tmp_path / "t", digits, text.replace("{cache}", "false"))
+    def text(cache: bool) -> str:
+        return two_generations({"objective": "ban+l", "epochs": 2, "teacher_cache": cache})
+    ctx = context(tmp_path / "t", digits, text(False))
     teacher = frozen_teacher(ctx, digits)
     runs, calls = {}, {}
     for cache in ("false", "true"):
-        ctx = context(tmp_path / cache, digits, text.replace("{cache}", cache))
+        ctx = context(tmp_path / cache, digits, text(cache == "true"))
         calls[cache] = 0
         hook = teacher.register_forward_hook(lambda *_, c=cache: calls.__setitem__(c, calls[c] + 1))
         train_generation(ctx, ctx.exp.generations[1], teacher, ImageClassifier(digits))

@@ -45,6 +45,13 @@ def setup(tmp_path):
     return config, copy_runs(tmp_path, stale=True)
 
 
+async def monitor_shown(pilot, app, run_dir) -> RunMonitor:
+    """Once the runs table lists the five recorded runs, open one's monitor; the monitor."""
+    await wait_for(pilot, lambda: len(statuses(app)) == 5)
+    app.open_run(str(run_dir.resolve()))
+    return await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
+
+
 def statuses(app) -> dict[str, str]:
     table = app.main_screen.query_one(RunsTable)
     col = [k for k, _ in table.spec].index("status")
@@ -73,9 +80,7 @@ async def test_monitor_shows_the_whole_history_of_a_finished_run(setup):
     config, runs = setup
     app = BanApp(config, runs, poll_interval=0.05, initial="runs")
     async with app.run_test(size=(120, 44)) as pilot:
-        await wait_for(pilot, lambda: len(statuses(app)) == 5)
-        app.open_run(str((runs / OK).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
+        screen = await monitor_shown(pilot, app, runs / OK)
         state = load_state(runs / OK)
         gens = screen.query_one("#gens", RowsTable)
         expected = [[r[k] for k, _ in gens.spec] for r in gen_rows(state)]
@@ -103,9 +108,7 @@ async def test_failed_cancelled_dead_and_stale_runs_are_marked(setup, run, mark,
     config, runs = setup
     app = BanApp(config, runs, poll_interval=0.05, initial="runs")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: len(statuses(app)) == 5)
-        app.open_run(str((runs / run).resolve()))
-        screen = await wait_for(pilot, lambda: isinstance(app.screen, RunMonitor) and app.screen.is_mounted and app.screen)
+        screen = await monitor_shown(pilot, app, runs / run)
         text = await wait_for(pilot, lambda: mark in str(screen.query_one("#status").render())
                               and str(screen.query_one("#status").render()))
         assert why in text

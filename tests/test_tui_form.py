@@ -13,14 +13,19 @@ async def type_into(pilot, selector: str, text: str) -> None:
     await pilot.press("end", "shift+home", "backspace", *text)
 
 
+def form_app(tmp_path, text: str = CONFIG):
+    """The config file written, and the app on it."""
+    config = tmp_path / "experiments.toml"
+    config.write_text(text)
+    return config, BanApp(config, tmp_path / "runs")
+
+
 def problems_text(app) -> str:
     return str(app.experiments.query_one("#problems").render())
 
 
 async def test_define_a_digits_chain_and_save_it_keeping_comments(tmp_path):
-    config = tmp_path / "experiments.toml"
-    config.write_text(CONFIG)
-    app = BanApp(config, tmp_path / "runs")
+    config, app = form_app(tmp_path)
     async with app.run_test(size=(140, 50)) as pilot:
         await built(pilot)
         pane: ExperimentsPane = app.experiments
@@ -49,9 +54,7 @@ async def test_define_a_digits_chain_and_save_it_keeping_comments(tmp_path):
 
 
 async def test_problems_show_live_with_the_validators_messages_and_block_saving(tmp_path):
-    config = tmp_path / "experiments.toml"
-    config.write_text(CONFIG)
-    app = BanApp(config, tmp_path / "runs")
+    config, app = form_app(tmp_path)
     async with app.run_test(size=(140, 50)) as pilot:
         await built(pilot)
         pane = app.experiments
@@ -77,9 +80,7 @@ async def test_problems_show_live_with_the_validators_messages_and_block_saving(
 
 
 async def test_remove_and_reorder_generations_with_buttons(tmp_path):
-    config = tmp_path / "experiments.toml"
-    config.write_text(CONFIG)
-    app = BanApp(config, tmp_path / "runs")
+    config, app = form_app(tmp_path)
     async with app.run_test(size=(140, 50)) as pilot:
         await built(pilot)
         pane = app.experiments

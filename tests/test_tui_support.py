@@ -10,6 +10,7 @@ from pathlib import Path
 from engine import spec
 from engine.events import EventWriter
 from engine.runs import RunPaths, process_start_time
+from helpers import digits_chain
 
 FIXTURES = Path(__file__).parent / "fixtures" / "events" / "recorded"
 OK = "tiny/20251129-013320-s0-0k01"
@@ -18,20 +19,9 @@ FAILED = "broken-data/20251129-021500-s0-0f01"
 DEAD = "tiny/20251129-023000-s0-0d01"
 STALE = "tiny/20251129-024500-s0-0s01"
 
-CONFIG = """\
-# experiments for the TUI tests
-[defaults]
-runs_dir = "runs"   # kept where it is
-
-[[experiment]]
-name = "tiny"
-dataset = { name = "digits" }
-model = "cnn-small"
-epochs = 2
-generations = 2
-objective = "ban"
-ensembles = [2]
-"""
+# the comments and the [defaults] table are there to be kept by the form's saves
+CONFIG = '# experiments for the TUI tests\n[defaults]\nruns_dir = "runs"   # kept where it is\n\n' + digits_chain(
+    "tiny", epochs=2, generations=2, objective="ban", ensembles=[2])
 
 
 def copy_runs(dest: Path, stale: bool = False) -> Path:
