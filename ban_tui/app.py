@@ -190,6 +190,20 @@ class BanApp(App):
         if self.experiments:
             self.experiments.reload()
 
+    def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
+                           time_format: str | None = None) -> str | None:
+        """The palette's screenshot: an SVG into screenshots/ beside the config file (Textual's
+        default, ~/Downloads, need not exist: the save failed there); the toast says where."""
+        if path is None:
+            folder = self.config_path.resolve().parent / "screenshots"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.notify(f"screenshot not saved: {exc}", severity="error")
+                return None
+            path = str(folder)
+        return super().deliver_screenshot(filename, path, time_format)
+
     def action_toggle_keys(self) -> None:
         """`?`: the keys of what has focus and of the screen (Textual's help panel), or hide it."""
         if self.screen.query("HelpPanel"):

@@ -171,3 +171,21 @@ async def test_quitting_while_the_hidden_tabs_are_still_being_built_closes_clean
         async with app.run_test(size=(120, 40)):
             await asyncio.sleep(i * 0.04)
         assert app.return_code in (None, 0), f"quit after {i * 0.04:.2f} s: {app._exception!r}"
+
+
+async def test_the_palettes_screenshot_is_saved_beside_the_config_and_says_where(setup, monkeypatch, tmp_path):
+    """Textual saves to ~/Downloads, which need not exist (it failed there): beside the config instead."""
+    config, runs = setup
+    monkeypatch.setenv("HOME", str(tmp_path / "home-without-downloads"))
+    app = BanApp(config, runs, poll_interval=0.05, initial="runs")
+    notes = []
+    app.notify = lambda message, **kw: notes.append(str(message))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await runs_shown(pilot, app)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"screenshot")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        shots = await wait_for(pilot, lambda: list((config.parent / "screenshots").glob("*.svg")))
+        await wait_for(pilot, lambda: any("Saved screenshot to" in n for n in notes))
+    assert "<svg" in shots[0].read_text()[:500] and str(shots[0]) in " ".join(notes)
