@@ -311,9 +311,14 @@ class BanApp(App):
 
     @work(thread=True, group="launch")
     def launch_remote(self, exp: spec.Experiment, host: spec.Host) -> None:
-        """remote.launch waits for the engine's first event: never in the UI thread."""
+        """remote.launch waits for the engine's first event: never in the UI thread. A Slurm host
+        gets one job array of every seed, as `ban run` submits it."""
         from ban_tui.remote import queue as remote_queue
         from ban_tui.remote.transport import RemoteError
+        from ban_tui.slurm import follow_source
+        if host.slurm is not None:
+            self.submit_slurm(exp, host)
+            return
         for seed in exp.seeds:
             self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
             try:
@@ -321,9 +326,24 @@ class BanApp(App):
             except (OSError, ValueError, RemoteError) as exc:
                 self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), remote_queue.QueuedRemoteSource(host, run.run_dir, run.pid).start())
+            self.watcher.add(Path(run.run_dir), follow_source(host, run.run_dir, run.pid).start())
             self.call_from_thread(self.notify, f"launched {run.name} on {host.name} ({run.how})")
             self.call_from_thread(self.show_panel, "runs")
+
+    def submit_slurm(self, exp: spec.Experiment, host: spec.Host) -> None:
+        """(In launch_remote's worker.) Submit the seeds to the host's Slurm; follow each job's run."""
+        from ban_tui import slurm
+        from ban_tui.remote.transport import RemoteError
+        self.call_from_thread(self.notify, f"submitting {exp.name} ({len(exp.seeds)} seeds) to Slurm on {host.name}...")
+        try:
+            runs = slurm.submit(host, [(exp, seed) for seed in exp.seeds])
+        except (OSError, ValueError, RemoteError) as exc:
+            self.call_from_thread(self.notify, f"not submitted: {exp.name}: {exc}", severity="error")
+            return
+        for run in runs:
+            self.watcher.add(Path(run.run_dir), slurm.follow_source(host, run.run_dir).start())
+            self.call_from_thread(self.notify, f"submitted {run.name} as Slurm job {run.job} on {host.name}")
+        self.call_from_thread(self.show_panel, "runs")
 
     def _local(self, run_dir: str, verb: str) -> bool:
         """True for a local run; a run on a host is handed to control_remote (False)."""
@@ -337,12 +357,13 @@ class BanApp(App):
     @work(thread=True, group="control")
     def control_remote(self, verb: str, run_dir: str, source) -> None:
         """cancel / resume a run on its host (ban_tui.remote.control): over ssh, never in the UI thread."""
-        from ban_tui.remote import control as remote_control, queue as remote_queue
+        from ban_tui.remote import control as remote_control
         from ban_tui.remote.transport import RemoteError
+        from ban_tui.slurm import follow_source
         try:
             if verb == "resume":
                 run = remote_control.resume(source.host, source.run_dir)
-                self.watcher.add(Path(run_dir), remote_queue.QueuedRemoteSource(source.host, run.run_dir, run.pid).start())
+                self.watcher.add(Path(run_dir), follow_source(source.host, run.run_dir, run.pid).start())
                 said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
             else:
                 said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]

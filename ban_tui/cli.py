@@ -769,8 +769,7 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
 
 def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> RemoteSource:
     """A RemoteSource that says when its connection drops and when it is back."""
-    source = (slurm.SlurmSource(host, run_dir) if host.slurm is not None
-              else remote_queue.QueuedRemoteSource(host, run_dir, pid))   # (it may wait in the host's queue)
+    source = slurm.follow_source(host, run_dir, pid)
 
     def tell(s: RemoteSource) -> None:
         if not s.connected:

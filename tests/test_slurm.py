@@ -21,7 +21,7 @@ import pytest
 
 from engine.events import read_events
 from engine.spec import SpecError, loads
-from helpers import BIN, cli_env, digits_chain, wait_until
+from helpers import BIN, cli_env, digits_chain, loop_host, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
@@ -29,17 +29,15 @@ def env() -> dict:
     """Read when used: the sshd fixture sets BAN_SSH_CONFIG."""
     return cli_env(PYTHONUNBUFFERED="1")
 
+
 def chain(name: str) -> str:
     return digits_chain(name, epochs=2, batch_size=64, generations=2, ensembles=[1], seeds=[4], device="cpu")
 
 
-HOST = """
-[hosts.cluster]
-ssh = "loop"
-workdir = "{workdir}"
-python = "{python}"
-slurm = {{ time = "20:00", gpus_per_job = 0, cpus_per_job = 1, signal_delay_s = 60 }}
-"""
+def cluster_host(workdir) -> str:
+    """The one-node cluster, its login node the loopback sshd."""
+    return loop_host(workdir, name="cluster",
+                     slurm={"time": "20:00", "gpus_per_job": 0, "cpus_per_job": 1, "signal_delay_s": 60})
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -127,7 +125,7 @@ def job_state(job: str) -> str:
 def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(sshd, tmp_path):
     cluster_or_skip()
     (tmp_path / "study.toml").write_text(chain("left-alone") + chain("signalled")
-                                         + HOST.format(workdir=sshd.workdir, python=sys.executable))
+                                         + cluster_host(sshd.workdir))
     out = open(tmp_path / "ban-run.log", "w+")
     launcher = subprocess.Popen([str(BIN / "ban"), "run", "study.toml", "--all", "--host", "cluster"], cwd=tmp_path,
                                 env=env(), stdout=out, stderr=subprocess.STDOUT)
@@ -165,3 +163,28 @@ def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(s
     assert ends(alone) == [("run_start", False), ("run_end", "ok")]
     assert ends(signalled) == [("run_start", False), ("run_end", "preempted"), ("run_start", True), ("run_end", "ok")]
     assert numbers(signalled) == numbers(alone)
+
+
+@pytest.mark.timeout(900)
+async def test_a_launch_from_the_tui_to_a_slurm_host_submits_a_job_and_follows_it(sshd, tmp_path, monkeypatch):
+    cluster_or_skip()
+    from ban_tui.app import BanApp
+    from ban_tui.slurm import SlurmSource
+    from test_tui_support import built, wait_for as pilot_wait
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))   # no user hosts file
+    config = tmp_path / "experiments.toml"
+    config.write_text(digits_chain("far", epochs=1, batch_size=64, generations=1, seeds=[2], device="cpu",
+                                   host="cluster") + cluster_host(sshd.workdir))
+    app = BanApp(config, tmp_path / "runs", poll_interval=0.2)
+    notes = []
+    app.notify = lambda message, **kw: notes.append(str(message))
+    async with app.run_test(size=(140, 40)) as pilot:
+        await built(pilot)
+        await pilot.press("ctrl+r")                                    # save (nothing to save) and launch
+        model = await pilot_wait(pilot, lambda: next(iter(app.watcher.models.values()), None), 300)
+        assert isinstance(model.source, SlurmSource) and model.source.host.name == "cluster"
+        root = Path(model.source.run_dir)
+        job = (root / "slurm_job").read_text().strip()
+        await pilot_wait(pilot, lambda: model.status() == "ok", 600)   # followed over ssh to its end
+        assert any(f"as Slurm job {job} on cluster" in n for n in notes), notes
+    assert ends(root) == [("run_start", False), ("run_end", "ok")]
