@@ -14,7 +14,7 @@ checkouts' bytecode caches are written first (see compile_checkout).
 
 `ban models`: `python -m ban_tui.cli models` to its exit, wall and CPU (rusage of the child).
 
---compare DIR measures a second checkout as well (e.g. the previous commit:
+--compare DIR measures a second checkout as well (start-up and following) (e.g. the previous commit:
 `git worktree add --detach /tmp/prev HEAD~1`), each measure alternating between the two with
 PYTHONPATH set to each checkout, and prints the ratios. The Python is this one (same venv).
 
@@ -174,8 +174,7 @@ print(n)
 
 def follow_app(work: str, runs_dir: str, seconds: float, monitor: bool) -> None:
     """The app process: print 'ready', then after `seconds` the CPU it used and the events it folded."""
-    sys.path.insert(0, str(ROOT))
-    from ban_tui.app import BanApp
+    from ban_tui.app import BanApp   # of the checkout on PYTHONPATH (follow() sets it)
     app = BanApp(Path(work) / "experiments.toml", Path(runs_dir), initial="runs")
     result = {}
 
@@ -201,11 +200,12 @@ def follow_app(work: str, runs_dir: str, seconds: float, monitor: bool) -> None:
     print(json.dumps(result), flush=True)
 
 
-def follow(work: Path, runs: int, rate: int, seconds: float, monitor: bool) -> dict:
-    runs_dir = work / f"runs-{'monitor' if monitor else 'table'}"
+def follow(work: Path, runs: int, rate: int, seconds: float, monitor: bool, root: Path = ROOT) -> dict:
+    runs_dir = work / f"runs-{'monitor' if monitor else 'table'}-{next(SESSIONS)}"
     runs_dir.mkdir()
     app = subprocess.Popen([sys.executable, __file__, "--app", str(work), str(runs_dir), str(seconds + 2),
-                            str(int(monitor))], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                            str(int(monitor))], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=checkout_env(root))
     assert app.stdout.readline().strip() == "ready"
     writers = []
     for i in range(runs):
@@ -245,11 +245,16 @@ def main() -> None:
             print(f"load average {os.getloadavg()[0]:.1f} at the end")
             return
         for monitor in (False, True):
-            r = follow(work, args.runs, args.rate, args.seconds, monitor)
-            view = "runs tab + run monitor" if monitor else "runs tab"
-            print(f"following {r['runs']} runs x {args.rate} events/s for {args.seconds:.0f} s ({view}): "
-                  f"app CPU {r['cpu_s']:.2f} s over {r['wall_s']:.1f} s wall = {100 * r['cpu_s'] / r['wall_s']:.0f}% "
-                  f"of one core; events folded {r['events']} of {r['written']} written")
+            share = {}
+            for name, root in roots.items():   # the writers run this checkout's engine.events in both
+                r = follow(work, args.runs, args.rate, args.seconds, monitor, root)
+                view = "runs tab + run monitor" if monitor else "runs tab"
+                share[name] = r['cpu_s'] / r['wall_s']
+                print(f"following {r['runs']} runs x {args.rate} events/s for {args.seconds:.0f} s ({view}) [{name}]: "
+                      f"app CPU {r['cpu_s']:.2f} s over {r['wall_s']:.1f} s wall = {100 * share[name]:.0f}% "
+                      f"of one core; events folded {r['events']} of {r['written']} written")
+            if len(share) == 2:
+                print(f"following ({view}): this / compared = {share['this'] / share['compared']:.2f}x CPU")
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
