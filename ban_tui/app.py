@@ -276,7 +276,8 @@ class BanApp(App):
 
     def compare_marked(self) -> None:
         from ban_tui.screens.runs import RunsTable
-        self.main_screen.query_one(RunsTable).action_compare()
+        for table in self.main_screen.query(RunsTable):   # none for the moment before the runs tab is built
+            table.action_compare()
 
     def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
         """Start one detached engine per seed of a saved experiment, here or on its `host`

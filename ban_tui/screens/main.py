@@ -50,13 +50,12 @@ PANELS: tuple[Panel, ...] = (
 
 
 class MainScreen(Screen):
-    # under 100 columns the panels give their lists less room (ExperimentsPane's CSS)
+    # under 100 columns the experiment list gives the form room (app.tcss: MainScreen.-narrow)
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
 
     def __init__(self, initial: str = "experiments", **kwargs):
         super().__init__(**kwargs)
         self.initial = initial
-
         self.unbuilt = [p for p in PANELS if p.id != initial]   # mounted after the first frame
         self.mounting: dict[str, AwaitMount] = {}
 
