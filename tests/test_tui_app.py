@@ -19,7 +19,7 @@ from ban_tui.watch import CURVE_CAP, DIAGNOSTIC_CAP, STDERR_CAP, RunModel
 from ban_tui.widgets.curves import CurvePlot
 from ban_tui.widgets.diagnostics import DiagnosticsRow
 from ban_tui.widgets.rows import RowsTable
-from engine.events import EventWriter
+from engine.events import EventWriter, read_events
 from engine.runs import load_state
 from test_tui_support import CANCELLED, CONFIG, DEAD, FAILED, OK, STALE, cells, copy_runs, wait_for
 
@@ -252,7 +252,11 @@ async def test_a_view_of_runs_needs_only_a_watcher_of_app_runs(setup):
         tick, followed = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed is None), None))
         assert followed == set(app.watcher.models) and all(tick.touches(d) for d in followed)  # every run, each second
         one, other = sorted(app.watcher.models)[:2]
+        # every recorded event folded and drawn: what changes next is only what refresh_run names
+        await wait_for(pilot, lambda: not app.dirty and all(
+            m.state.last_seq == read_events(m.run_dir / "events.jsonl")[-1]["seq"] for m in app.watcher.models.values()))
+        start = len(screen.seen)
         app.refresh_run(one)
-        update, _ = await wait_for(pilot, lambda: next((s for s in screen.seen if s[0].changed), None))
+        update, _ = await wait_for(pilot, lambda: next((s for s in screen.seen[start:] if s[0].changed), None))
         assert update.changed == {one} and update.touches(one) and not update.touches(other)
         assert not update.touches(runs / "nowhere")
