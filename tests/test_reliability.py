@@ -249,29 +249,45 @@ def ban_out(tmp_path, *args):
     return subprocess.run(BAN + list(args), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
 
 
-def test_starting_then_broken_when_killed_before_the_snapshot(tmp_path):
-    """A launched engine: `starting` until its first event; SIGKILLed before it wrote its first
-    file, the directory is `broken`, with the reason, for `ban ls`, `ban show` and `ban resume`."""
+def test_starting_then_broken_when_killed_before_its_first_event_and_resume_starts_it_over(tmp_path):
+    """A launched engine: `starting` until its first event; SIGKILLed before it, the directory
+    (which holds the snapshot from the submit on) is `broken` with the reason in `ban ls`, and
+    `ban resume` starts the chain over from the snapshot to the end."""
     from engine import spec
     cfg = config(tmp_path)
     exp = spec.load(cfg).experiments["tiny"]
     r = launch.launch_local(cfg, exp, 0, tmp_path / "runs")
     try:
         assert load_state(r.run_dir).status() == "starting"   # the launcher's pid file: alive
-        wait_until(lambda: (r.run_dir / "lock").exists(), what="the engine's lock")
-        if not RunPaths(r.run_dir).snapshot.exists():
-            os.kill(r.pid, signal.SIGKILL)
+        os.kill(r.pid, signal.SIGKILL)   # at once: the engine is still importing torch
         wait_until(lambda: pid_alive(r.pid, r.pid_start) is False, what="the engine's death")
     finally:
         if pid_alive(r.pid, r.pid_start):
             os.kill(r.pid, signal.SIGKILL)
-    if RunPaths(r.run_dir).snapshot.exists():
-        pytest.skip("the engine wrote its snapshot before the SIGKILL landed")
     state = load_state(r.run_dir)
+    assert state.status() == "broken" and "no events" in state.broken_reason
+    ls = ban_out(tmp_path, "ls", "--runs-dir", "runs")
+    assert "broken" in ls.stdout and "no events: the engine stopped before its first event" in ls.stdout, ls.stdout
+    resume = ban_out(tmp_path, "resume", str(r.run_dir))
+    assert resume.returncode == 0 and "ended ok" in resume.stdout, resume.stdout + resume.stderr
+    assert load_state(r.run_dir).status() == "ok"
+
+
+def test_a_directory_left_without_its_snapshot_is_broken_and_resume_refuses_it(tmp_path):
+    """What a crash while creating a run leaves: a pid file of a dead process and no
+    experiment.toml. Broken, with the reason; `ban resume` refuses it naming the file."""
+    config(tmp_path)
+    root = tmp_path / "runs" / "tiny" / "r1"
+    root.mkdir(parents=True)
+    proc = subprocess.Popen(["sleep", "30"])
+    pid_start = process_start_time(proc.pid)
+    kill(proc)
+    (root / "pid").write_text(f"{proc.pid} {pid_start}\n")
+    state = load_state(root)
     assert state.status() == "broken" and "no experiment.toml" in state.broken_reason
     ls = ban_out(tmp_path, "ls", "--runs-dir", "runs")
     assert "broken" in ls.stdout and "no experiment.toml" in ls.stdout, ls.stdout
-    resume = ban_out(tmp_path, "resume", str(r.run_dir))
+    resume = ban_out(tmp_path, "resume", str(root))
     assert resume.returncode == 1 and "no experiment.toml" in resume.stderr, resume.stderr
 
 
