@@ -41,7 +41,7 @@ INSTALL_HINT = "ban export --tensorboard needs tensorboard: python -m pip instal
 MLFLOW_HINT = ("ban export --mlflow needs mlflow: python -m pip install 'ban[mlflow]' "
                "(or: python -m pip install mlflow-skinny sqlalchemy alembic)")
 MLFLOW_STATUS = {"ok": "FINISHED", "cancelled": "KILLED", "failed": "FAILED", "dead": "FAILED"}
-BATCH = 1000     # MLflow's log_batch takes at most 1000 metrics, 100 params and 100 tags a call
+METRICS_BATCH, PARAMS_BATCH = 1000, 100   # the most MLflow's log_batch takes in one call
 
 
 class ExportError(ValueError):
@@ -144,13 +144,12 @@ def mlflow_runs(h: RunHistory) -> list[dict]:
     exp = snapshot_experiment(h.root)
     status = h.state.status()
     base = {"ban.run": h.name, "ban.run_dir": str(h.root), "ban.status": status}
-    chain = {"name": h.state.run_id or h.root.name, "status": status,
-             "tags": base | {"ban.seed": str(h.state.seed), "ban.config": config_key(exp, [])},
-             "params": flatten_snapshot(exp) if exp is not None else {},
-             "metrics": [], "start": h.state.started, "end": h.state.last_ts}
-    out = [chain]
     points = scalar_points(h)
-    chain["metrics"] = [(tag.replace("Ens*", "Ens-"), step, ts, v) for tag, step, ts, v in points.pop("ensembles", [])]
+    out = [{"name": h.state.run_id or h.root.name, "status": status,
+            "tags": base | {"ban.seed": str(h.state.seed), "ban.config": config_key(exp, [])},
+            "params": flatten_snapshot(exp) if exp is not None else {},
+            "metrics": [(tag.replace("Ens*", "Ens-"), step, ts, v) for tag, step, ts, v in points.pop("ensembles", [])],
+            "start": h.state.started, "end": h.state.last_ts}]
     for gen, g in sorted(h.state.gens.items()):
         records = h.epochs.get(gen, [])
         out.append({"name": g.label, "status": status if not g.done else "ok",
@@ -187,10 +186,10 @@ def mlflow(run_dirs, target: str) -> tuple[str, list[str]]:
                 created.append(run_id)
                 params = [Param(mlflow_key(k), str(v)[:6000]) for k, v in r["params"].items()]
                 metrics = [Metric(mlflow_key(k), v, ms(ts) or 0, step) for k, step, ts, v in r["metrics"]]
-                for i in range(0, len(params), 100):
-                    client.log_batch(run_id, params=params[i:i + 100])
-                for i in range(0, len(metrics), BATCH):
-                    client.log_batch(run_id, metrics=metrics[i:i + BATCH])
+                for i in range(0, len(params), PARAMS_BATCH):
+                    client.log_batch(run_id, params=params[i:i + PARAMS_BATCH])
+                for i in range(0, len(metrics), METRICS_BATCH):
+                    client.log_batch(run_id, metrics=metrics[i:i + METRICS_BATCH])
                 if r["status"] in MLFLOW_STATUS:
                     client.set_terminated(run_id, MLFLOW_STATUS[r["status"]], end_time=ms(r["end"]))
                 parent = parent or run_id

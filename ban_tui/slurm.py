@@ -329,12 +329,12 @@ class SlurmSource(RemoteSource):
         return "pending" if self.job_state == "PENDING" else super().status(now)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def follow_source(host: Host, run_dir: str, pid: int | None = None) -> RemoteSource:
     """What follows a run on a host: its Slurm job's run on a Slurm host, else a run that may wait
     in the host's queue (the CLI and the TUI both choose here)."""
     from ban_tui.remote.queue import QueuedRemoteSource
     return SlurmSource(host, run_dir) if host.slurm is not None else QueuedRemoteSource(host, run_dir, pid)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

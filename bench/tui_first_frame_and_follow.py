@@ -14,8 +14,8 @@ checkouts' bytecode caches are written first (see compile_checkout).
 
 `ban models`: `python -m ban_tui.cli models` to its exit, wall and CPU (rusage of the child).
 
---compare DIR measures a second checkout as well (start-up and following) (e.g. the previous commit:
-`git worktree add --detach /tmp/prev HEAD~1`), each measure alternating between the two with
+--compare DIR measures a second checkout as well, start-up and following (e.g. the previous
+commit: `git worktree add --detach /tmp/prev HEAD~1`), each measure alternating between the two with
 PYTHONPATH set to each checkout, and prints the ratios. The Python is this one (same venv).
 
 Following: the app runs headless in its own process (runs tab shown, or with --monitor a run

@@ -59,9 +59,13 @@ def digits_chain(name: str, dataset: dict | None = None, generations_tables: tup
     `digits_chain("t", epochs=1, generations=2)`."""
     lines = ["[[experiment]]", f'name = "{name}"', f"dataset = {toml_value({'name': 'digits', **(dataset or {})})}",
              'model = "cnn-small"'] + [f"{k} = {toml_value(v)}" for k, v in keys.items()]
-    for table in generations_tables:
-        lines += ["", "[[experiment.generation]]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + generation_tables(*generations_tables)
+
+
+def generation_tables(*tables: dict) -> str:
+    """One [[experiment.generation]] table per dict, its keys one per line in the order given."""
+    return "".join("\n[[experiment.generation]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
+                   for table in tables)
 
 
 def loop_host(workdir, python: str = sys.executable, name: str = "loop", **keys) -> str:

@@ -17,7 +17,7 @@ from engine.errors import RunError
 from engine.generation import train_generation
 from engine.optim import LRSchedule
 from engine.tasks.image import ImageClassifier, teacher_outputs
-from helpers import digits_chain, toml_value
+from helpers import digits_chain, generation_tables
 
 # precision fp32: compared bit for bit, not bf16 on a bf16 CPU
 CONFIG = digits_chain("t", epochs=1, batch_size=64, optimizer={"lr": 0.05}, generations=1, objective="ban",
@@ -32,9 +32,7 @@ def digits():
 
 def two_generations(student: dict) -> str:
     """CONFIG with a plain ce teacher and one student given as its generation table."""
-    return CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + "".join(
-        "[[experiment.generation]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items())
-        for table in ({"objective": "ce"}, student))
+    return CONFIG.replace("generations = 1\nobjective = \"ban\"\n", "") + generation_tables({"objective": "ce"}, student)
 
 
 def context(tmp_path, data, text=CONFIG, seed=0) -> Context:
