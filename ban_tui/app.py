@@ -183,12 +183,12 @@ class BanApp(App):
         return experiment_names(pane.doc()) if pane else []
 
     def save_config(self) -> None:
-        if self.experiments:
-            self.experiments.save()
+        if (pane := self.experiments) is not None:
+            pane.save()
 
     def reload_config(self) -> None:
-        if self.experiments:
-            self.experiments.reload()
+        if (pane := self.experiments) is not None:
+            pane.reload()
 
     def deliver_screenshot(self, filename: str | None = None, path: str | None = None,
                            time_format: str | None = None) -> str | None:
