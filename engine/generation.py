@@ -33,6 +33,7 @@ import torch
 from engine import checkpoint, ddp, optim, spec
 from engine.context import Context, derive_seed, describe
 from engine.errors import Cancelled, ConfigError, RunError
+from engine.runs import gen_label
 from engine.tasks import Loop, Task
 
 
@@ -177,6 +178,54 @@ def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: di
     best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
     save()
     ctx.emit("epoch", **record)
+    wait_while_held(ctx, record["gen"], record["epoch"])
+
+
+HOLD_POLL_SECONDS = 0.2
+
+
+def hold_point(text: str) -> tuple[int, int]:
+    """Where a HOLD file holds from: "G E" holds after generation G's epoch E (counted from 1, as
+    the epoch events count) and every epoch after it; anything else, an empty file included,
+    holds after every epoch."""
+    try:
+        g, e = map(int, text.split())
+        return g, e
+    except ValueError:
+        return 0, 0
+
+
+def wait_while_held(ctx: Context, gen: int, epoch: int) -> None:
+    """Pause here, after an epoch's checkpoint and event, while a HOLD file exists
+    (RunPaths.holds: the run's own, or its experiment's) whose hold point (`hold_point`) this
+    epoch has reached: a `log` event says so once, heartbeats go on. SIGTERM while held cancels
+    (last.pt is written: the run resumes at the next epoch), unless the file is gone by then,
+    when the run goes on to its next stop check as usual. The stop flag is read before the file,
+    so a test that removes the file and then signals always sees the run stop mid-epoch.
+    A user's pause without losing the process, and the gate with which the tests act on a chain
+    that is running by construction, whatever the CPU's speed. Every rank waits alike."""
+    def held() -> bool:
+        for f in ctx.paths.holds():
+            try:
+                if (gen, epoch) >= hold_point(f.read_text()):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    if not ctx.agree(held(), False)[0]:
+        return
+    where = f"epoch {epoch} of generation {gen} ({gen_label(gen)})"
+    ctx.log(f"held after {where}: waiting while "
+            f"{' or '.join(str(f) for f in ctx.paths.holds())} exists")
+    while True:
+        stop, holding = ctx.agree(ctx.stop.is_set(), held())   # in this order: see above
+        if not holding:
+            break
+        if stop:
+            raise Cancelled(f"stopped while held after {where}")
+        time.sleep(HOLD_POLL_SECONDS)
+    ctx.log(f"released after {where}")
 
 
 def check_finite(ctx: Context, stop: bool, value: float, where: str, epoch: int, step: int) -> bool:

@@ -51,6 +51,9 @@ class _InRun:
         return self if paths is None else paths.root.joinpath(*self.parts)
 
 
+HOLD = "HOLD"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -64,6 +67,11 @@ class RunPaths:
     stderr = _InRun("stderr.log")
     pid = _InRun("pid")
     last_checkpoint = _InRun("checkpoints", "last.pt")
+
+    def holds(self) -> tuple[Path, Path]:
+        """The files that hold this run between epochs while one exists: HOLD in the run's own
+        directory, or in its experiment's directory (runs/<experiment>/HOLD holds every run of it)."""
+        return self.root / HOLD, self.root.parent / HOLD
 
     def gen_checkpoint(self, gen: int) -> Path:
         return self.checkpoints / f"gen-{gen}.pt"

@@ -72,3 +72,25 @@ def loop_host(workdir, python: str = sys.executable, name: str = "loop", **keys)
     """A [hosts.NAME] table reaching the loopback sshd (tests/sshd.py) as host `loop`."""
     lines = [f"[hosts.{name}]", 'ssh = "loop"', f'workdir = "{workdir}"', f'python = "{python}"']
     return "\n" + "\n".join(lines + [f"{k} = {toml_value(v)}" for k, v in keys.items()]) + "\n"
+
+
+
+def hold(directory, point: str = "") -> Path:
+    """A HOLD file in `directory` (a run's, or an experiment's under a runs dir: every run of it):
+    its runs pause after each epoch from `point` on ("G E": generation G's epoch E; "" every epoch)
+    until the file goes (engine.generation.wait_while_held). A test that acts on a running chain
+    holds it, so the chain is running by construction, not by being slow."""
+    gate = Path(directory) / "HOLD"
+    gate.parent.mkdir(parents=True, exist_ok=True)
+    gate.write_text(point)
+    return gate
+
+
+def held(run_dir, gen: int | None = None) -> bool:
+    """The run has written that it is held (after an epoch of generation `gen`, or of any)."""
+    import re
+    from engine.events import read_events
+    path = Path(run_dir) / "events.jsonl"
+    return path.exists() and any(
+        e["kind"] == "log" and (m := re.match(r"held after epoch \d+ of generation (\d+)", e.get("message", "")))
+        and (gen is None or int(m.group(1)) == gen) for e in read_events(path))

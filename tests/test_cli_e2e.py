@@ -16,7 +16,7 @@ from engine.events import read_events
 from engine.runs import RunPaths, list_runs, load_state, pid_alive
 
 import helpers
-from helpers import BAN, wait_until
+from helpers import BAN, held, hold, wait_until
 
 # one thread per engine: two engines share the two cores of a CI box without thrashing
 ENV = {**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
@@ -89,13 +89,14 @@ def test_run_to_completion_then_ls_show_report(tmp_path):
 
 
 def test_detach_cancel_resume(tmp_path):
-    write_config(tmp_path, epochs=5, generations=1)  # enough left after the first epoch to cancel in
+    write_config(tmp_path, epochs=5, generations=1)
+    gate = hold(tmp_path / "runs" / "tiny")          # running, held after its first epoch, until cancelled
     result = ban("run", "experiments.toml", "--detach", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     root = Path(re.search(r"^started tiny/\S+ \(pid \d+\) in (\S+)$", result.stdout, re.M).group(1))
     assert root.parent == tmp_path / "runs" / "tiny" and f"ban follow {root}" in result.stdout
     # it returned while the engine runs on: the engine writes its first epoch after we are back
-    wait_until(lambda: any(e["kind"] == "epoch" for e in read_events(RunPaths(root).events)), 120, "a first epoch")
+    wait_until(lambda: held(root), 120, "the run held after its first epoch")
     state = load_state(root)
     assert state.end is None and pid_alive(state.pid, state.pid_start)
     assert os.getsid(state.pid) == state.pid            # its own session: a Ctrl-C here never reaches it
@@ -109,6 +110,7 @@ def test_detach_cancel_resume(tmp_path):
     again = ban("cancel", root.name, cwd=tmp_path)
     assert again.returncode == 1 and "already ended cancelled" in again.stderr
 
+    gate.unlink()
     resumed = ban("resume", f"tiny/{root.name}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "ended ok" in resumed.stdout
@@ -118,11 +120,12 @@ def test_detach_cancel_resume(tmp_path):
 
 def test_ctrl_c_in_run_cancels_gracefully(tmp_path):
     write_config(tmp_path, epochs=4, generations=1)
+    hold(tmp_path / "runs" / "tiny")
     proc = subprocess.Popen([BAN, "run", "experiments.toml"], cwd=tmp_path, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: list_runs(tmp_path / "runs") and any(
-            e["kind"] == "epoch" for e in read_events(RunPaths(list_runs(tmp_path / "runs")[0]).events)), 120, "a first epoch")
+        wait_until(lambda: list_runs(tmp_path / "runs") and held(list_runs(tmp_path / "runs")[0]), 120,
+                   "the run held after its first epoch")
         proc.send_signal(signal.SIGINT)  # what the terminal sends to the foreground group on Ctrl-C
         out, err = proc.communicate(timeout=120)
     finally:

@@ -22,7 +22,7 @@ import torch
 from engine import spec
 from engine.events import KINDS, read_events
 from engine.runs import RunPaths
-from helpers import SGD, digits_chain
+from helpers import SGD, digits_chain, held, hold
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("BAN_DEBUG", None)
@@ -167,18 +167,21 @@ def interrupted(tmp_path_factory):
     directory after the SIGKILL, which tests resume (or break) in copies of their own."""
     cwd = tmp_path_factory.mktemp("interrupted")
     root = cwd / "runs" / "chain" / "stopped"
+    gate = hold(root.parent, "1 1")     # held after BAN-1's first epoch: running there by construction
     proc = run_chain(cwd, "stopped")
-    wait_for(root, lambda ev: len(epochs_of(ev, 1)) >= 1, proc)
+    wait_for(root, lambda ev: held(root, gen=1), proc)
+    gate.unlink()                       # released, then signalled: it stops in BAN-1's second epoch
     os.kill(proc.pid, signal.SIGTERM)
     rc, err = finish(proc)
     term = {"rc": rc, "stderr": err, "events": read_events(root / "events.jsonl"),
             "last": torch.load(root / "checkpoints" / "last.pt", weights_only=True),
             "results": json.loads((root / "results.json").read_text())}
 
+    gate = hold(root.parent, "2 1")
     proc = start(cwd, "resume", root)
-    n = len(term["events"])
-    wait_for(root, lambda ev: len(epochs_of(ev[n:], 2)) >= 1, proc)
-    os.kill(proc.pid, signal.SIGKILL)
+    wait_for(root, lambda ev: held(root, gen=2), proc)
+    os.kill(proc.pid, signal.SIGKILL)   # held in BAN-2: killed there by construction
+    gate.unlink()
     proc.wait()
     killed = cwd / "killed" / "stopped"
     shutil.copytree(root, killed)

@@ -23,6 +23,7 @@ from engine import checkpoint
 from engine.events import read_events
 from engine.runs import RunPaths, list_runs, load_state, pid_alive, process_start_time
 from ban_tui import launch
+from helpers import held, hold
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
 ENV.pop("BAN_DEBUG", None)
@@ -66,8 +67,9 @@ def wait_until(predicate, timeout=180.0, what="a condition"):
         time.sleep(0.02)
 
 
-def has_epoch(root) -> bool:
-    return any(e["kind"] == "epoch" for e in read_events(RunPaths(root).events))
+def gate(tmp_path) -> Path:
+    """Hold every run of "tiny" after each epoch (helpers.hold): running by construction."""
+    return hold(tmp_path / "runs" / "tiny")
 
 
 def kill(*procs):
@@ -133,9 +135,10 @@ def test_a_resume_of_a_run_being_written_exits_2_and_changes_nothing(tmp_path):
     cfg = config(tmp_path, epochs=30)
     root = tmp_path / "runs" / "tiny" / "busy"
     root.mkdir(parents=True)
+    gate(tmp_path)
     first = engine(tmp_path, "run", cfg.name, "--experiment", "tiny", "--runs-dir", "runs", "--run-id", "busy")
     try:
-        wait_until(lambda: has_epoch(root), what="the first epoch")
+        wait_until(lambda: held(root), what="the run held after its first epoch")
         before = (root / "events.jsonl").read_bytes()
         second = engine(tmp_path, "resume", root)
         assert second.wait(timeout=120) == 2
@@ -157,8 +160,9 @@ def test_a_resume_of_a_run_being_written_exits_2_and_changes_nothing(tmp_path):
 # ---- ban run cancels on signals in every setting ----------------------------------------------
 
 def the_run(tmp_path) -> Path:
-    wait_until(lambda: list_runs(tmp_path / "runs") and has_epoch(list_runs(tmp_path / "runs")[0]),
-               what="the first epoch")
+    """The one run of a test that has set gate(tmp_path), once it is held after its first epoch."""
+    wait_until(lambda: list_runs(tmp_path / "runs") and held(list_runs(tmp_path / "runs")[0]),
+               what="the run held after its first epoch")
     (root,) = list_runs(tmp_path / "runs")
     return root
 
@@ -174,6 +178,7 @@ def test_ctrl_c_through_tee_cancels(tmp_path):
     """`ban run c.toml | tee out.log` and Ctrl-C: the terminal signals the whole foreground group,
     so tee dies at once and `ban run` writes into a closed pipe; it still cancels its engine."""
     config(tmp_path, epochs=40)
+    gate(tmp_path)
     ban = subprocess.Popen(BAN + ["run", "c.toml", "--runs-dir", "runs"], cwd=tmp_path, env=ENV,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            process_group=0)   # the pipeline's own group, as a shell's job
@@ -195,6 +200,7 @@ def test_ctrl_c_through_tee_cancels(tmp_path):
 def test_sigterm_to_ban_run_cancels(tmp_path):
     """`kill PID` (SIGTERM) of a following `ban run`: the same graceful cancel as Ctrl-C."""
     config(tmp_path, epochs=40)
+    gate(tmp_path)
     ban = subprocess.Popen(BAN + ["run", "c.toml", "--runs-dir", "runs"], cwd=tmp_path, env=ENV,
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -212,6 +218,7 @@ def test_sigint_to_a_background_ban_run_of_a_script_cancels_and_resume_finishes(
     """A script's `ban run ... &` starts with SIGINT ignored; `kill -INT` still cancels it (and
     SIGTERM would too). Then `ban resume` continues the run to the end."""
     config(tmp_path, epochs=6)
+    held_here = gate(tmp_path)
     script = (" ".join(BAN) + " run c.toml --runs-dir runs > out.log 2>&1 &\n"
               "echo $! > ban.pid\nwait $!\necho $? > ban.rc\n")
     shell = subprocess.Popen(["bash", "-c", script], cwd=tmp_path, env=ENV, stdin=subprocess.DEVNULL,
@@ -235,6 +242,7 @@ def test_sigint_to_a_background_ban_run_of_a_script_cancels_and_resume_finishes(
     assert (tmp_path / "ban.rc").read_text().strip() == "130", (tmp_path / "out.log").read_text()
     assert "Traceback" not in (tmp_path / "out.log").read_text()
     assert_cancelled_and_resumable(root)
+    held_here.unlink()
     done = subprocess.run(BAN + ["resume", str(root)], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -365,12 +373,14 @@ def test_run_directory_made_read_only_mid_run(tmp_path):
     cfg = config(tmp_path, epochs=30)
     root = tmp_path / "runs" / "tiny" / "ro"
     root.mkdir(parents=True)
+    held_here = gate(tmp_path)
     proc = engine(tmp_path, "run", cfg.name, "--experiment", "tiny", "--runs-dir", "runs", "--run-id", "ro", pre=pre)
     try:
-        wait_until(lambda: has_epoch(root), what="the first epoch")
+        wait_until(lambda: held(root), what="the run held after its first epoch")
         for d in (root, root / "checkpoints"):
             if d.exists():
                 d.chmod(0o555)
+        held_here.unlink()   # the next epoch's checkpoint cannot be written
         assert proc.wait(timeout=240) == 1
     finally:
         kill(proc)

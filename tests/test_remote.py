@@ -20,7 +20,7 @@ from ban_tui.remote.source import RemoteSource
 from engine.events import read_events
 from engine.runs import load_state
 from engine.spec import Host, SpecError, loads
-from helpers import ban, cli_env, digits_chain, loop_host, wait_until
+from helpers import ban, cli_env, digits_chain, held, hold, loop_host, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
@@ -296,6 +296,7 @@ def tiny(workdir) -> str:
 def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tmp_path):
     host = sshd.host()
     (tmp_path / "tiny.toml").write_text(tiny(sshd.workdir))
+    gate = hold(Path(sshd.workdir) / "runs" / "tiny")   # running by construction until the drops are done
     started = ban("run", "tiny.toml", "--detach", cwd=tmp_path)    # the experiment's host = "loop"
     assert started.returncode == 0, started.stderr
     match = re.search(r"started tiny/(\S+) \(pid (\d+)\) in loop:(\S+)", started.stdout)
@@ -306,16 +307,20 @@ def test_run_on_a_host_follow_through_drops_reattach_ls_pull_and_report(sshd, tm
 
     source, seen, kills, flips = RemoteSource(host, run_dir, pid=pid, timeout=5), [], [], []
     source.on_connection = lambda s: flips.append(s.connected)
+    wait_until(lambda: held(run_dir), 240, "the run held after its first epoch")
     busy = gpus.gpu_status(host)      # the running run shows in the host's status
     assert busy.gpus is None and run_dir in [r.dir for r in busy.runs]
 
     thread = threading.Thread(target=sshd.sabotage, args=(3, 0.8, 1.0, kills))
     thread.start()
+    while thread.is_alive():          # connections dropped and the server down while the run is held
+        seen += source.poll()
+        time.sleep(0.05)
+    gate.unlink()
     deadline = time.monotonic() + 240
     while not source.ended() and time.monotonic() < deadline:
         seen += source.poll()
         time.sleep(0.05)
-    thread.join()
     seen += source.poll()
     events_file = Path(run_dir) / "events.jsonl"
     assert source.ended() and sum(kills) >= 1 and source.drops >= 1 and False in flips

@@ -14,11 +14,11 @@ from engine.runs import RunPaths, process_start_time
 from ban_tui.remote import control as remote_control
 from ban_tui.remote.transport import RemoteError
 import helpers
-from helpers import BAN, digits_chain, loop_host, wait_until
+from helpers import BAN, digits_chain, held, hold, loop_host, wait_until
 from helpers import cli_env as env
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
-# Long enough to be cancelled mid-chain on a busy machine, short enough to end soon after.
+# Held after its first epoch (helpers.hold) until the test has cancelled it, then resumed to the end.
 def chain(workdir) -> str:
     return digits_chain("ctl", epochs=3, batch_size=64, generations=2, seeds=[5], device="cpu", host="loop") \
         + loop_host(workdir)
@@ -40,15 +40,17 @@ def kinds(run_dir: Path) -> list[tuple]:
 
 def test_cancel_resume_rm_on_a_host_and_the_printed_follow_command(sshd, tmp_path):
     (tmp_path / "chain.toml").write_text(chain(sshd.workdir))
+    gate = hold(Path(sshd.workdir) / "runs" / "ctl")
     started = ban("run", "chain.toml", "--detach", cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     run_dir = Path(re.search(r"started ctl/\S+ \(pid \d+\) in loop:(\S+)", started.stdout).group(1))
+    assert run_dir.parent == gate.parent
     follow_line = next(ln for ln in started.stdout.splitlines() if ln.startswith("follow with: "))
     follow_cmd = follow_line[len("follow with: "):]
     # the host is one of chain.toml's [hosts], which `ban follow` does not read by default
     assert follow_cmd == f"ban follow ctl/{run_dir.name} --host loop --config chain.toml"
     ref = f"ctl/{run_dir.name}"
-    wait_for(lambda: any(e["kind"] == "epoch" for e in read_events(run_dir / "events.jsonl")), 240, "an epoch")
+    wait_for(lambda: held(run_dir), 240, "the chain held after its first epoch")
 
     refused = ban("rm", ref, "--host", "loop", "--config", "chain.toml", cwd=tmp_path)
     assert refused.returncode == 1 and "is running (pid" in refused.stderr and run_dir.is_dir()
@@ -62,6 +64,7 @@ def test_cancel_resume_rm_on_a_host_and_the_printed_follow_command(sshd, tmp_pat
     again = ban("cancel", ref, "--host", "loop", "--config", "chain.toml", cwd=tmp_path)
     assert again.returncode == 1 and "already ended cancelled; nothing to cancel" in again.stderr
 
+    gate.unlink()
     resumed = ban("resume", ref, "--host", "loop", "--config", "chain.toml", "--detach", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(rf"resumed {re.escape(ref)} \(pid \d+\) in loop:{re.escape(str(run_dir))}", resumed.stdout)
