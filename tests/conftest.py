@@ -9,3 +9,5 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
+
+from sshd import sshd_server  # noqa: E402,F401  (the session's server behind the `sshd` fixture)

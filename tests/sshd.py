@@ -4,7 +4,7 @@ The server runs as the current user with its own host key, authorized key, sshd_
 file in a temp dir; the client side is an ssh config passed through BAN_SSH_CONFIG, whose
 known_hosts holds the generated host key, so host-key checking stays on. Two ports: `loop` is a
 plain box without GPUs; on `loopgpu` the server puts a fake `nvidia-smi` first on PATH.
-The "remote" python is this interpreter, its workdir a temp dir. CI installs the server with
+The "remote" python is this interpreter, its workdir a temp dir of each test's own. CI installs the server with
 scripts/ci_sshd.sh; where it is missing the tests skip, saying why.
 """
 from __future__ import annotations
@@ -144,8 +144,17 @@ class Sshd:
             self.start()
 
 
+@pytest.fixture
+def sshd(sshd_server):
+    """The session's server with a workdir of this test's own: a test never sees another's runs
+    (`ban ls --host`, a host's status and queue list only what this test made)."""
+    sshd_server.workdir = Path(tempfile.mkdtemp(prefix="w", dir=sshd_server.root))
+    return sshd_server
+
+
 @pytest.fixture(scope="session")
-def sshd():
+def sshd_server():
+    """One OpenSSH server for the session (each xdist worker has its own)."""
     for tool in ("ssh", "ssh-keygen"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (scripts/ci_sshd.sh installs openssh)")

@@ -302,3 +302,31 @@ def test_torch_free_modules_do_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_hold_file_pauses_the_run_after_the_named_epoch_until_it_goes(tmp_path):
+    """HOLD "0 2" in the experiment's directory: the teacher trains epochs 1 and 2, writes that it
+    is held and trains nothing more while the file exists; removed, the run goes on and ends ok."""
+    config = digits_chain("chain", epochs=3, batch_size=256, generations=0, seeds=[0], device="cpu")
+    root = tmp_path / "runs" / "chain" / "held"
+    gate = hold(root.parent, "0 2")
+    proc = run_chain(tmp_path, "held", config)
+    try:
+        events = wait_for(root, lambda ev: held(root), proc)
+        # blocked by construction: the hold comes after epoch 2's event, before epoch 3 starts
+        assert [e["epoch"] for e in epochs_of(events, 0)] == [1, 2]
+        after = [e for e in events[events.index(epochs_of(events, 0)[-1]) + 1:] if e["kind"] != "heartbeat"]
+        assert [e["kind"] for e in after] == ["log"]
+        assert after[0]["message"].startswith("held after epoch 2 of generation 0 (Teacher)")
+        assert torch.load(root / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+        gate.unlink()
+        rc, err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 0, err
+    events = read_events(root / "events.jsonl")
+    assert [e["epoch"] for e in epochs_of(events, 0)] == [1, 2, 3] and events[-1]["status"] == "ok"
+    logs = [e["message"] for e in events if e["kind"] == "log"]
+    assert [m.split(":")[0] for m in logs if m.startswith(("held", "released"))] == [
+        "held after epoch 2 of generation 0 (Teacher)", "released after epoch 2 of generation 0 (Teacher)"]

@@ -69,13 +69,15 @@ while True:
         threading.Thread(target=pump, args=(a, b), daemon=True).start()
 """
 
+# A chain that does not end by itself while the test runs, on any CPU (10,000 epochs, the most the
+# spec allows: minutes at the very least, against the test's half minute): the test cancels it.
 CONFIG = """
 [[experiment]]
 name = "tiny"
 dataset = {{ name = "digits", augment = false }}
 model = "cnn-small"
 generations = 0
-epochs = 400
+epochs = 10000
 batch_size = 128
 device = "cpu"
 

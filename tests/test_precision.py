@@ -15,7 +15,7 @@ from engine.runs import RunPaths
 from engine.context import Context
 from engine.optim import autocast_dtype
 from test_engine_process import epochs_of, failed_run, finish, numbers, run_chain, start, wait_for
-from helpers import SGD, digits_chain
+from helpers import SGD, digits_chain, held, hold
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -87,10 +87,12 @@ def test_sigkill_then_resume_under_bf16_gives_the_numbers_of_an_uninterrupted_bf
 
     (tmp_path / "cut").mkdir()
     root = tmp_path / "cut" / "runs" / "chain" / "cut"
+    gate = hold(root.parent, "1 1")   # held after BAN-1's first epoch: killed there by construction
     proc = run_chain(tmp_path / "cut", "cut", BF16_CHAIN)
-    wait_for(root, lambda ev: len(epochs_of(ev, 1)) >= 1, proc, timeout=900)
+    wait_for(root, lambda ev: held(root, gen=1), proc, timeout=900)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    gate.unlink()
     assert torch.load(root / "checkpoints" / "last.pt", weights_only=True)["gen"] == 1
     rc, err = finish(start(tmp_path / "cut", "resume", root), timeout=900)
     assert rc == 0, err

@@ -18,7 +18,7 @@ from engine.events import read_events
 from engine.runs import pid_alive
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
-from helpers import BAN, cli_env, wait_until as wait_for
+from helpers import BAN, cli_env, held, hold, wait_until as wait_for
 from helpers import ban as run_ban
 
 
@@ -80,6 +80,7 @@ def check_slots_and_overlap(roots: list[Path], slots: set[str], most: int) -> No
 def test_five_chains_on_two_slots_survive_a_killed_launcher_and_a_killed_scheduler(tmp_path):
     (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2, 3, 4], epochs=1, host="", name="local", ssh=""))
     runs = tmp_path / "runs"
+    gate = hold(runs / "q")      # the first two chains run (held) until the scheduler is killed
     launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
@@ -93,6 +94,7 @@ def test_five_chains_on_two_slots_survive_a_killed_launcher_and_a_killed_schedul
     started = [r for r in roots if (r / scheduler.SLOT).exists()]
     waiting = [r for r, _ in scheduler.queued(runs)]
     assert len(started) == 2 and len(waiting) == 3 and sorted(started + waiting) == roots
+    gate.unlink()
     # the launcher and the scheduler are gone: the running two go on and end; nothing starts the rest
     wait_for(lambda: all(ended(r) for r in started), 120, "the two running chains to end")
     wait_for(lambda: not scheduler.busy_slots(runs), 60, "their processes to exit")
@@ -120,13 +122,14 @@ def test_a_resume_takes_a_free_slot_and_is_refused_while_every_slot_is_busy(tmp_
     runs = tmp_path / "runs"
     scheduler.configure(runs, None, 1)
     root = runs / "q" / "r1"
+    gate = hold(runs / "q")
     engine = subprocess.Popen([sys.executable, "-m", "engine", "run", "q.toml", "--experiment", "q",
                                "--runs-dir", "runs", "--run-id", "r1"], cwd=tmp_path, env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any(e["kind"] == "epoch" for e in read_events(root / "events.jsonl"))
-             if (root / "events.jsonl").exists() else False, 120, "a first epoch")
+    wait_for(lambda: held(root), 120, "the run held after its first epoch")
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(120) == 0 and ended(root)["status"] == "cancelled"
+    gate.unlink()
     # another chain holds the only slot (a live process, recorded as the scheduler records it)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -239,12 +242,13 @@ def test_a_run_already_started_is_not_started_twice(tmp_path):
 
 def test_the_queue_on_an_ssh_host_survives_the_launcher_and_the_scheduler(sshd, tmp_path):
     runs_name = f"qruns-{os.getpid()}"
-    # Each submit over ssh waits for the engine's first event (a few seconds): the chains must
-    # outlast two submits for the third to find both slots busy.
-    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2], epochs=40, host='host = "loop"', name="loop",
+    # Each submit over ssh waits for the engine's first event (a few seconds): the chains are held
+    # after their epoch until both slots were found busy and the scheduler killed.
+    (tmp_path / "q.toml").write_text(CHAINS.format(seeds=[0, 1, 2], epochs=1, host='host = "loop"', name="loop",
                                                    ssh=f'ssh = "loop"\nworkdir = "{sshd.workdir}"\n'
                                                        f'python = "{sys.executable}"\nruns_dir = "{runs_name}"\n'))
     runs = Path(sshd.workdir) / runs_name
+    gate = hold(runs / "q")
     launcher = subprocess.Popen([BAN, "run", "q.toml"], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
     try:
@@ -259,6 +263,7 @@ def test_the_queue_on_an_ssh_host_survives_the_launcher_and_the_scheduler(sshd, 
     roots = sorted(p.parent for p in runs.glob("q/*/experiment.toml"))
     [waiting] = [r for r, _ in scheduler.queued(runs)]
     started = [r for r in roots if r != waiting]
+    gate.unlink()
     wait_for(lambda: all(ended(r) for r in started) and not scheduler.busy_slots(runs), 120, "the two to end")
     assert scheduler.queued(runs)[0][0] == waiting and not (waiting / scheduler.SLOT).exists()
 

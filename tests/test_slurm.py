@@ -21,7 +21,7 @@ import pytest
 
 from engine.events import read_events
 from engine.spec import SpecError, loads
-from helpers import BIN, cli_env, digits_chain, loop_host, wait_until
+from helpers import BIN, cli_env, digits_chain, held, hold, loop_host, wait_until
 from sshd import sshd  # noqa: F401  (the fixture; tests/ is on sys.path)
 
 
@@ -65,16 +65,18 @@ def numbers(run_dir: Path) -> dict:
 @pytest.mark.timeout(1200)   # two short chains' worth of CPU time on a shared machine
 def test_sigusr2_ends_the_run_preempted_and_resume_finishes_it(tmp_path):
     (tmp_path / "c.toml").write_text(chain("pre"))
+    gate = hold(tmp_path / "runs" / "pre")   # running (held after its first epoch) until signalled
     argv = [sys.executable, "-m", "engine", "run", "c.toml", "--experiment", "pre", "--runs-dir", "runs",
             "--run-id", "r1"]
     with open(tmp_path / "err.log", "wb") as err:
         proc = subprocess.Popen(argv, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=err)
     root = tmp_path / "runs" / "pre" / "r1"
-    wait_for(lambda: any(e["kind"] == "epoch" for e in events(root)) or proc.poll() is not None, 600, "a first epoch")
+    wait_for(lambda: held(root) or proc.poll() is not None, 600, "the run held after its first epoch")
     proc.send_signal(signal.SIGUSR2)
     assert proc.wait(300) == 0, (tmp_path / "err.log").read_text()
     assert ends(root) == [("run_start", False), ("run_end", "preempted")]
     assert (root / "checkpoints" / "last.pt").exists()
+    gate.unlink()
     done = subprocess.run([sys.executable, "-m", "engine", "resume", str(root)], cwd=tmp_path, env=env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -126,6 +128,7 @@ def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(s
     cluster_or_skip()
     (tmp_path / "study.toml").write_text(chain("left-alone") + chain("signalled")
                                          + cluster_host(sshd.workdir))
+    gate = hold(sshd.workdir / "runs" / "signalled")   # running (held) in its job until signalled
     out = open(tmp_path / "ban-run.log", "w+")
     launcher = subprocess.Popen([str(BIN / "ban"), "run", "study.toml", "--all", "--host", "cluster"], cwd=tmp_path,
                                 env=env(), stdout=out, stderr=subprocess.STDOUT)
@@ -138,11 +141,11 @@ def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(s
         alone = next((runs / "left-alone").glob("*/slurm_job")).parent
         job = (signalled / "slurm_job").read_text().strip()
         assert re.fullmatch(r"\d+_[01]", job), job          # one job array for the two chains
-        wait_for(lambda: any(e["kind"] == "epoch" for e in events(signalled)) or launcher.poll() is not None, 900,
-                 "a first epoch in the job")
+        wait_for(lambda: held(signalled) or launcher.poll() is not None, 900, "the run held in its job")
         # What Slurm does `signal_delay_s` before the time limit: SIGUSR2 to the job's steps.
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         wait_for(lambda: ("run_end", "preempted") in ends(signalled), 300, "run_end preempted")
+        gate.unlink()
         state = wait_for(lambda: job_state(job) in ("PENDING", "RUNNING") and job_state(job), 120,
                          "the job back in the queue")
         listed = subprocess.run([str(BIN / "ban"), "ls", "--host", "cluster", "--config", "study.toml"], cwd=tmp_path,

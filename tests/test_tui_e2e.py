@@ -17,6 +17,7 @@ from ban_tui.widgets.rows import RowsTable
 from engine import spec
 from engine.runs import load_state, pid_alive
 from test_tui_form import type_into
+from helpers import hold
 from test_tui_support import CONFIG, built, cells, wait_for
 
 DEADLINE = 240   # seconds for the whole tiny chain on a busy 2-core machine
@@ -26,6 +27,7 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
     config = tmp_path / "experiments.toml"
     config.write_text(CONFIG)
     runs = tmp_path / "runs"
+    gate = hold(runs / "e2e")   # held after each epoch until cancelled: running when x is pressed, on any CPU
     app = BanApp(config, runs, poll_interval=0.1)
     engines = []   # (pid, pid start) of what the app launched, to clean up if the test fails
     try:
@@ -34,8 +36,8 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             await pilot.press("ctrl+n")
             await wait_for(pilot, lambda: app.experiments.draft.source is None and app.query("#model-1"))
             await type_into(pilot, "#name", "e2e")
-            await type_into(pilot, "#epochs", "10")   # small batches, 10 epochs: still running when the
-            await type_into(pilot, "#batch_size", "32")    # TUI is reopened and x is pressed
+            await type_into(pilot, "#epochs", "10")
+            await type_into(pilot, "#batch_size", "32")
             await type_into(pilot, "#ensembles", "1")
             await wait_for(pilot, lambda: "✓ valid" in str(app.experiments.query_one("#problems").render()))
             await pilot.press("ctrl+r")                       # saves, then launches one run per seed
@@ -61,13 +63,14 @@ async def test_define_launch_quit_reopen_and_follow_to_the_end(tmp_path):
             followed = app.watcher.models[screen.run_dir]
             gens = screen.query_one("#gens", RowsTable)
             await wait_for(pilot, lambda: gens.row_count >= 1, DEADLINE)          # the teacher started
-            rows_at_cancel = gens.row_count   # 1 when x lands in the teacher, 2 in BAN-1
+            rows_at_cancel = gens.row_count   # 1: held in the teacher
             await pilot.press("x")                            # cancel asks first (issue 17)
             await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
             await pilot.press("y")
             await wait_for(pilot, lambda: "CANCELLED" in str(screen.query_one("#status").render()), DEADLINE)
             assert followed.state.end["status"] == "cancelled"
             await wait_for(pilot, lambda: not pid_alive(source.pid, source.pid_start), 60)   # it exited
+            gate.unlink()
             await pilot.press("r")
             await wait_for(pilot, lambda: followed.state.pid not in (None, source.pid), DEADLINE)  # resumed
             engines.append((followed.state.pid, followed.state.pid_start))

@@ -14,6 +14,7 @@ from ban_tui.screens.confirm import Confirm
 from ban_tui.screens.runs import RunsTable
 from engine.runs import pid_alive
 from sshd import sshd  # noqa: F401  (the fixture)
+from helpers import hold
 from test_tui_support import cells, wait_for
 
 
@@ -22,6 +23,7 @@ async def test_launch_on_a_host_and_follow_it(sshd, tmp_path, monkeypatch):  # n
     config = tmp_path / "experiments.toml"
     config.write_text('[[experiment]]\nname = "far"\nepochs = 5\ngenerations = 1\nhost = "loop"\n\n'
                       f'[hosts.loop]\nssh = "loop"\nworkdir = "{sshd.workdir}"\npython = "{sys.executable}"\n')
+    gate = hold(sshd.workdir / "runs" / "far")   # held after each epoch there until cancelled
     app = BanApp(config, tmp_path / "runs")
     engine = None
     try:
@@ -45,6 +47,7 @@ async def test_launch_on_a_host_and_follow_it(sshd, tmp_path, monkeypatch):  # n
             await wait_for(pilot, lambda: (model.state.end or {}).get("status") == "cancelled", 180)
             assert not (tmp_path / "runs").exists()
             await wait_for(pilot, lambda: not pid_alive(*engine), 60)
+            gate.unlink()
             await pilot.press("r")                                       # resume: there again
             await wait_for(pilot, lambda: model.state.end is None and model.state.pid not in (None, engine[0]), 180)
             engine = (model.state.pid, model.state.pid_start)
