@@ -37,6 +37,7 @@ from ban_tui.watch import POLL_SECONDS, RunsUpdate, Watcher
 from engine import spec
 
 FLUSH_SECONDS = 0.1      # redraws are batched: at most ten a second
+MOUNT_WAIT_SECONDS = 30.0  # the most a quit waits for widgets still mounting (see _shutdown)
 STATUS_SECONDS = 1.0     # statuses also change with time and processes (stale, dead): recheck
 
 
@@ -106,10 +107,13 @@ class BanApp(App):
         self.watcher.close()
 
     async def _shutdown(self) -> None:
-        """Closing: let widgets still being mounted finish first (at most a second). The panels
-        built after the first frame may be mid-mount when the app quits at once, and a Select
-        torn down mid-mount queries a child already removed and fails the exit."""
-        deadline = time.monotonic() + 1.0
+        """Closing: let widgets still being mounted finish first. The panels built after the
+        first frame may be mid-mount when the app quits at once, and a Select torn down mid-mount
+        queries a child already removed and fails the exit. The wait ends when they are mounted
+        (milliseconds on an idle machine); the bound only keeps a wedged mount from holding the
+        exit forever. It was 1 s, and on a loaded 2-core machine (load average 15) the form took
+        longer: the quit test failed one run in two."""
+        deadline = time.monotonic() + MOUNT_WAIT_SECONDS
         while time.monotonic() < deadline and any(not w.is_mounted for s in self.screen_stack
                                                   for w in s.walk_children()):
             await asyncio.sleep(0.01)

@@ -145,7 +145,6 @@ def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(s
         # What Slurm does `signal_delay_s` before the time limit: SIGUSR2 to the job's steps.
         subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
         wait_for(lambda: ("run_end", "preempted") in ends(signalled), 300, "run_end preempted")
-        gate.unlink()
         state = wait_for(lambda: job_state(job) in ("PENDING", "RUNNING") and job_state(job), 120,
                          "the job back in the queue")
         listed = subprocess.run([str(BIN / "ban"), "ls", "--host", "cluster", "--config", "study.toml"], cwd=tmp_path,
@@ -153,6 +152,7 @@ def test_two_chains_through_submitit_one_preempted_resumes_to_the_same_numbers(s
         assert listed.returncode == 0, listed.stderr
         row = next(ln for ln in listed.stdout.splitlines() if signalled.name in ln)
         assert job in row and (("pending" in row) if state == "PENDING" else ("running" in row))
+        gate.unlink()   # until now a requeued job that already runs is held again, so it is still running
         # A requeued job waits out a begin time set by slurmctld; start it now (what an admin may do).
         if state == "PENDING":
             scontrol("update", f"JobId={job}", "StartTime=now")
