@@ -25,7 +25,7 @@ channels_last = None (the default): on for CUDA; on the CPU, on for the model fa
 Kernels (`configure_kernels`, once per process, from the experiment's `deterministic` and
 `allow_tf32`): on the CPU deterministic algorithms always (warn-only unless deterministic = true).
 On a GPU by default cuDNN's autotuner (benchmark) and PyTorch's default kernels, some of which add
-with atomics (max-pool backward, ...): a resumed run trains the same epochs on the same data in the
+with atomics (scatter-add, index-add, some pooling backwards): a resumed run trains the same epochs on the same data in the
 same order, its numbers equal to those of an uninterrupted run within noise, not bit for bit.
 deterministic = true: cudnn.deterministic, benchmark off, torch.use_deterministic_algorithms(True)
 (and CUBLAS_WORKSPACE_CONFIG=:4096:8 as cuBLAS asks): resumes are bit-identical, an op without a
