@@ -4,9 +4,10 @@
 # deterministic = true chain killed and resumed, compared bit for bit with an uninterrupted one
 # (bench/resume_check.py); then issue 7's: (a) engine step vs bare loop, (b) BAN step vs CE step,
 # (c) fast path vs plain fp32 DataLoader (WRN-28-10, DenseNet-BC-90-60), (d) the cifar10-fast chain
-# on all 50k CIFAR-10 images. Each part has its own time limit (11.5 minutes at most in all, about
-# 8 expected); PARTS picks some (default "e f a b c d"), e.g. two commands under a 10-minute limit:
-# PARTS="e f d" then PARTS="a b c". Every log lands in $OUT (the device tool brings it back).
+# on all 50k CIFAR-10 images; last (g) how long last.pt holds training up, in place or in the
+# background (bench/checkpoint_stall.py). Each part has its own time limit (12 minutes at most in
+# all, about 8 expected); PARTS picks some (default "e f a b c d g"), e.g. two commands under a
+# 10-minute limit: PARTS="e f d g" then PARTS="a b c". Every log lands in $OUT (the device tool brings it back).
 #
 #   bash bench/device_check.sh            # from the repository root, on the device machine
 #   SMOKE=1 OUT=/tmp/x PYTHON=.venv/bin/python bash bench/device_check.sh   # here: tiny sizes on the CPU
@@ -32,7 +33,7 @@ fi
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; $PY -c "import torch; print('torch', torch.__version__)"; } \
     2>&1 | tee "$OUT/env.log"
 
-PARTS=" ${PARTS:-e f a b c d} "
+PARTS=" ${PARTS:-e f a b c d g} "
 JPEG=${BAN_CIFAR10_JPEG:-.data/cifar10/train50k_test2k_jpeg.npz}
 [ -f "$JPEG" ] || JPEG=/work/shared/data/cifar10/train50k_test2k_jpeg.npz
 if [[ "$PARTS" != *[abcd]* ]]; then
@@ -69,3 +70,4 @@ part c_gpu_throughput 140 $PY bench/gpu_throughput.py --models wrn-28-10 densene
 if [ -f "$JPEG" ]; then
     part d_fast_chain 130 $PY bench/fast_chain.py --data full --jpeg "$JPEG" --runs-dir "$RUNS" ${SMOKE:+--smoke}
 fi
+part g_checkpoint_stall 40 $PY bench/checkpoint_stall.py --model wrn-28-10 --dir "$RUNS" ${SMOKE:+--device cpu --model wrn-10-1}
