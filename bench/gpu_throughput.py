@@ -12,8 +12,8 @@ plain: the usual recipe: torchvision transforms (reflect-pad-4 random crop, flip
 Normalize) on PIL images in DataLoader workers with pinned memory, the model in fp32 and the
 default layout, torch.optim.SGD's default (foreach) update, F.cross_entropy.
 Both: the same model, batch, optimizer settings and images (the first steps x batch real
-CIFAR-10 images of ../shared/data/cifar10/train.npz), cudnn.benchmark and TF32 matmuls as the
-engine process sets them; 2 epochs each, images/s of the second (the first warms up: cudnn
+CIFAR-10 images of ../shared/data/cifar10/train.npz), cuDNN autotuning and no TF32 (so the plain
+loop is true fp32) as the engine process sets them (engine.hardware.configure_kernels); 2 epochs each, images/s of the second (the first warms up: cudnn
 autotuning, workers, compilation). Only the training loop is timed.
 Without CUDA it says so and exits 0, unless --smoke.
 """
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from data_path import PILImages
-from engine import models
+from engine import hardware, models
 from step_overhead import cifar10, experiment, interleaved, run_engine, sync
 
 
@@ -78,8 +78,7 @@ def main():
         return
     else:
         device = torch.device("cuda")
-        torch.backends.cudnn.benchmark = True          # as engine/__main__.py sets them on CUDA
-        torch.set_float32_matmul_precision("high")
+        hardware.configure_kernels(device)   # as the engine process sets them: cuDNN autotuning, no TF32
     data = cifar10(args.steps * args.batch_size, 256)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)"
     print(f"(c) fast path vs plain fp32 DataLoader: batch {args.batch_size}, {args.steps} steps/epoch, "

@@ -12,7 +12,8 @@ diagnostics, the finite check), the test pass, last.pt and the events.
 bare: the same model built from the same seed, torch.optim.SGD with the same settings and
 `for x, y in batches: loss = cross_entropy(model(x), y); backward; step` over the same batches
 (engine.data.Batches: the data path is measured on its own by bench/data_path.py), with the
-precision, layout and fused SGD that the engine picks on this device, then the same test pass
+precision, layout, fused SGD and kernel settings (engine.hardware.configure_kernels) that the engine
+picks on this device, then the same test pass
 (loss, errors, probabilities). Nothing is subtracted.
 
 Ratios, medians over the repeats (one warm-up round first): `whole` = engine call / bare call;
@@ -188,8 +189,10 @@ def per_call_us(fn, calls: int = 200, device=None) -> float:
 
 def step_extras(batch_size: int, num_classes: int, steps: int, device: torch.device) -> dict:
     """Microseconds per step of each thing the engine's loop does beyond a bare step, timed alone
-    on tensors of the step's shapes (engine/tasks/image.py, ImageLoop.train)."""
-    from engine.objectives import diagnostics
+    on tensors of the step's shapes (engine/tasks/image.py, ImageLoop.train): the diagnostics
+    stay on the device (no sync), and the read-back's host sync is shared by READ_BACK_STEPS steps."""
+    from engine.objectives import diagnostic_sums
+    from engine.tasks import READ_BACK_STEPS
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(batch_size, num_classes, generator=g).to(device)
     teacher = torch.randn(batch_size, num_classes, generator=g).to(device)
@@ -201,11 +204,13 @@ def step_extras(batch_size: int, num_classes: int, steps: int, device: torch.dev
     return {
         "learning rate schedule(step)": per_call_us(lambda: schedule(3), device=device),
         "label lookup train_y[idx]": per_call_us(lambda: train_y[idx], device=device),
-        "loss + errors .tolist() (a host sync)": per_call_us(
-            lambda: torch.stack([loss.detach().float(), (logits.argmax(1) != labels).sum().float()]).tolist(),
-            device=device),
-        "diagnostics, objective ce": per_call_us(lambda: diagnostics(logits, None, labels, "ce"), device=device),
-        "diagnostics, objective ban": per_call_us(lambda: diagnostics(logits, teacher, labels, "ban"), device=device),
+        "loss + errors stacked on the device": per_call_us(
+            lambda: torch.stack([loss.detach().float(), (logits.argmax(1) != labels).sum().float()]), device=device),
+        f"read-back .tolist() (a host sync) / {READ_BACK_STEPS}": per_call_us(
+            lambda: torch.stack([loss.detach().float()] * READ_BACK_STEPS).tolist(), device=device) / READ_BACK_STEPS,
+        "diagnostic sums, objective ce": per_call_us(lambda: diagnostic_sums(logits, None, labels, "ce"), device=device),
+        "diagnostic sums, objective ban": per_call_us(
+            lambda: diagnostic_sums(logits, teacher, labels, "ban"), device=device),
     }
 
 
@@ -220,7 +225,9 @@ def common_args(description: str, repeats: int):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    return args, torch.device(args.device), cifar10(args.steps * args.batch_size, 256)
+    device = torch.device(args.device)
+    hardware.configure_kernels(device)   # as the engine's defaults: cuDNN autotuning on a GPU, no TF32
+    return args, device, cifar10(args.steps * args.batch_size, 256)
 
 
 def main():

@@ -111,6 +111,12 @@ def resolve_device(name: str, local_rank: int, world_size: int):
         raise ConfigError(f"device: expected auto, cpu, cuda, cuda:N or mps, found {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: expected a CUDA GPU for {name!r}, found none; use device = \"cpu\" or \"auto\"")
+    if device.type == "cuda":
+        from engine import hardware
+        try:
+            hardware.check_device_index(device, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device: expected Apple MPS for {name!r}, found none; use device = \"cpu\" or \"auto\"")
     return device
@@ -270,25 +276,19 @@ def open_run_dir(s: Session, args, exp, seed: int, rank: int) -> RunPaths:
     return paths
 
 
-def configure_torch(device) -> tuple:
-    """Threads (hardware.set_threads: (count, where it came from)), determinism on the CPU, the
-    fast kernels on a GPU."""
-    import torch
+def configure_torch(device, exp) -> tuple:
+    """Threads (hardware.set_threads: (count, where it came from)) and the kernels
+    (hardware.configure_kernels: determinism, cuDNN autotuning, TF32), as the experiment asks."""
     from engine import hardware
     from engine.errors import ConfigError
     try:
         threads = hardware.set_threads()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    return threads
+    return threads, hardware.configure_kernels(device, bool(exp.deterministic), bool(exp.allow_tf32))
 
 
-def announce(ctx, args, threads: tuple) -> None:
+def announce(ctx, args, threads: tuple, kernels: dict) -> None:
     """The run_start event (what ran where, with which versions), and a warning when the
     experiment asks for more GPUs than this process trains on."""
     exp = ctx.exp
@@ -297,7 +297,7 @@ def announce(ctx, args, threads: tuple) -> None:
              device=str(ctx.device), seed=ctx.seed, resumed=args.command == "resume",
              world_size=ctx.world_size, slot=os.environ.get("BAN_SLOT"),
              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-             threads=threads[0], threads_from=threads[1])
+             threads=threads[0], threads_from=threads[1], kernels=kernels)
     if exp.gpus > 1 and ctx.world_size == 1:
         ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
                 "(start it with `ban run` or torchrun for DDP)", "warning")
@@ -312,10 +312,10 @@ def train(s: Session, args, stop: threading.Event) -> None:
     device = resolve_device(exp.device, local_rank, world_size)
     ddp.init(device)
     paths = open_run_dir(s, args, exp, seed, rank)
-    threads = configure_torch(device)
+    threads, kernels = configure_torch(device, exp)
     ctx = Context(exp=exp, seed=seed, paths=paths, device=device, events=s.writer, stop=stop,
                   rank=rank, world_size=world_size)
-    announce(ctx, args, threads)
+    announce(ctx, args, threads, kernels)
     if s.writer is not None:
         s.beat = Heartbeat(s.writer)
         s.beat.start()

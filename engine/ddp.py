@@ -23,9 +23,20 @@ def active() -> bool:
 
 
 def init(device: torch.device) -> None:
-    """Join the process group: NCCL between GPUs, gloo between CPU processes."""
+    """Join the process group: NCCL between GPUs, gloo between CPU processes. On a GPU the rank's
+    device is made current first and named to the group (`device_id`), as PyTorch's DDP notes ask:
+    otherwise every rank's collectives (broadcast_object_list, barrier) use cuda:0 and NCCL stops
+    with "Duplicate GPU detected"."""
     if from_env()[1] > 1 and not active():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else from_env()[0]
 
 
 def broadcast_object(obj):
@@ -35,6 +46,15 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj) -> list | None:
+    """[every rank's obj, by rank] on rank 0, None on the others; [obj] with one process."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
@@ -55,8 +75,8 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 
 
 def barrier() -> None:
-    if active():
-        dist.barrier()
+    if active():   # NCCL's barrier on this rank's GPU (not on cuda:0)
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
 
 
 def shutdown() -> None:

@@ -112,14 +112,15 @@ def emit_gen_start(ctx: Context, gen: spec.Generation, model, **extra) -> None:
              batch_size=t.batch_size, lr=t.optimizer.lr, inherit=gen.inherit, freeze=gen.freeze, **extra)
 
 
-def step_parts(gen: spec.Generation, model, seed: int, device: torch.device) -> Parts:
+def step_parts(gen: spec.Generation, model, seed: int, device: torch.device, rank: int = 0) -> Parts:
     """The objective and its options (DKPP's permutations from a CPU generator seeded by the
-    generation, so they are the same on any device), the optimizer, autocast and loss scaling."""
+    generation and the DDP rank, so they are the same on any device and differ between ranks),
+    the optimizer, autocast and loss scaling."""
     from engine.objectives import OBJECTIVES
     objective, options = OBJECTIVES[gen.objective], dict(gen.objective_options)
     dkpp = None
     if gen.objective == "dkpp":
-        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp"))
+        dkpp = torch.Generator().manual_seed(derive_seed(seed, "dkpp", *([rank] if rank else [])))
         options["generator"] = dkpp
     optimizer = optim.make_optimizer(model, gen.training.optimizer, device)
     dtype = optim.autocast_dtype(gen.training.precision, device, gen.model)
@@ -127,16 +128,18 @@ def step_parts(gen: spec.Generation, model, seed: int, device: torch.device) -> 
 
 
 def restore(ctx: Context, last: dict | None, model, parts: Parts) -> Progress:
-    """The model, optimizer, loss scaler and DKPP generator as last.pt saved them, and where
-    the loop stands. Under DDP rank 0 alone continues the saved running sums (they are global)."""
+    """The model, optimizer, loss scaler and this rank's DKPP generator as last.pt saved them, and
+    where the loop stands. Under DDP rank 0 alone continues the saved running sums (they are global)."""
     if last is None:
         return Progress()
     model.load_state_dict(last["state_dict"])
     parts.optimizer.load_state_dict(last["optimizer"])
+    optim.match_param_layout(parts.optimizer)
     if "scaler" in last:
         parts.scaler.load_state_dict(last["scaler"])
-    if parts.dkpp is not None:
-        parts.dkpp.set_state(last["dkpp"])
+    own = checkpoint.own_rng_state(last, ctx.rank)
+    if parts.dkpp is not None and own is not None and "dkpp" in own:
+        parts.dkpp.set_state(own["dkpp"])
     running = last["running"] if last["step"] else None
     if running is not None and not ctx.main:
         running = {k: v if k == "seconds" else {d: 0.0 for d in v} if k == "diag" else type(v)(0)
@@ -161,24 +164,33 @@ def reduce_sums(sums: dict, device) -> dict:
 
 
 def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
-              best: dict, **extra) -> None:
+              best: dict, dkpp=None, saver: checkpoint.BackgroundSaver | None = None, then=None, **extra) -> None:
     """checkpoints/last.pt: everything to continue generation `gen` after `epoch` finished
-    epochs and `step` steps of the next one (rank 0 only; temp file + rename)."""
-    if ctx.main:
-        checkpoint.save({"gen": gen.index, "epoch": epoch, "step": step, "state_dict": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
-                         "history": history, "best": best, **extra}, ctx.paths.last_checkpoint)
+    epochs and `step` steps of the next one, with every rank's RNG streams (a collective: every
+    rank calls it); rank 0 writes it (temp file + rename), then calls `then`. With a `saver`
+    the file is written from a snapshot in its background thread, else here and now."""
+    rng = checkpoint.rank_rng_states(ctx.device, dkpp)
+    if not ctx.main:
+        return
+    state = {"gen": gen.index, "epoch": epoch, "step": step, "state_dict": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "rng": rng, "history": history, "best": best, **extra}
+    if saver is not None:
+        return saver.save(state, ctx.paths.last_checkpoint, then)
+    checkpoint.save(state, ctx.paths.last_checkpoint)
+    if then is not None:
+        then()
 
 
-def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save) -> None:
+def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save, saved) -> None:
     """Book a finished epoch: its history entry, the per-metric minima (updated in place, so
-    that `save` writes them), checkpoints/last.pt through `save()`, then the `epoch` event.
-    Saved before the event, so an event never announces an epoch that a crash could lose."""
+    that `save` writes them), then checkpoints/last.pt through `save(then)`, which emits the
+    `epoch` event once the file is written (in the background: training goes on meanwhile). Saved
+    before the event, so an event never announces an epoch that a crash could lose. `saved()`
+    waits for that write; a HOLD (wait_while_held) calls it before it holds."""
     history.append(record)
     best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
-    save()
-    ctx.emit("epoch", **record)
-    wait_while_held(ctx, record["gen"], record["epoch"])
+    save(lambda: ctx.emit("epoch", **record))
+    wait_while_held(ctx, record["gen"], record["epoch"], saved)
 
 
 HOLD_POLL_SECONDS = 0.2
@@ -195,7 +207,7 @@ def hold_point(text: str) -> tuple[int, int]:
         return 0, 0
 
 
-def wait_while_held(ctx: Context, gen: int, epoch: int) -> None:
+def wait_while_held(ctx: Context, gen: int, epoch: int, saved) -> None:
     """Pause here, after an epoch's checkpoint and event, while a HOLD file exists
     (RunPaths.holds: the run's own, or its experiment's) whose hold point (`hold_point`) this
     epoch has reached: a `log` event says so once, heartbeats go on. SIGTERM while held cancels
@@ -215,6 +227,7 @@ def wait_while_held(ctx: Context, gen: int, epoch: int) -> None:
 
     if not ctx.agree(held(), False)[0]:
         return
+    saved()   # the background last.pt written and its epoch event out before the run says it is held
     where = f"epoch {epoch} of generation {gen} ({gen_label(gen)})"
     ctx.log(f"held after {where}: waiting while "
             f"{' or '.join(str(f) for f in ctx.paths.holds())} exists")
@@ -250,14 +263,15 @@ class Generation:
     schedule: optim.LRSchedule
     progress: Progress
     last: dict | None                # last.pt when the generation resumed
+    saver: checkpoint.BackgroundSaver = field(default_factory=checkpoint.BackgroundSaver)
 
-    def save(self, epoch: int, step: int, sums: dict | None, carry=None) -> None:
+    def save(self, epoch: int, step: int, sums: dict | None, carry=None, then=None, background=False) -> None:
         extra = {"schedule": self.schedule.state_dict(), "scaler": self.parts.scaler.state_dict(),
                  "running": sums, **self.loop.carry_state(carry)}
-        if self.parts.dkpp is not None:
-            extra["dkpp"] = self.parts.dkpp.get_state()
         p = self.progress
-        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.best, **extra)
+        self.saver.wait()   # one last.pt at a time, in order
+        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.best,
+                  self.parts.dkpp, self.saver if background else None, then, **extra)
 
     def train_epoch(self, epoch: int, skip: int, sums: dict, carry) -> dict:
         """The epoch's steps from `skip` on, as the task runs them; at each of the task's
@@ -281,7 +295,7 @@ class Generation:
         sums, carry = new_sums(self.task.sums), None
         if p.running is not None:   # continuing mid-epoch: the RNG and the task's state as they were at the stop
             sums, carry = p.running, self.loop.restore_carry(self.last)
-            checkpoint.set_rng_state(self.last["rng"])
+            checkpoint.set_rng_state(checkpoint.own_rng_state(self.last, self.ctx.rank), self.ctx.device)
         skip, p.running = p.step, None
         sums = self.train_epoch(epoch, skip, sums, carry)
         p.step = 0
@@ -295,7 +309,8 @@ class Generation:
         record = {"gen": self.gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
                   "seconds": round(seconds, 3), **self.task.throughput(n, train_seconds),
                   "diagnostics": summarize_diagnostics(sums["diag"]) if sums["diag"] else {}}
-        end_epoch(self.ctx, record, metrics, p.history, p.best, lambda: self.save(epoch + 1, 0, None))
+        end_epoch(self.ctx, record, metrics, p.history, p.best,
+                  lambda then: self.save(epoch + 1, 0, None, then=then, background=True), self.saver.wait)
         return probs
 
     def result(self, probs) -> GenResult:
@@ -315,7 +330,7 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, re
     model = build_student(ctx, gen, teacher, task)
     if not resume.started:
         emit_gen_start(ctx, gen, model, **task.gen_start_extra())
-    parts = step_parts(gen, model, ctx.gen_seed(gen), ctx.device)
+    parts = step_parts(gen, model, ctx.gen_seed(gen), ctx.device, ctx.rank)
     progress = restore(ctx, resume.last, model, parts)
     loop = task.start(ctx, gen, model, teacher, parts)
     t = gen.training
@@ -324,6 +339,9 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, re
         schedule.load_state_dict(resume.last["schedule"])
     g = Generation(ctx, gen, task, loop, model, parts, schedule, progress, resume.last)
     probs = None
-    for epoch in range(progress.epoch, t.epochs):
-        probs = g.run_epoch(epoch)
+    try:
+        for epoch in range(progress.epoch, t.epochs):
+            probs = g.run_epoch(epoch)
+    finally:
+        g.saver.wait()   # the last epoch's last.pt and event, before gen_end (or the error) follows
     return g.result(probs)

@@ -22,6 +22,16 @@ channels_last = None (the default): on for CUDA; on the CPU, on for the model fa
   `bench/cpu_precision.py` measured faster channels-last (CPU_CHANNELS_LAST), off for the rest
   (cnn-small on 8x8 digits is slower channels-last). True / False are kept as written.
 
+Kernels (`configure_kernels`, once per process, from the experiment's `deterministic` and
+`allow_tf32`): on the CPU deterministic algorithms always (warn-only unless deterministic = true).
+On a GPU by default cuDNN's autotuner (benchmark) and PyTorch's default kernels, some of which add
+with atomics (scatter-add, index-add, some pooling backwards): a resumed run trains the same epochs on the same data in the
+same order, its numbers equal to those of an uninterrupted run within noise, not bit for bit.
+deterministic = true: cudnn.deterministic, benchmark off, torch.use_deterministic_algorithms(True)
+(and CUBLAS_WORKSPACE_CONFIG=:4096:8 as cuBLAS asks): resumes are bit-identical, an op without a
+deterministic kernel raises. TF32 is off (fp32 is fp32: the head that models/common.py keeps in
+fp32 and precision = "fp32" runs) unless allow_tf32 = true.
+
 Threads: `intra_op_threads()` is the number of intra-op threads the engine uses: BAN_THREADS (the
 slots a scheduler gave the run), else OMP_NUM_THREADS (which torch obeys anyway), else the CPUs this
 process may run on (os.sched_getaffinity), shared between the local DDP ranks.
@@ -38,6 +48,7 @@ from engine import catalog
 CPU_CHANNELS_LAST = ("preact-resnet", "wrn", "ban-wrn", "ban-preresnet", "airbench")
 FORCE_BF16 = "BAN_FORCE_CPU_BF16"
 THREADS = "BAN_THREADS"
+NEW_TF32_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 
 def cpu_bf16_capable() -> bool:
@@ -114,3 +125,42 @@ def set_threads() -> tuple[int, str]:
     threads, source = intra_op_threads()
     torch.set_num_threads(threads)
     return threads, source
+
+
+def configure_kernels(device: torch.device, deterministic: bool = False, allow_tf32: bool = False) -> dict:
+    """Set the process's kernel choices as the module docstring says; returns `kernel_flags()`."""
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # before cuBLAS starts
+    torch.use_deterministic_algorithms(device.type == "cpu" or deterministic, warn_only=not deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    if NEW_TF32_API:   # torch >= 2.9 (mixing it with allow_tf32 raises); cuDNN convolutions default to TF32
+        value = "tf32" if allow_tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = value
+        torch.backends.cudnn.rnn.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow_tf32
+    return kernel_flags()
+
+
+def kernel_flags() -> dict:
+    """The kernel settings in force, read back from torch (run_start records them)."""
+    if NEW_TF32_API:
+        tf32 = {"tf32_matmul": torch.backends.cuda.matmul.fp32_precision == "tf32",
+                "tf32_conv": torch.backends.cudnn.conv.fp32_precision == "tf32",
+                "tf32_rnn": torch.backends.cudnn.rnn.fp32_precision == "tf32"}
+    else:
+        tf32 = {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_conv": torch.backends.cudnn.allow_tf32,
+                "tf32_rnn": torch.backends.cudnn.allow_tf32}
+    return {"deterministic": torch.are_deterministic_algorithms_enabled(), "cudnn_deterministic":
+            torch.backends.cudnn.deterministic, "cudnn_benchmark": torch.backends.cudnn.benchmark, **tf32}
+
+
+def check_device_index(device: torch.device, count: int, visible: str | None) -> None:
+    """ValueError when `cuda:N` names no GPU this process sees: N counts the `count` GPUs that
+    CUDA_VISIBLE_DEVICES (`visible`, a scheduler slot's) leaves, not the machine's."""
+    if device.type != "cuda" or device.index is None or device.index < count:
+        return
+    seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    raise ValueError(f"device: expected cuda or cuda:0..cuda:{count - 1} (this process sees {count} GPU(s), "
+                     f"{seen}; an index counts the visible GPUs, not the machine's), found {str(device)!r}")

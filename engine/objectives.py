@@ -60,7 +60,10 @@ def dkpp_permute(probs, generator):
     top = probs.argmax(dim=1, keepdim=True)
     is_top = torch.zeros_like(probs, dtype=torch.uint8).scatter_(1, top, 1)
     others = is_top.argsort(dim=1, stable=True)[:, : c - 1]  # column indices of the non-argmax classes
-    perm = torch.rand(n, c - 1, generator=generator, device=generator.device).argsort(dim=1).to(probs.device)
+    perm = torch.rand(n, c - 1, generator=generator, device=generator.device).argsort(dim=1)
+    if perm.device != probs.device:   # a CPU generator's draw for a GPU batch: copied from pinned memory,
+        # asynchronously (a pageable copy would wait for the GPU at every step)
+        perm = perm.pin_memory().to(probs.device, non_blocking=True) if probs.device.type == "cuda" else perm.to(probs.device)
     out = probs.clone()
     out.scatter_(1, others, probs.gather(1, others.gather(1, perm)))
     return out

@@ -20,6 +20,16 @@ def make_optimizer(model: torch.nn.Module, o: spec.Optimizer, device: torch.devi
                            nesterov=o.nesterov and o.momentum > 0, fused=True if device.type == "cuda" else None)
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum) its parameter's strides. load_state_dict
+    keeps the saved layout, so a checkpoint of a contiguous model (the CPU) resumed channels-last
+    (a GPU), or the reverse, would mix layouts, which CUDA's fused SGD refuses."""
+    for p, state in optimizer.state.items():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 class LRSchedule:
     """The learning rate of every step (counted from 0 over the whole generation).
 

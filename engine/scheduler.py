@@ -114,12 +114,14 @@ def host_slots(runs_dir: Path) -> list[str]:
 
 
 def slot_env(taken: list[str], n_slots: int) -> dict:
-    """CUDA_VISIBLE_DEVICES for GPU slots, BAN_THREADS (cores / slots) for CPU ones, BAN_SLOT.
+    """CUDA_VISIBLE_DEVICES for GPU slots, BAN_THREADS (cores / slots) for CPU ones, BAN_SLOT,
+    and CUDA_DEVICE_ORDER=PCI_BUS_ID (slots number GPUs as nvidia-smi does; CUDA's default order
+    puts the fastest first, so on a mixed-GPU host a slot could name another GPU).
 
     An OMP_NUM_THREADS set where the run is started caps BAN_THREADS: it is how a user (or a
     batch system) says how many threads a process may have, and a slot's larger share made
     engines on a busy machine spin-wait between OpenMP threads (an 0.7 s epoch took 25 s)."""
-    env = {"BAN_SLOT": ",".join(taken)}
+    env = {"BAN_SLOT": ",".join(taken), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}   # CUDA's indices = nvidia-smi's (slots')
     if taken[0].startswith("gpu"):
         env["CUDA_VISIBLE_DEVICES"] = ",".join(s[3:] for s in taken)
     else:

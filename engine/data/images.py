@@ -156,14 +156,26 @@ def load_cifar(dataset: Dataset):
 
 
 def download_cifar(dataset: Dataset) -> None:
+    """torchvision's download into dataset.root by one process: under DDP rank 0 downloads and
+    extracts while the other ranks wait, then every rank learns whether it worked (a broadcast,
+    which is also the barrier), so no rank reads a half-extracted file."""
+    from engine import ddp
+    error = None
+    if ddp.rank() == 0:
+        try:
+            fetch_cifar(dataset.name, root_of(dataset))
+        except Exception as exc:  # network, disk, checksum: say which and where
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    error = ddp.broadcast_object(error)
+    if error is not None:
+        raise DataError(f"{dataset.name}: download into {root_of(dataset)} failed: {error}")
+
+
+def fetch_cifar(name: str, root: Path) -> None:
     import torchvision.datasets as tvd   # only here: the rest of the module does not need it
-    cls = tvd.CIFAR10 if dataset.name == "cifar10" else tvd.CIFAR100
-    try:
-        for train in (True, False):
-            cls(str(root_of(dataset)), train=train, download=True)
-    except Exception as exc:  # network, disk, checksum: say which and where
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{dataset.name}: download into {root_of(dataset)} failed: {msg}") from None
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    for train in (True, False):
+        cls(str(root), train=train, download=True)
 
 
 def read_cifar_pickles(paths, label_key):

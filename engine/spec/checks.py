@@ -25,7 +25,8 @@ from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Gene
 
 EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
                    "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
-                   "runs_dir", "gpus", "host", "generation", "description", "control") + TRAINING_KEYS
+                   "runs_dir", "gpus", "host", "generation", "description", "control", "deterministic",
+                   "allow_tf32") + TRAINING_KEYS
 DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation", "control"))
 GENERATION_KEYS = ("objective", "model", "model_options", "objective_options", "teacher", "seed",
                    "inherit", "freeze") + TRAINING_KEYS
@@ -390,12 +391,13 @@ class Checker:
         device, runs_dir, gpus, host = self.placement(merged, where, hosts)
         include = merged.get("ensemble_include_teacher", False)
         include = self.bool_(where("ensemble_include_teacher"), include) or False
+        kernels = {k: self.bool_(where(k), merged[k]) for k in ("deterministic", "allow_tf32") if k in merged}
         self.model_kinds(where("model"), dataset, gens)
         if len(self.problems) > n_before or dataset is None or not isinstance(name, str):
             return None
         return Experiment(name=name, dataset=dataset, generations=gens, ensembles=list(ensembles),
                           ensemble_include_teacher=include, seeds=list(seeds), device=device,
-                          runs_dir=runs_dir, gpus=gpus, host=host, source=self.file)
+                          runs_dir=runs_dir, gpus=gpus, host=host, source=self.file, **kernels)
 
     def experiment_name(self, p, merged):
         """The experiment's name as given (None when missing), a problem when it is not a valid name."""

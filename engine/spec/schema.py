@@ -27,6 +27,8 @@ Schema (every key optional unless marked):
     ensemble_include_teacher = false
     seeds = [0]                # the whole chain is repeated per seed
     host = "gpu1"              # optional: run on a [hosts.NAME] by default
+    deterministic = false      # GPU: deterministic kernels, bit-identical resumes (docs/gpu.md)
+    allow_tf32 = false         # GPU: TF32 for fp32 matmuls/convolutions (the fp32 head, precision "fp32")
 
     # or, instead of the shorthand, an explicit chain (generation 0 is the teacher):
     [[experiment.generation]]
@@ -128,6 +130,8 @@ class Experiment:
     runs_dir: str = "runs"
     gpus: int = 1
     host: str | None = None
+    deterministic: bool | None = None   # None is false (and leaves the config hash of older configs as it was)
+    allow_tf32: bool | None = None      # None is false
     source: str = ""             # the file it came from (for messages)
 
     def to_dict(self) -> dict:

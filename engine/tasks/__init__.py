@@ -17,6 +17,31 @@ import torch
 
 from engine import spec
 
+# Steps between read-backs of the training loss, errors and diagnostics: each read-back waits for
+# the GPU (a host sync), which per step would leave it idle while Python queues the next step.
+READ_BACK_STEPS = 25
+
+
+def read_back(window: list, sums: dict, keys: tuple, counted: tuple = ()) -> list:
+    """Add a window of steps' numbers, kept on the device until now, to the epoch's sums in one
+    host sync, step by step as they were made; [(step from 1, loss)] of the window. An entry is
+    (step, n, diagnostic keys, 1-d tensor [*one value per key of `keys`, *diagnostics]): a key's
+    value is a mean over the step's n samples (sums[key] += value * n) or, in `counted`, a count
+    (sums[key] += value); the first key is the loss. The diagnostics are sums (n counted once)."""
+    values = iter(torch.cat([v for *_, v in window]).tolist())
+    out = []
+    for step, n, diag_keys, _ in window:
+        row = [next(values) for _ in range(len(keys) + len(diag_keys))]
+        for k, v in zip(keys, row):
+            sums[k] += v if k in counted else v * n
+        sums["n"] += n
+        if diag_keys:
+            sums["diag"]["n"] = sums["diag"].get("n", 0) + n
+        for k, v in zip(diag_keys, row[len(keys):]):
+            sums["diag"][k] = sums["diag"].get(k, 0) + (round(v) if k == "teacher_agree" else v)
+        out.append((step + 1, row[0]))
+    return out
+
 
 class Loop(ABC):
     """One generation's task-specific part, made by `Task.start` (which places the teacher,

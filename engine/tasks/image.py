@@ -26,12 +26,7 @@ import torch.nn.functional as F
 
 from engine import ddp, optim
 from engine.context import derive_seed, describe
-from engine.tasks import Loop, Task
-
-# Steps between read-backs of the training loss, errors and diagnostics: each read-back waits for
-# the GPU (a host sync), which per step would leave it idle while Python queues the next step.
-READ_BACK_STEPS = 25
-
+from engine.tasks import READ_BACK_STEPS, Loop, Task, read_back
 
 def teacher_outputs(teacher, batches, n: int, autocast) -> torch.Tensor:
     """The teacher's logits [n, C] for every training sample, by sample index.
@@ -79,20 +74,6 @@ def ensemble_metrics(test_y: torch.Tensor, member_probs: list) -> dict:
     y = test_y.numpy()
     p_true = np.clip(p[np.arange(len(y)), y], 1e-12, None)
     return {"test_err": float(np.mean(p.argmax(axis=1) != y)), "test_loss": float(-np.mean(np.log(p_true)))}
-
-
-def read_back(window: list, sums: dict) -> list:
-    """Add the window's per-step numbers to the epoch's sums, step by step as they were made
-    (one host sync for the whole window); [(step from 1, loss)] of the window."""
-    rows = torch.stack([v for *_, v in window]).tolist()
-    for (_, n, keys, _), (loss_value, errors, *diag) in zip(window, rows):
-        sums["loss"] += loss_value * n
-        sums["err"] += errors
-        sums["n"] += n
-        sums["diag"]["n"] = sums["diag"].get("n", 0) + n
-        for k, v in zip(keys, diag):
-            sums["diag"][k] = sums["diag"].get(k, 0) + (round(v) if k == "teacher_agree" else v)
-    return [(step + 1, r[0]) for (step, *_), r in zip(window, rows)]
 
 
 class ImageClassifier(Task):
@@ -208,7 +189,7 @@ class ImageLoop(Loop):
             # Read back every READ_BACK_STEPS steps (the same steps on every rank), at the epoch's
             # end and, with one process, as soon as SIGTERM asks; ranks stop together at a read-back.
             if len(window) == READ_BACK_STEPS or step + 1 == self.steps or (ctx.world_size == 1 and ctx.stop.is_set()):
-                yield step + 1, read_back(window, sums), None
+                yield step + 1, read_back(window, sums, ("loss", "err"), counted=("err",)), None
                 window = []
 
     def evaluate(self, sums, keep_probs):

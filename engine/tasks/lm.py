@@ -49,7 +49,7 @@ from engine import optim
 from engine.context import derive_seed, describe
 from engine.data.ptb import batchify, windows
 from engine.errors import ConfigError
-from engine.tasks import Loop, Task
+from engine.tasks import READ_BACK_STEPS, Loop, Task, read_back
 
 METRICS = ("train_loss", "train_ppl", "val_loss", "val_ppl", "test_loss", "test_ppl")
 DIAG_EVERY = 10
@@ -67,8 +67,8 @@ def ppl(loss: float) -> float:
 @dataclass
 class Step:
     index: int                   # window number within the epoch, from 0
-    loss: float                  # the objective, mean over the window's tokens
-    ce: float                    # label cross-entropy, mean over the window's tokens
+    losses: torch.Tensor         # [the objective, the label cross-entropy], means over the window's
+                                 # tokens, on the device (reading them back would sync every window)
     n: int                       # tokens predicted
     logits: torch.Tensor         # [n, V], detached
     teacher_logits: torch.Tensor | None
@@ -107,16 +107,17 @@ def train_windows(model, columns, bptt, optimizer, objective, options=None, teac
         optim.optimizer_step(optimizer, scaler, loss * x.size(0), model, grad_clip)
         logits = logits.detach()
         with torch.no_grad():
-            loss_value, ce = torch.stack([loss.detach().float(), F.cross_entropy(logits, labels)]).tolist()
-        yield Step(i, loss_value, ce, labels.numel(), logits, teacher_logits, labels, hidden, teacher_hidden)
+            losses = torch.stack([loss.detach().float(), F.cross_entropy(logits, labels)])
+        yield Step(i, losses, labels.numel(), logits, teacher_logits, labels, hidden, teacher_hidden)
 
 
 def train_epoch(model, columns, bptt, optimizer, objective, options=None, teacher=None, grad_clip=None):
     """(mean objective loss, mean label cross-entropy) of one pass over the columns."""
-    loss = ce = n = 0
+    total = n = 0
     for s in train_windows(model, columns, bptt, optimizer, objective, options, teacher, grad_clip):
-        loss, ce, n = loss + s.loss * s.n, ce + s.ce * s.n, n + s.n
-    return loss / n, ce / n
+        total, n = total + s.losses.double() * s.n, n + s.n
+    loss, ce = (total / n).tolist()
+    return loss, ce
 
 
 @torch.inference_mode()
@@ -202,18 +203,19 @@ class LanguageModelLoop(Loop):
         torch.manual_seed(derive_seed(self.seed, "epoch", epoch))   # dropout masks
 
     def train(self, epoch, skip, sums, carry, lr_at):
-        from engine.objectives import diagnostics
+        from engine.objectives import diagnostic_sums
         p, t = self.parts, self.gen.training
+        window = []   # (window, tokens, diagnostic keys, [loss, ce, *diagnostics]) not yet read back
         for s in train_windows(self.model, self.columns, self.bptt, p.optimizer, p.objective, p.options, self.teacher,
                                t.grad_clip, p.autocast, p.scaler, lr_at, skip, *(carry or (None, None))):
-            sums["loss"] += s.loss * s.n
-            sums["ce"] += s.ce * s.n
-            sums["n"] += s.n
+            diag = {}
             if s.index % DIAG_EVERY == 0:
-                diag = diagnostics(s.logits, s.teacher_logits, s.labels, self.gen.objective, **p.options)
-                for k, v in diag.items():
-                    sums["diag"][k] = sums["diag"].get(k, 0) + v
-            yield s.index + 1, [(s.index + 1, s.loss)], (s.hidden, s.teacher_hidden)
+                diag = diagnostic_sums(s.logits, s.teacher_logits, s.labels, self.gen.objective, **p.options)
+            window.append((s.index, s.n, list(diag), torch.cat([s.losses, *(v.reshape(1) for v in diag.values())])))
+            # read back every READ_BACK_STEPS windows, at the epoch's end and as soon as SIGTERM asks
+            if len(window) == READ_BACK_STEPS or s.index + 1 == self.steps or self.ctx.stop.is_set():
+                yield s.index + 1, read_back(window, sums, ("loss", "ce")), (s.hidden, s.teacher_hidden)
+                window = []
 
     def evaluate(self, sums, keep_probs):
         autocast, n = self.parts.autocast, sums["n"]
