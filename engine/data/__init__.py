@@ -4,6 +4,8 @@
 `Batches` turns uint8 images into normalised, augmented batches on the device. Language corpora
 (ptb) have their own module, engine.data.ptb.
 """
+from typing import NamedTuple
+
 from engine import catalog
 from engine.data.batches import Batches, augment, augment_reference, crop_flip
 from engine.data.images import DataError, ImageData, load_images
@@ -21,4 +23,23 @@ def load(dataset: Dataset, seed: int) -> ImageData:
     return load_images(dataset, seed)
 
 
-__all__ = ["Batches", "DataError", "ImageData", "augment", "augment_reference", "crop_flip", "load"]
+__all__ = ["Batches", "DataError", "ImageData", "Shape", "augment", "augment_reference", "crop_flip", "describe", "load"]
+
+
+class Shape(NamedTuple):
+    num_classes: int
+    in_channels: int
+    image_size: tuple
+
+
+KNOWN_SHAPES = {"digits": Shape(10, 1, (8, 8)), "cifar10": Shape(10, 3, (32, 32)), "cifar100": Shape(100, 3, (32, 32))}
+
+
+def describe(dataset: Dataset) -> Shape:
+    """(classes, channels, image size) of an image data set, reading as little as it can
+    (engine/check.py builds models for it on the meta device). DataError when it cannot be read."""
+    if dataset.name in KNOWN_SHAPES:
+        shape = KNOWN_SHAPES[dataset.name]
+        return shape._replace(num_classes=dataset.options.get("num_classes", shape.num_classes))
+    data = load(dataset, 0)
+    return Shape(data.num_classes, data.in_channels, tuple(data.train_x.shape[-2:]))

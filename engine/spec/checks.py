@@ -25,10 +25,10 @@ from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Gene
 
 EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
                    "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
-                   "runs_dir", "gpus", "host", "generation", "description", "control") + TRAINING_KEYS
+                   "runs_dir", "gpus", "host", "generation", "description", "control", "parts") + TRAINING_KEYS
 DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation", "control"))
 GENERATION_KEYS = ("objective", "model", "model_options", "objective_options", "teacher", "seed",
-                   "inherit", "freeze") + TRAINING_KEYS
+                   "inherit", "freeze", "parts") + TRAINING_KEYS
 DATASET_KEYS = tuple(f.name for f in fields(Dataset))
 OPTIMIZER_KEYS = tuple(f.name for f in fields(Optimizer))
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
@@ -83,6 +83,7 @@ class Checker:
         self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
         self.problems: list[Problem] = []
         self._seen: set = set()
+        self._shared_parts = None   # the experiment's `parts`, for generations without their own
         self.loc = Locator(text)
 
     # -- reporting --
@@ -156,6 +157,8 @@ class Checker:
     def model(self, path, v):
         if self.str_(path, v) is None:
             return None
+        if catalog.parse_reference(v) or ":" in v:
+            return self.model_reference(path, v)
         try:
             catalog.resolve_model(v)
         except KeyError:
@@ -380,6 +383,7 @@ class Checker:
         model_options = self.options(where("model_options"), merged.get("model_options", {}))
         objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
         shared = (model, model_options, objective_options, training)
+        self._shared_parts = self.model_parts(where("parts"), merged["parts"]) if "parts" in merged else None
         if "generation" in raw:
             gens = self.generation_tables(p, raw, where, *shared)
         else:
@@ -444,11 +448,12 @@ class Checker:
             self.model_options(where("model_options"), model, model_options)
         if n is None or obj is None:
             return []
-        gens = [Generation(0, "ce", model, dict(model_options), {}, None, training=training)]
+        parts = self._shared_parts
+        gens = [Generation(0, "ce", model, dict(model_options), {}, None, training=training, parts=parts)]
         opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
         for j in range(1, n + 1):
             gens.append(Generation(j, obj, model, dict(model_options), dict(opts),
-                                   None if obj in catalog.TEACHERLESS else j - 1, training=training))
+                                   None if obj in catalog.TEACHERLESS else j - 1, training=training, parts=parts))
         return gens
 
     def ensembles(self, path, ensembles, n_students: int) -> list:
@@ -483,6 +488,10 @@ class Checker:
             return
         lm = dataset.name in catalog.LM_DATASETS
         for g in gens:
+            if lm and catalog.parse_reference(g.model):
+                self.bad(path, f"expected a language model for data set {dataset.name!r}, found {g.model!r} "
+                         "(models by reference are image models)")
+                break
             fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
             if fam and (fam.kind == "lm") != lm:
                 if lm:
@@ -556,13 +565,44 @@ class Checker:
             if part not in lists["inherit"]:
                 self.bad(p + ("freeze",), f"expected frozen parts to be inherited too, found {part!r} not in inherit")
         t = self.training(p, raw, training)
+        parts = self.model_parts(p + ("parts",), raw["parts"]) if "parts" in raw else self._shared_parts
         if obj is None or m is None:
             return None
         own_model_options = self.options(p + ("model_options",), raw.get("model_options", {}))
         self.model_options(p + ("model_options",), m, own_model_options)
         return Generation(j, obj, m, own_model_options if "model" in raw else {**model_options, **own_model_options},
                           self.objective_options(p, obj, objective_options, raw.get("objective_options", {})),
-                          teacher, seed, lists["inherit"], lists["freeze"], t)
+                          teacher, seed, lists["inherit"], lists["freeze"], t, parts)
+
+    # -- models by reference (issue 24); torch-free: `python -m engine check` builds them --
+    def model_reference(self, path, v):
+        """`pkg.module:factory`, `timm:NAME` or `torchvision:NAME`; the package it needs installed."""
+        import importlib.util
+        ref = catalog.parse_reference(v)
+        if ref is None:
+            self.bad(path, f"expected a model reference like pkg.module:factory, timm:NAME or torchvision:NAME, "
+                     f"found {v!r}")
+            return None
+        if ref[0] in catalog.EXTRAS:
+            package, pip = catalog.EXTRAS[ref[0]]
+            if importlib.util.find_spec(package) is None:
+                self.bad(path, f"model {v!r} needs {package}, which is not installed; install it with: {pip}")
+                return None
+        return v
+
+    def model_parts(self, path, raw) -> dict | None:
+        """`parts = { stem = "conv1", head = "fc" }`: the module path of each inheritable part."""
+        if self.table(path, raw) is None:
+            return None
+        self.unknown_keys(path, raw, catalog.REFERENCE_PARTS)
+        out = {}
+        for k, v in raw.items():
+            if k in catalog.REFERENCE_PARTS and self.str_(path + (k,), v) is not None:
+                if not re.fullmatch(r"[\w]+(\.[\w]+)*", v):
+                    self.bad(path + (k,), f"expected a module path like \"conv1\" or \"head.fc\", found {v!r}")
+                else:
+                    out[k] = v
+        return out or None
 
     def model_options(self, path, model, options: dict) -> None:
         """Every option is a keyword argument of the model family's builder (catalog.MODEL_OPTIONS)

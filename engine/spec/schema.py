@@ -38,6 +38,8 @@ Schema (every key optional unless marked):
     epochs = 30                   # any training key overrides the experiment's
     inherit = ["stem", "head"]    # parts copied from the teacher (issue 9)
     freeze = ["stem", "head"]
+    # model = "pkg.module:factory" | "timm:NAME" | "torchvision:NAME" (issue 24): a model by
+    # reference; parts = { stem = "conv1", head = "fc" } names its inheritable module paths
 
     [hosts.gpu1]
     ssh = "gpu1"               # an ssh destination or ~/.ssh/config alias
@@ -110,6 +112,7 @@ class Generation:
     inherit: list = field(default_factory=list)
     freeze: list = field(default_factory=list)
     training: Training = field(default_factory=Training)
+    parts: dict | None = None    # a reference model's { stem = "conv1", head = "fc" } module paths
 
     @property
     def role(self) -> str:
