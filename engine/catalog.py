@@ -19,7 +19,7 @@ TEACHERLESS = ("ce", "ls")
 # generation trained by plain `ce` without a teacher (k independent models from k seeds).
 CONTROLS = ("independent",)
 CONTROL_SUFFIX = "+ce"
-DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
+DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb", "imagefolder", "hf")
 # Data sets read from the user's files at any image size (issue 24; `torchvision:NAME` too):
 # held in memory when they fit, else streamed (engine/data/streamed.py).
 FILE_DATASETS = ("imagefolder", "hf")

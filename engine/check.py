@@ -20,7 +20,7 @@ EXIT_CONFIG = 2
 
 def needs_check(exp: spec.Experiment) -> bool:
     """Whether the experiment has anything only torch can check (torch-free: the CLI asks)."""
-    return (exp.dataset.name in catalog.FILE_DATASETS or catalog.parse_reference(exp.dataset.name) is not None
+    return (exp.dataset.name in catalog.FILE_DATASETS or exp.dataset.name.startswith("torchvision:")
             or any(catalog.parse_reference(g.model) or g.parts for g in exp.generations))
 
 

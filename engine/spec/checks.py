@@ -350,7 +350,10 @@ class Checker:
         if "name" not in raw:
             self.bad(path, "expected key 'name' (one of: " + ", ".join(catalog.DATASETS) + "), found none")
             return None
-        name = self.choice(path + ("name",), raw["name"], catalog.DATASETS, "data set")
+        if isinstance(raw["name"], str) and raw["name"].startswith("torchvision:"):
+            name = self.torchvision_dataset(path + ("name",), raw["name"])
+        else:
+            name = self.choice(path + ("name",), raw["name"], catalog.DATASETS + ("torchvision:NAME",), "data set")
         if name is None:
             return None
         d = Dataset(name=name)
@@ -366,7 +369,48 @@ class Checker:
             d.options = self.options(path + ("options",), raw["options"])
         if name in ("cifar10", "cifar100", "npz", "ptb") and d.root is None:
             self.bad(path + ("root",), f"expected a data root directory for data set {name!r}, found none")
+        self.file_dataset(path, raw, d)
         return d
+
+    # -- the user's image files (issue 24): imagefolder, torchvision:NAME, hf --
+    def torchvision_dataset(self, path, v):
+        if not re.fullmatch(r"torchvision:[A-Za-z_]\w*", v):
+            self.bad(path, f"expected torchvision:NAME with a torchvision.datasets class name like SVHN, found {v!r}")
+            return None
+        return v
+
+    def file_dataset(self, path, raw, d: Dataset) -> None:
+        """image_size, stream, workers, crop, path: only for file data sets, each checked."""
+        import importlib.util
+        keys = ("image_size", "stream", "workers", "crop", "path")
+        is_file = d.name in catalog.FILE_DATASETS or d.name.startswith("torchvision:")
+        if not is_file:
+            for k in keys:
+                if k in raw:
+                    self.bad(path + (k,), f"expected {k} only for imagefolder, hf and torchvision:NAME data sets, "
+                             f"found it for {d.name!r}")
+            return
+        if "image_size" not in raw:
+            self.bad(path, f"expected key 'image_size' (the side images are resized and centre-cropped to) "
+                     f"for data set {d.name!r}, found none")
+        elif (v := self.int_(path + ("image_size",), raw["image_size"], 1)) is not None:
+            d.image_size = v
+        if "stream" in raw and (v := self.bool_(path + ("stream",), raw["stream"])) is not None:
+            d.stream = v
+        if "workers" in raw and (v := self.int_(path + ("workers",), raw["workers"], 0)) is not None:
+            d.workers = v
+        if "crop" in raw:
+            d.crop = self.choice(path + ("crop",), raw["crop"], ("pad", "resized", "none"), "crop")
+        if "path" in raw:
+            d.path = self.str_(path + ("path",), raw["path"])
+        if d.name == "hf":
+            if d.path is None and d.root is None:
+                self.bad(path, "expected key 'path' (a directory saved with datasets' save_to_disk), found none")
+            package, pip = catalog.EXTRAS["hf"]
+            if importlib.util.find_spec(package) is None:
+                self.bad(path + ("name",), f"data set 'hf' needs {package}, which is not installed; install it with: {pip}")
+        elif d.root is None:
+            self.bad(path + ("root",), f"expected a data root directory for data set {d.name!r}, found none")
 
     def experiment(self, i, defaults, raw, hosts) -> Experiment | None:
         p = ("experiment", i)

@@ -14,6 +14,8 @@ Schema (every key optional unless marked):
     [[experiment]]
     name = "quickstart"        # required; letters, digits, . _ + -
     dataset = { name = "digits", root = "...", download = false, val_split = 0.0, augment = true }
+    # or your files at any size: { name = "imagefolder" | "torchvision:SVHN" | "hf", root = "...",
+    #   image_size = 64, stream = true, workers = 4, crop = "resized" }
     model = "cnn-small"        # default model of every generation
     model_options = {}         # e.g. { dropout = 0.3 }
     epochs = 15
@@ -80,6 +82,12 @@ class Dataset:
     val_split: float = 0.0
     augment: bool = True
     options: dict = field(default_factory=dict)   # data-set specific (npz file names, bptt...)
+    # the user's image files (imagefolder, torchvision:NAME, hf; engine/data/files.py), issue 24:
+    image_size: int | None = None   # resized (shorter side) and centre-cropped to this side
+    stream: bool | None = None      # None: streamed when it does not fit in memory; true/false force it
+    workers: int | None = None      # DataLoader workers of the streamed path (default: min(4, cpus - 1))
+    crop: str | None = None         # pad | resized | none (default: resized at >= 64 pixels, else pad)
+    path: str | None = None         # hf: the save_to_disk directory (or root)
 
 
 @dataclass
