@@ -161,3 +161,17 @@ def test_bad_image_folders_and_sizes_exit_2_at_their_line(tmp_path):
     assert lines[0].startswith("c.toml:3:1: experiment[0].dataset: ") and "expected class folders of images" in lines[0]
     assert lines[1].startswith("c.toml:7:1: experiment[1].dataset: ") and "cut.png: expected an image" in lines[1]
     assert lines[2] == "ban: c.toml: 2 problems; nothing launched"
+
+
+def test_under_ddp_each_rank_streams_its_part_of_every_global_batch_as_in_memory(tmp_path):
+    root = image_folder(tmp_path / "photos")
+    memory = load(dataset(root=str(root), image_size=32, stream=False), 0)
+    streamed = load(dataset(root=str(root), image_size=32, stream=True, workers=0), 0)
+    for rank in (0, 1):
+        m = list(batches(memory, rank=rank, world_size=2, drop_last=True))
+        s = list(batches(streamed, rank=rank, world_size=2, drop_last=True))
+        assert len(m) == len(s) == 4 and all(len(y) == 4 for _, y in s)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(m, s))
+    whole = [y for _, y in batches(streamed, drop_last=True)]
+    parts = [[y for _, y in batches(streamed, rank=r, world_size=2, drop_last=True)] for r in (0, 1)]
+    assert all(torch.equal(w, torch.cat([a, b])) for w, a, b in zip(whole, *parts))
