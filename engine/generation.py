@@ -87,7 +87,8 @@ def build_model(ctx: Context, gen: spec.Generation, task: Task) -> torch.nn.Modu
     except (KeyError, ValueError, TypeError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         was = recorded_source(ctx, gen)
-        made = f" (this run was made with {was['package']} {was['version']} from {was['origin']})" if was else ""
+        made = (f" (this run was made with {was['package']} {was['version'] or '(no installed version)'} "
+                f"from {was['origin']})") if was else ""
         raise ConfigError(f"{describe(gen)}: cannot build model {gen.model!r} for data set "
                           f"{ctx.exp.dataset.name!r}: {msg}{made}") from exc
 

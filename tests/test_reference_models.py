@@ -3,6 +3,7 @@ BAN-1 chain and resumes after SIGKILL to the same numbers; timm's and torchvisio
 a generation each; `parts` inherits and freezes exactly the named modules; every bad reference
 is exit 2 from `ban validate` with file:line and the underlying message."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,12 @@ def test_an_import_path_model_trains_a_chain_and_resumes_after_sigkill_to_the_sa
     wait_for(root, lambda ev: len(epochs_of(ev, 1)) >= 1, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    elsewhere = tmp_path / "elsewhere" / "mine" / "killed"   # a machine without the package says so
+    shutil.copytree(root, elsewhere)
+    (tmp_path / "err.log").write_text("")
+    assert engine(tmp_path, cli_env(), "resume", elsewhere).wait(timeout=240) == 2
+    err = (tmp_path / "err.log").read_text()
+    assert "cannot import 'mynets'" in err and f"this run was made with mynets (no installed version) from {package}" in err
     assert engine(tmp_path, env, "resume", root).wait(timeout=240) == 0, (tmp_path / "err.log").read_text()
 
     want, got = read_events(tmp_path / "runs" / "mine" / "ref" / "events.jsonl"), read_events(root / "events.jsonl")
