@@ -4,8 +4,7 @@ For every experiment that names a model by reference (`pkg.module:factory`, `tim
 `torchvision:NAME`), gives a `parts` table or uses a data set that is read from files of the
 user's (imagefolder, torchvision:NAME, hf): the data set is described (class count, channels,
 image size; an ImageFolder with no classes or an unreadable image is a problem), then each
-distinct model is built on the meta device and run on one dummy batch (engine/models/reference.py
-`probe`): an import path that does not import, a factory that raises or returns no nn.Module,
+model with a reference or parts is built on the meta device and run on one dummy batch (`probe`): an import path that does not import, a factory that raises or returns no nn.Module,
 an output width other than the class count, a part path the model lacks. One line per problem
 on stderr as `file:line: key: message`, exit 2; nothing is trained and nothing is written.
 """
@@ -47,7 +46,6 @@ def model_path(doc: dict, i: int | None, gen: spec.Generation) -> tuple:
 def problems(path: str) -> list[spec.Problem]:
     """Every problem of the config that the torch side finds (the spec's own problems first)."""
     from engine.data import DataError, describe
-    from engine.models.reference import probe
     from engine.spec.checks import tomllib
     from engine.spec.loading import decode
     with open(path, "rb") as f:
@@ -83,6 +81,32 @@ def problems(path: str) -> list[spec.Problem]:
                 msg = exc.args[0] if exc.args else str(exc)
                 bad(model_path(doc, i, g), " ".join(str(msg).split()))
     return found
+
+
+def probe(name: str, options: dict, num_classes: int, in_channels: int, image_size: tuple, parts: dict | None) -> None:
+    """Build the model on the meta device (no memory, no weights), check its `parts` paths and, for a
+    reference, run one dummy batch and check the output width. ValueError with the message `ban validate` prints."""
+    import torch
+    from engine.models import build
+    from engine.models.inherit import module
+    ref = catalog.parse_reference(name)
+    if ref and ref[0] == "torchvision" and in_channels != 3:
+        raise ValueError(f"model {name!r}: torchvision's models take 3-channel images, the data set has {in_channels}")
+    with torch.device("meta"):
+        model = build(name, num_classes, in_channels, **options)
+        for part, path in (parts or {}).items():
+            module(model, path, part)
+        if ref is None:   # a registry model: its head is built for num_classes (and some of its ops have no meta kernel)
+            return
+        try:
+            out = model.eval()(torch.zeros(2, in_channels, *image_size))
+        except Exception as exc:   # noqa: BLE001 - the model's own error is the message
+            raise ValueError(f"model {name!r}: a forward pass of a [2, {in_channels}, {image_size[0]}, "
+                             f"{image_size[1]}] batch raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model {name!r}: expected outputs of shape [batch, {num_classes}] (the data set's "
+                         f"classes), found {shape}")
 
 
 def main(path: str) -> int:

@@ -188,6 +188,13 @@ def test_a_reference_whose_package_is_not_installed_names_the_pip_command(monkey
                               "installed; install it with: pip install 'ban[timm]'")
 
 
+def test_ban_models_lists_the_reference_forms():
+    from typer.testing import CliRunner
+    from ban_tui.cli import app
+    out = CliRunner().invoke(app, ["models"]).output
+    assert all(form in out for form, _ in catalog.REFERENCE_FORMS) and "pip install 'ban[timm]'" in out
+
+
 def test_reference_syntax_parts_and_kinds_are_checked_without_torch():
     cases = {experiment("a", "my-pkg:f"): "expected a model reference like pkg.module:factory",
              experiment("b", "mynets:tiny", parts={"stem": "conv 1"}): "expected a module path like",
@@ -200,3 +207,12 @@ def test_reference_syntax_parts_and_kinds_are_checked_without_torch():
     assert catalog.parse_reference("wrn-28-10") is None
     exp = spec.loads(experiment("e", "mynets:tiny", parts={"stem": "0", "head": "4"})).experiments["e"]
     assert [g.parts for g in exp.generations] == [{"stem": "0", "head": "4"}] * 4
+
+
+def test_the_meta_device_probe_checks_registry_models_parts_too():
+    from engine.check import probe
+    probe("cnn-small", {}, 10, 1, (8, 8), {"stem": "stem", "head": "head"})
+    with pytest.raises(ValueError, match=r"parts.stem: .*'nope'"):
+        probe("cnn-small", {}, 10, 1, (8, 8), {"stem": "nope"})
+    with pytest.raises(ValueError, match="cannot import 'mynets_absent'"):
+        probe("mynets_absent:f", {}, 5, 3, (32, 32), None)

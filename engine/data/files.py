@@ -30,6 +30,7 @@ from engine.spec import Dataset
 
 IN_MEMORY_BYTES = 2 << 30   # 2 GiB of uint8 images: CIFAR (180 MB) and Tiny-ImageNet at 64 (1.35 GB) fit
 STAT_IMAGES = 512
+VERIFY_IMAGES = 20_000      # `ban validate` opens every image of a folder up to this many, else an even sample
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -78,6 +79,15 @@ class FolderSource(Source):
                 return to_tensor(img)
         except Exception as exc:   # noqa: BLE001 - a truncated or non-image file: name it
             raise DataError(f"{self.files[i]}: expected an image, could not read it ({type(exc).__name__}: {exc})") from None
+
+
+class Column:
+    """Item i's image: `dataset[i][key]` (a class, not a lambda: workers may be spawned)."""
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, dataset, i):
+        return dataset[i][self.key]
 
 
 class ItemSource(Source):
@@ -145,7 +155,7 @@ def load_torchvision(dataset: Dataset):
         except Exception as exc:   # noqa: BLE001 - missing files, a bad root: torchvision says which
             raise DataError(f"{dataset.name}: cannot open it in {root} with {kw} and download = false "
                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
-        out.append(ItemSource(ds, labels_of(ds), lambda d, i: d[i][0]))
+        out.append(ItemSource(ds, labels_of(ds), Column(0)))
     classes = getattr(out[0].dataset, "classes", None)
     return out[0], out[1], len(classes) if classes else None
 
@@ -175,7 +185,7 @@ def load_hf(dataset: Dataset):
         raise DataError(f"{where}: expected an image column (image, img) and a label column (label, labels), found {cols}")
     feature = d["train"].features[label]
     classes = len(feature.names) if hasattr(feature, "names") else None
-    get = lambda ds, i: ds[i][image]   # noqa: E731
+    get = Column(image)
     return (ItemSource(d["train"], d["train"][label], get), ItemSource(d[test_split], d[test_split][label], get), classes)
 
 
@@ -264,11 +274,13 @@ class Prepared:
 
 def describe(dataset: Dataset):
     """(classes, channels, image size) without decoding the whole set: the sources are listed, the
-    first training image decoded, and for an ImageFolder every file opened (PIL verify)."""
+    first training image decoded, and for an ImageFolder every file opened (PIL verify; an even
+    sample of VERIFY_IMAGES of a larger folder)."""
     train, test, classes = open_sources(dataset)
     if dataset.name == "imagefolder":
         from PIL import Image
-        for f in train.files + test.files:
+        files = train.files + test.files
+        for f in files[::max(1, len(files) // VERIFY_IMAGES)]:
             try:
                 with Image.open(f) as img:
                     img.verify()

@@ -9,9 +9,7 @@ Every failure (the import, the factory's own exception, a result that is not an 
 ValueError naming the reference and the underlying message, which the engine turns into a
 config error (exit 2).
 
-`probe(...)` is what `ban validate` runs (through `python -m engine check`): the model built
-on the meta device (no memory, no weights), one dummy forward, its output width against the
-data set's class count, and the `parts` paths against the built model.
+`ban validate` builds them on the meta device through `python -m engine check` (engine/check.py).
 """
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ import torch
 import torch.nn as nn
 
 from engine import catalog
-from engine.models.inherit import module
 
 
 def _missing(exc: ImportError, hub: str) -> str:
@@ -86,23 +83,3 @@ def build(name: str, num_classes: int, in_channels: int = 3, **options) -> nn.Mo
     if not isinstance(model, nn.Module):
         raise ValueError(f"model {name!r}: expected the factory to return an nn.Module, found {type(model).__name__}")
     return model
-
-
-def probe(name: str, options: dict, num_classes: int, in_channels: int, image_size: tuple, parts: dict) -> None:
-    """Build on the meta device, run one dummy forward and check the output width and the parts.
-    ValueError with the message `ban validate` prints."""
-    if catalog.parse_reference(name)[0] == "torchvision" and in_channels != 3:
-        raise ValueError(f"model {name!r}: torchvision's models take 3-channel images, the data set has {in_channels}")
-    with torch.device("meta"):
-        model = build(name, num_classes, in_channels, **options)
-        for part, path in (parts or {}).items():
-            module(model, path, part)
-        try:
-            out = model.eval()(torch.zeros(2, in_channels, *image_size))
-        except Exception as exc:   # noqa: BLE001
-            raise ValueError(f"model {name!r}: a forward pass of a [2, {in_channels}, {image_size[0]}, "
-                             f"{image_size[1]}] batch raised {type(exc).__name__}: {exc}") from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
-        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model {name!r}: expected outputs of shape [batch, {num_classes}] (the data set's "
-                         f"classes), found {shape}")
