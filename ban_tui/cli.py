@@ -25,7 +25,7 @@ from engine import scheduler, spec
 from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
 from engine.catalog import CONTROL_SUFFIX
-from ban_tui import hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
+from ban_tui import engine_check, hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
 from ban_tui.remote import control as remote_control
 from ban_tui.remote import operations as remote
 from ban_tui.remote import queue as remote_queue
@@ -58,16 +58,21 @@ def fail(message: str, code: int = EXIT_USAGE):
     raise typer.Exit(code)
 
 
-def load_config(file: Path) -> spec.Config:
+def load_config(file: Path, models: bool = False) -> spec.Config:
     """The config, or every problem on stderr and exit 2. An experiment's `host` may name a
-    host of the user's hosts file as well as one of the file's [hosts]."""
+    host of the user's hosts file as well as one of the file's [hosts]. `models`: also build
+    reference models and read the user's data sets (ban_tui/engine_check.py, a torch process)."""
     try:
-        return spec.load(file, extra_hosts=hosts_mod.load_user_hosts())
+        config = spec.load(file, extra_hosts=hosts_mod.load_user_hosts())
+        problems = engine_check.torch_problems(file, config) if models else []
     except spec.SpecError as exc:
-        for p in exc.problems:
-            print(str(p), file=sys.stderr)
-        n = len(exc.problems)
+        problems = [str(p) for p in exc.problems]
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        n = len(problems)
         fail(f"{file}: {n} problem{'s' * (n != 1)}; nothing launched")
+    return config
 
 
 def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
@@ -262,7 +267,7 @@ def cancel_and_explain(console: Console, run_dirs) -> int:
 @app.command()
 def validate(file: Path = typer.Argument(..., help="experiments.toml")):
     """Check a config file: one line per experiment, or every problem (exit 2)."""
-    config = load_config(file)
+    config = load_config(file, models=True)
     console = out()
     for exp in config.experiments.values():
         say(console, chain_summary(exp))
@@ -289,6 +294,8 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
     leave the queue); runs on a host keep going there (`ban follow RUN --host NAME` follows them
     again). Once the local runs have ended, prints their report (as `ban report`). Exit 0 when every run ended ok, 1 if any failed, 130 when cancelled."""
     config = load_config(file)
+    if not (host or hosts or any(e.host for e in config.experiments.values())):   # they import where they run
+        load_config(file, models=True)
     exps = pick_experiments(config, only or [], every)
     console = out()
     if dry_run:
@@ -704,6 +711,10 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                         ("paper", "paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
+    if not names:   # models of your own, by reference (engine/catalog.py REFERENCE_FORMS)
+        say(out(), "\nmodels by reference (model = \"...\" in experiments.toml):")
+        for form, doc in catalog.REFERENCE_FORMS:
+            say(out(), f"  {form:<20}  {doc}")
 
 
 @app.command()

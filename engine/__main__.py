@@ -2,6 +2,8 @@
 [--run-id ID] [--device D]` and `python -m engine resume RUN_DIR [--device D]`.
 
 `python -m engine schedule RUNS_DIR` is the queue's scheduler (engine/scheduler.py, no torch).
+`python -m engine check CONFIG` builds a config's reference models and reads its user data sets
+(engine/check.py; `ban validate` and `ban run` call it).
 
 `run` makes `<runs_dir>/<experiment>/<run_id>/` with the resolved snapshot (experiment.toml, the
 seed recorded), the pid file and events.jsonl, then trains the chain. `resume` continues a run
@@ -58,6 +60,8 @@ def parse_args(argv):
     s.add_argument("--device")
     q = sub.add_parser("schedule", help="start the queued runs of a runs directory as slots free")
     q.add_argument("runs_dir")
+    c = sub.add_parser("check", help="build a config's reference models and user data sets (engine/check.py)")
+    c.add_argument("config")
     return p.parse_args(argv)
 
 
@@ -343,6 +347,9 @@ def main(argv=None) -> int:
     if args.command == "schedule":   # torch-free: the queue's scheduler (engine/scheduler.py)
         from engine import scheduler
         return scheduler.serve(Path(args.runs_dir))
+    if args.command == "check":      # what `ban validate` cannot check without torch (engine/check.py)
+        from engine import check
+        return check.main(args.config)
     stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
     held, code = lock_given_dir(args)
     if code is not None:

@@ -19,7 +19,10 @@ TEACHERLESS = ("ce", "ls")
 # generation trained by plain `ce` without a teacher (k independent models from k seeds).
 CONTROLS = ("independent",)
 CONTROL_SUFFIX = "+ce"
-DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb")
+DATASETS = ("digits", "cifar10", "cifar100", "npz", "ptb", "imagefolder", "hf")
+# Data sets read from the user's files at any image size (issue 24; `torchvision:NAME` too):
+# held in memory when they fit, else streamed (engine/data/streamed.py).
+FILE_DATASETS = ("imagefolder", "hf")
 LM_DATASETS = ("ptb",)
 
 
@@ -107,3 +110,59 @@ def resolve_model(name: str) -> tuple[ModelFamily, dict]:
 
 def model_examples() -> list[str]:
     return [n for fam in FAMILIES for n in fam.examples]
+
+
+# ---- models by reference (issue 24): your own nn.Module, timm's, torchvision's --------------
+# `model = "pkg.module:factory"` names any importable callable returning an nn.Module (its
+# keyword arguments are `model_options`; num_classes and in_channels are passed when its
+# signature takes them); `timm:NAME` is timm.create_model(NAME, ...) and `torchvision:NAME`
+# torchvision.models.get_model(NAME, ...). They are image models. engine/models/reference.py
+# builds them; this part is torch-free so that configs are checked anywhere.
+REFERENCE_FORMS = (
+    ("pkg.module:factory", "your own nn.Module: any importable callable (model_options are its keyword arguments)"),
+    ("timm:NAME", "timm.create_model(NAME, pretrained=false, ...); needs the extra: pip install 'ban[timm]'"),
+    ("torchvision:NAME", "torchvision.models.get_model(NAME, weights=None, ...), e.g. torchvision:resnet18"),
+)
+# The package a reference form needs, and the pip command that installs it.
+EXTRAS = {"timm": ("timm", "pip install 'ban[timm]'"), "torchvision": ("torchvision", "pip install torchvision"),
+          "hf": ("datasets", "pip install 'ban[hf]'")}
+_IDENT = r"[A-Za-z_]\w*"
+_IMPORT_PATH = re.compile(rf"(?P<module>{_IDENT}(?:\.{_IDENT})*):(?P<attr>{_IDENT}(?:\.{_IDENT})*)")
+_HUB_NAME = re.compile(r"(?P<hub>timm|torchvision):(?P<name>[\w.\-]+)")
+# Modules a reference's parts (`parts = { stem = "conv1", head = "fc" }`) may name, as module paths.
+REFERENCE_PARTS = ("stem", "head")
+
+
+def parse_reference(name) -> tuple[str, str, str] | None:
+    """("timm" | "torchvision" | "import", module or hub, attribute or model name) for a model
+    reference, None for anything else (a registry name or not a string)."""
+    if not isinstance(name, str):
+        return None
+    if m := _HUB_NAME.fullmatch(name):
+        return m["hub"], m["hub"], m["name"]
+    if m := _IMPORT_PATH.fullmatch(name):
+        return "import", m["module"], m["attr"]
+    return None
+
+
+def reference_versions(name: str) -> dict:
+    """What a reference resolves to here, without importing it: the top-level package, its
+    installed version (None when it is not from an installed distribution) and where it lives.
+    A run records this so a resume elsewhere can say why it cannot rebuild the same model."""
+    import importlib.metadata
+    import importlib.util
+    kind, module, _ = parse_reference(name)
+    top = module.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    version = None
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"reference": name, "package": top, "version": version,
+            "origin": getattr(found, "origin", None) if found else None}

@@ -87,8 +87,31 @@ def build_model(ctx: Context, gen: spec.Generation, task: Task) -> torch.nn.Modu
         return models.build(gen.model, **task.model_args(), **gen.model_options)
     except (KeyError, ValueError, TypeError) as exc:
         msg = exc.args[0] if exc.args else str(exc)
+        was = recorded_source(ctx, gen)
+        made = (f" (this run was made with {was['package']} {was['version'] or '(no installed version)'} "
+                f"from {was['origin']})") if was else ""
         raise ConfigError(f"{describe(gen)}: cannot build model {gen.model!r} for data set "
-                          f"{ctx.exp.dataset.name!r}: {msg}") from exc
+                          f"{ctx.exp.dataset.name!r}: {msg}{made}") from exc
+
+
+def recorded_source(ctx: Context, gen: spec.Generation) -> dict | None:
+    """What a reference model resolved to when this run's generation started (its gen_start)."""
+    from engine import catalog
+    from engine.events import read_events
+    if not catalog.parse_reference(gen.model) or ctx.paths is None or not ctx.paths.events.is_file():
+        return None
+    return next((e["model_source"] for e in read_events(ctx.paths.events)
+                 if e["kind"] == "gen_start" and e.get("gen") == gen.index and e.get("model_source")), None)
+
+
+def check_source(ctx: Context, gen: spec.Generation) -> None:
+    """A resumed generation of a reference model: warn when its package's version changed."""
+    from engine import catalog
+    was = recorded_source(ctx, gen)
+    now = catalog.reference_versions(gen.model) if was else None
+    if was and now["version"] != was["version"]:
+        ctx.log(f"{describe(gen)}: model {gen.model!r} started with {was['package']} {was['version']}, "
+                f"resumes with {now['version']}: the model may differ", "warning")
 
 
 def build_student(ctx: Context, gen: spec.Generation, teacher, task: Task) -> torch.nn.Module:
@@ -98,15 +121,19 @@ def build_student(ctx: Context, gen: spec.Generation, teacher, task: Task) -> to
     if gen.inherit:
         from engine.models.inherit import inherit
         try:
-            inherit(model, teacher, gen.inherit, gen.freeze)
+            inherit(model, teacher, gen.inherit, gen.freeze, gen.parts,
+                    ctx.exp.generations[gen.teacher].parts if gen.teacher is not None else None)
         except ValueError as exc:
             raise ConfigError(f"{describe(gen)}: {exc}") from exc
     return task.place(ctx, gen, model)
 
 
 def emit_gen_start(ctx: Context, gen: spec.Generation, model, **extra) -> None:
+    from engine import catalog
     from engine.models import count_params
     t = gen.training
+    if catalog.parse_reference(gen.model):
+        extra["model_source"] = catalog.reference_versions(gen.model)
     ctx.emit("gen_start", gen=gen.index, role=gen.role, objective=gen.objective, model=gen.model,
              params=count_params(model), teacher=gen.teacher, epochs=t.epochs, seed=ctx.gen_seed(gen),
              batch_size=t.batch_size, lr=t.optimizer.lr, inherit=gen.inherit, freeze=gen.freeze, **extra)
@@ -330,6 +357,8 @@ def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, re
     model = build_student(ctx, gen, teacher, task)
     if not resume.started:
         emit_gen_start(ctx, gen, model, **task.gen_start_extra())
+    else:
+        check_source(ctx, gen)
     parts = step_parts(gen, model, ctx.gen_seed(gen), ctx.device, ctx.rank)
     progress = restore(ctx, resume.last, model, parts)
     loop = task.start(ctx, gen, model, teacher, parts)

@@ -101,9 +101,11 @@ def test_engine_and_ban_tui_import_no_cycle():
 
 
 def test_the_engine_never_imports_the_manager():
+    """...but for engine.api, the notebooks' front end (like the CLI), which takes the report
+    from ban_tui.report, the one place its statistics live."""
     g = graph(ROOT)
     up = {m: sorted(t for t in ts if t.startswith("ban_tui")) for m, ts in g.items() if m.startswith("engine")}
-    assert {m: ts for m, ts in up.items() if ts} == {}
+    assert {m: ts for m, ts in up.items() if ts} == {"engine.api": ["ban_tui.report"]}
 
 
 def test_a_package_that_its_submodule_imports_back_is_a_cycle(tmp_path):

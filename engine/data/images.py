@@ -44,6 +44,8 @@ class ImageData:
     std: tuple
     name: str
     kind: str = "image"
+    crop: str | None = "auto"        # batches.py: "auto" (pad-crop at 32x32), "pad", "resized", None
+    workers: int | None = None       # DataLoader workers of a streamed set (engine/data/streamed.py)
 
 
 # ---- the shared steps -----------------------------------------------------------------------

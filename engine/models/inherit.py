@@ -18,9 +18,25 @@ def _label(model: nn.Module) -> str:
     return f"{name!r} ({type(model).__name__})" if name else type(model).__name__
 
 
-def inherit(student: nn.Module, teacher: nn.Module, parts: list[str], freeze: list[str] = ()) -> nn.Module:
+def module(model: nn.Module, path: str, part: str) -> nn.Module:
+    """The submodule at `path`; ValueError naming the model and its top-level modules if none."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        top = ", ".join(n for n, _ in model.named_children())
+        raise ValueError(f"parts.{part}: the {part} of {_label(model)} is the module path {path!r}, which it does not "
+                         f"have (set parts = {{ {part} = \"...\" }}; its top-level modules: {top})") from None
+
+
+def inherit(student: nn.Module, teacher: nn.Module, parts: list[str], freeze: list[str] = (),
+            paths: dict | None = None, teacher_paths: dict | None = None) -> nn.Module:
     """Copy `parts` (of "stem", "head") from teacher into student, then freeze `freeze` (a subset
-    of `parts`). ValueError, naming both models, the layer and both shapes, if a part does not fit."""
+    of `parts`). ValueError, naming both models, the layer and both shapes, if a part does not fit.
+    `paths` maps a part to its module path in both models (a reference model's
+    `parts = { stem = "conv1", head = "fc" }`; `teacher_paths` the teacher's, by default the same); by
+    default a part is the attribute of its name."""
+    paths = paths or {}
+    teacher_paths = paths if teacher_paths is None else teacher_paths
     for part in list(parts) + list(freeze):
         if part not in PARTS:
             raise ValueError(f"inherit: expected parts among {', '.join(PARTS)}, found {part!r}")
@@ -28,7 +44,7 @@ def inherit(student: nn.Module, teacher: nn.Module, parts: list[str], freeze: li
         if part not in parts:
             raise ValueError(f"inherit: expected frozen parts to be inherited too, found {part!r} not in {list(parts)}")
     for part in parts:
-        src, dst = getattr(teacher, part), getattr(student, part)
+        src, dst = module(teacher, teacher_paths.get(part, part), part), module(student, paths.get(part, part), part)
         src_state, dst_state = src.state_dict(), dst.state_dict()
         for key in dict.fromkeys([*src_state, *dst_state]):   # in layer order
             a, b = src_state.get(key), dst_state.get(key)
@@ -39,6 +55,6 @@ def inherit(student: nn.Module, teacher: nn.Module, parts: list[str], freeze: li
                                  f"{shape(b)} in the student")
         dst.load_state_dict(src_state)
     for part in freeze:
-        for p in getattr(student, part).parameters():
+        for p in module(student, paths.get(part, part), part).parameters():
             p.requires_grad_(False)
     return student

@@ -39,7 +39,13 @@ def _options(name: str, builder, from_name: dict, options: dict, fixed: tuple) -
 
 
 def build(name: str, num_classes: int, in_channels: int = 3, **options) -> nn.Module:
-    """The module for a registry name; `.model_name` remembers the name (used in messages)."""
+    """The module for a registry name or a reference (`pkg.module:factory`, `timm:NAME`,
+    `torchvision:NAME`: engine/models/reference.py); `.model_name` remembers the name (used in messages)."""
+    if catalog.parse_reference(name):
+        from engine.models import reference
+        model = reference.build(name, num_classes, in_channels, **options)
+        model.model_name = name
+        return model
     try:
         fam, from_name = catalog.resolve_model(name)
     except KeyError:

@@ -26,10 +26,10 @@ from engine.spec.schema import (TRAINING_KEYS, Config, Dataset, Experiment, Gene
 EXPERIMENT_KEYS = ("name", "dataset", "model", "model_options", "generations", "objective",
                    "objective_options", "ensembles", "ensemble_include_teacher", "seeds", "device",
                    "runs_dir", "gpus", "host", "generation", "description", "control", "deterministic",
-                   "allow_tf32") + TRAINING_KEYS
+                   "allow_tf32", "parts") + TRAINING_KEYS
 DEFAULT_KEYS = tuple(k for k in EXPERIMENT_KEYS if k not in ("name", "generation", "control"))
 GENERATION_KEYS = ("objective", "model", "model_options", "objective_options", "teacher", "seed",
-                   "inherit", "freeze") + TRAINING_KEYS
+                   "inherit", "freeze", "parts") + TRAINING_KEYS
 DATASET_KEYS = tuple(f.name for f in fields(Dataset))
 OPTIMIZER_KEYS = tuple(f.name for f in fields(Optimizer))
 SCHEDULE_KEYS = tuple(f.name for f in fields(Schedule))
@@ -84,6 +84,7 @@ class Checker:
         self.extra_hosts = set(extra_hosts)   # hosts known from elsewhere (the user's hosts file)
         self.problems: list[Problem] = []
         self._seen: set = set()
+        self._shared_parts = None   # the experiment's `parts`, for generations without their own
         self.loc = Locator(text)
 
     # -- reporting --
@@ -157,6 +158,8 @@ class Checker:
     def model(self, path, v):
         if self.str_(path, v) is None:
             return None
+        if catalog.parse_reference(v) or ":" in v:
+            return self.model_reference(path, v)
         try:
             catalog.resolve_model(v)
         except KeyError:
@@ -348,7 +351,10 @@ class Checker:
         if "name" not in raw:
             self.bad(path, "expected key 'name' (one of: " + ", ".join(catalog.DATASETS) + "), found none")
             return None
-        name = self.choice(path + ("name",), raw["name"], catalog.DATASETS, "data set")
+        if isinstance(raw["name"], str) and raw["name"].startswith("torchvision:"):
+            name = self.torchvision_dataset(path + ("name",), raw["name"])
+        else:
+            name = self.choice(path + ("name",), raw["name"], catalog.DATASETS + ("torchvision:NAME",), "data set")
         if name is None:
             return None
         d = Dataset(name=name)
@@ -364,7 +370,48 @@ class Checker:
             d.options = self.options(path + ("options",), raw["options"])
         if name in ("cifar10", "cifar100", "npz", "ptb") and d.root is None:
             self.bad(path + ("root",), f"expected a data root directory for data set {name!r}, found none")
+        self.file_dataset(path, raw, d)
         return d
+
+    # -- the user's image files (issue 24): imagefolder, torchvision:NAME, hf --
+    def torchvision_dataset(self, path, v):
+        if not re.fullmatch(r"torchvision:[A-Za-z_]\w*", v):
+            self.bad(path, f"expected torchvision:NAME with a torchvision.datasets class name like SVHN, found {v!r}")
+            return None
+        return v
+
+    def file_dataset(self, path, raw, d: Dataset) -> None:
+        """image_size, stream, workers, crop, path: only for file data sets, each checked."""
+        import importlib.util
+        keys = ("image_size", "stream", "workers", "crop", "path")
+        is_file = d.name in catalog.FILE_DATASETS or d.name.startswith("torchvision:")
+        if not is_file:
+            for k in keys:
+                if k in raw:
+                    self.bad(path + (k,), f"expected {k} only for imagefolder, hf and torchvision:NAME data sets, "
+                             f"found it for {d.name!r}")
+            return
+        if "image_size" not in raw:
+            self.bad(path, f"expected key 'image_size' (the side images are resized and centre-cropped to) "
+                     f"for data set {d.name!r}, found none")
+        elif (v := self.int_(path + ("image_size",), raw["image_size"], 1)) is not None:
+            d.image_size = v
+        if "stream" in raw and (v := self.bool_(path + ("stream",), raw["stream"])) is not None:
+            d.stream = v
+        if "workers" in raw and (v := self.int_(path + ("workers",), raw["workers"], 0)) is not None:
+            d.workers = v
+        if "crop" in raw:
+            d.crop = self.choice(path + ("crop",), raw["crop"], ("pad", "resized", "none"), "crop")
+        if "path" in raw:
+            d.path = self.str_(path + ("path",), raw["path"])
+        if d.name == "hf":
+            if d.path is None and d.root is None:
+                self.bad(path, "expected key 'path' (a directory saved with datasets' save_to_disk), found none")
+            package, pip = catalog.EXTRAS["hf"]
+            if importlib.util.find_spec(package) is None:
+                self.bad(path + ("name",), f"data set 'hf' needs {package}, which is not installed; install it with: {pip}")
+        elif d.root is None:
+            self.bad(path + ("root",), f"expected a data root directory for data set {d.name!r}, found none")
 
     def experiment(self, i, defaults, raw, hosts) -> Experiment | None:
         p = ("experiment", i)
@@ -381,6 +428,7 @@ class Checker:
         model_options = self.options(where("model_options"), merged.get("model_options", {}))
         objective_options = self.options(where("objective_options"), merged.get("objective_options", {}))
         shared = (model, model_options, objective_options, training)
+        self._shared_parts = self.model_parts(where("parts"), merged["parts"]) if "parts" in merged else None
         if "generation" in raw:
             gens = self.generation_tables(p, raw, where, *shared)
         else:
@@ -446,11 +494,12 @@ class Checker:
             self.model_options(where("model_options"), model, model_options)
         if n is None or obj is None:
             return []
-        gens = [Generation(0, "ce", model, dict(model_options), {}, None, training=training)]
+        parts = self._shared_parts
+        gens = [Generation(0, "ce", model, dict(model_options), {}, None, training=training, parts=parts)]
         opts = self.objective_options(where("objective_options")[:-1], obj, {}, objective_options) if n else {}
         for j in range(1, n + 1):
             gens.append(Generation(j, obj, model, dict(model_options), dict(opts),
-                                   None if obj in catalog.TEACHERLESS else j - 1, training=training))
+                                   None if obj in catalog.TEACHERLESS else j - 1, training=training, parts=parts))
         return gens
 
     def ensembles(self, path, ensembles, n_students: int) -> list:
@@ -485,6 +534,10 @@ class Checker:
             return
         lm = dataset.name in catalog.LM_DATASETS
         for g in gens:
+            if lm and catalog.parse_reference(g.model):
+                self.bad(path, f"expected a language model for data set {dataset.name!r}, found {g.model!r} "
+                         "(models by reference are image models)")
+                break
             fam = catalog.resolve_model(g.model)[0] if self._known(g.model) else None
             if fam and (fam.kind == "lm") != lm:
                 if lm:
@@ -558,13 +611,44 @@ class Checker:
             if part not in lists["inherit"]:
                 self.bad(p + ("freeze",), f"expected frozen parts to be inherited too, found {part!r} not in inherit")
         t = self.training(p, raw, training)
+        parts = self.model_parts(p + ("parts",), raw["parts"]) if "parts" in raw else self._shared_parts
         if obj is None or m is None:
             return None
         own_model_options = self.options(p + ("model_options",), raw.get("model_options", {}))
         self.model_options(p + ("model_options",), m, own_model_options)
         return Generation(j, obj, m, own_model_options if "model" in raw else {**model_options, **own_model_options},
                           self.objective_options(p, obj, objective_options, raw.get("objective_options", {})),
-                          teacher, seed, lists["inherit"], lists["freeze"], t)
+                          teacher, seed, lists["inherit"], lists["freeze"], t, parts)
+
+    # -- models by reference (issue 24); torch-free: `python -m engine check` builds them --
+    def model_reference(self, path, v):
+        """`pkg.module:factory`, `timm:NAME` or `torchvision:NAME`; the package it needs installed."""
+        import importlib.util
+        ref = catalog.parse_reference(v)
+        if ref is None:
+            self.bad(path, f"expected a model reference like pkg.module:factory, timm:NAME or torchvision:NAME, "
+                     f"found {v!r}")
+            return None
+        if ref[0] in catalog.EXTRAS:
+            package, pip = catalog.EXTRAS[ref[0]]
+            if importlib.util.find_spec(package) is None:
+                self.bad(path, f"model {v!r} needs {package}, which is not installed; install it with: {pip}")
+                return None
+        return v
+
+    def model_parts(self, path, raw) -> dict | None:
+        """`parts = { stem = "conv1", head = "fc" }`: the module path of each inheritable part."""
+        if self.table(path, raw) is None:
+            return None
+        self.unknown_keys(path, raw, catalog.REFERENCE_PARTS)
+        out = {}
+        for k, v in raw.items():
+            if k in catalog.REFERENCE_PARTS and self.str_(path + (k,), v) is not None:
+                if not re.fullmatch(r"[\w]+(\.[\w]+)*", v):
+                    self.bad(path + (k,), f"expected a module path like \"conv1\" or \"head.fc\", found {v!r}")
+                else:
+                    out[k] = v
+        return out or None
 
     def model_options(self, path, model, options: dict) -> None:
         """Every option is a keyword argument of the model family's builder (catalog.MODEL_OPTIONS)

@@ -5,6 +5,7 @@ import copy
 from dataclasses import asdict
 from pathlib import Path
 
+from engine import catalog
 from engine.spec.checks import Checker
 from engine.spec.schema import Config, Experiment, Host, Problem, SpecError, _drop_none
 
@@ -42,6 +43,10 @@ def dumps_experiment(exp: Experiment, hosts: dict[str, Host] | None = None) -> s
     import tomlkit
     doc = tomlkit.document()
     doc.add(tomlkit.comment(f"resolved snapshot of experiment {exp.name!r} from {exp.source or 'a config'}"))
+    for ref in dict.fromkeys(g.model for g in exp.generations if catalog.parse_reference(g.model)):
+        v = catalog.reference_versions(ref)   # what a resume elsewhere must rebuild (issue 24)
+        doc.add(tomlkit.comment(f"model {ref}: {v['package']} {v['version'] or '(no installed version)'} "
+                                f"from {v['origin'] or '(not importable here)'}"))
     doc["experiment"] = tomlkit.aot()
     table = exp.to_dict()
     gens = table.pop("generations")

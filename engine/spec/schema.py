@@ -14,6 +14,8 @@ Schema (every key optional unless marked):
     [[experiment]]
     name = "quickstart"        # required; letters, digits, . _ + -
     dataset = { name = "digits", root = "...", download = false, val_split = 0.0, augment = true }
+    # or your files at any size: { name = "imagefolder" | "torchvision:SVHN" | "hf", root = "...",
+    #   image_size = 64, stream = true, workers = 4, crop = "resized" }
     model = "cnn-small"        # default model of every generation
     model_options = {}         # e.g. { dropout = 0.3 }
     epochs = 15
@@ -40,6 +42,8 @@ Schema (every key optional unless marked):
     epochs = 30                   # any training key overrides the experiment's
     inherit = ["stem", "head"]    # parts copied from the teacher (issue 9)
     freeze = ["stem", "head"]
+    # model = "pkg.module:factory" | "timm:NAME" | "torchvision:NAME" (issue 24): a model by
+    # reference; parts = { stem = "conv1", head = "fc" } names its inheritable module paths
 
     [hosts.gpu1]
     ssh = "gpu1"               # an ssh destination or ~/.ssh/config alias
@@ -80,6 +84,12 @@ class Dataset:
     val_split: float = 0.0
     augment: bool = True
     options: dict = field(default_factory=dict)   # data-set specific (npz file names, bptt...)
+    # the user's image files (imagefolder, torchvision:NAME, hf; engine/data/files.py), issue 24:
+    image_size: int | None = None   # resized (shorter side) and centre-cropped to this side
+    stream: bool | None = None      # None: streamed when it does not fit in memory; true/false force it
+    workers: int | None = None      # DataLoader workers of the streamed path (default: min(4, cpus - 1))
+    crop: str | None = None         # pad | resized | none (default: resized at >= 64 pixels, else pad)
+    path: str | None = None         # hf: the save_to_disk directory (or root)
 
 
 @dataclass
@@ -112,6 +122,7 @@ class Generation:
     inherit: list = field(default_factory=list)
     freeze: list = field(default_factory=list)
     training: Training = field(default_factory=Training)
+    parts: dict | None = None    # a reference model's { stem = "conv1", head = "fc" } module paths
 
     @property
     def role(self) -> str:

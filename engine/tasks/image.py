@@ -62,7 +62,7 @@ def evaluate(net, batches, autocast, keep_probs: bool = False):
         err = err + (logits.argmax(1) != y).sum()
         if keep_probs:
             probs.append(F.softmax(logits, dim=1).cpu())
-    n = len(batches.x)
+    n = len(batches.y)
     loss, err = torch.stack([torch.as_tensor(loss).float(), torch.as_tensor(err).float()]).tolist()
     return loss / n, err / n, (torch.cat(probs).numpy().astype(np.float32) if keep_probs else None)
 
@@ -134,9 +134,9 @@ class ImageLoop(Loop):
         self.eval_net = self.net if ctx.world_size == 1 else model
 
     def make_batches(self, x, y, batch_size, train):
-        from engine.data import Batches
+        from engine.data import batches_for
         ctx, data = self.ctx, self.data
-        return Batches(x, y, batch_size, data.mean, data.std, shuffle=train, augment=train and ctx.exp.dataset.augment,
+        return batches_for(x, y, batch_size, data, shuffle=train, augment=train and ctx.exp.dataset.augment,
                        seed=self.seed, device=ctx.device, drop_last=train and self.drop_last,
                        channels_last=optim.channels_last(self.gen.training, ctx.device, self.gen.model),
                        rank=ctx.rank if train else 0, world_size=ctx.world_size if train else 1)
