@@ -23,14 +23,35 @@ class Locked(Exception):
     """Another process holds the run's lock."""
 
 
+_HELD: set[int] = set()   # descriptors of the run locks this process holds
+
+
+def _drop_in_child() -> None:
+    """In a forked child (a DataLoader worker): close its copies of the held locks. A flock
+    belongs to the open file, which a fork shares; a worker that outlives its SIGKILLed engine
+    by a moment would otherwise keep the run locked, and the resume is refused as "already
+    being written"."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
+
 class RunLock:
     """The held lock of one run directory; `release()` (or process exit) drops it."""
 
     def __init__(self, root: Path, fd: int):
         self.root, self.fd = root, fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         if self.fd >= 0:
+            _HELD.discard(self.fd)
             os.close(self.fd)   # closing the only descriptor releases the flock
             self.fd = -1
 

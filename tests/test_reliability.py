@@ -131,6 +131,26 @@ def test_two_engines_racing_on_one_run_id_leave_exactly_one_writer(tmp_path):
     assert not any(f.exists() for f in leftovers)
 
 
+def test_a_forked_child_of_the_engine_never_keeps_the_run_locked(tmp_path):
+    """A DataLoader worker is a fork of its engine and shares the lock's open file: it drops its
+    copy at the fork, so once the engine lets go (or dies) the run is free, whatever the worker does."""
+    from engine import lock
+    held_lock = lock.acquire(tmp_path)
+    child = os.fork()
+    if child == 0:            # the worker: outlives the engine's hold on the lock
+        time.sleep(30)
+        os._exit(0)
+    try:
+        held_lock.release()   # the engine lets go (as when it dies)
+        other = subprocess.run([sys.executable, "-c", "from pathlib import Path; from engine import lock; "
+                                f"lock.acquire(Path({str(tmp_path)!r})); print('free')"],
+                               capture_output=True, text=True, timeout=60, env=ENV)
+        assert other.stdout.strip() == "free", other.stderr
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
 def test_a_resume_of_a_run_being_written_exits_2_and_changes_nothing(tmp_path):
     cfg = config(tmp_path, epochs=30)
     root = tmp_path / "runs" / "tiny" / "busy"
