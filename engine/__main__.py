@@ -153,6 +153,25 @@ def lock_given_dir(args) -> tuple[lock.RunLock | None, int | None]:
         return None, EXIT_FAILED
 
 
+def confirm_slot_claim(args) -> int | None:
+    """Started on claimed slots (BAN_CLAIM, engine/scheduler.py): record this process in the
+    claim before touching the run, or refuse to run (exit 2, the run untouched) when the claim is
+    gone. None: go on."""
+    from engine import scheduler
+    token = os.environ.pop("BAN_CLAIM", None)
+    root = given_dir(args)
+    if not token or root is None or int(os.environ.get("RANK", 0)) != 0:
+        return None
+    try:
+        scheduler.confirm_claim(root, token)
+    except scheduler.ClaimMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError:
+        pass   # the claim cannot be read here (e.g. a read-only runs directory): it holds the slots
+    return None
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -344,6 +363,9 @@ def main(argv=None) -> int:
         from engine import scheduler
         return scheduler.serve(Path(args.runs_dir))
     stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
+    code = confirm_slot_claim(args)
+    if code is not None:
+        return code
     held, code = lock_given_dir(args)
     if code is not None:
         return code
