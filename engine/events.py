@@ -80,8 +80,29 @@ class EventWriter:
             self.seq += 1
             event = {"v": SCHEMA_VERSION, "seq": self.seq, "ts": round(time.time(), 3),
                      "run": self.run_id, "kind": kind, **_clean(payload)}
-            self._file.write((json.dumps(event, separators=(",", ":")) + "\n").encode())
+            try:
+                self._write_line((json.dumps(event, separators=(",", ":")) + "\n").encode())
+            except BaseException:
+                self.seq -= 1   # not written: the next event takes its seq
+                raise
             return event
+
+    def _write_line(self, line: bytes) -> None:
+        """The whole line or none of it: a short write is completed, and a write that fails
+        midway (a full disk) is cut back to where the line began, so no line is ever half-left."""
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        done = 0
+        try:
+            while done < len(line):
+                done += os.write(fd, line[done:])
+        except BaseException:
+            if done:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass   # the next start cuts the torn line (see __init__)
+            raise
 
     def sync(self) -> None:
         with self._lock:

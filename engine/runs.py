@@ -357,6 +357,49 @@ class RunState:
         return "running"
 
 
+LOW_SPACE = 1 << 20   # bytes: below this a file system is as good as full for an engine
+
+
+def mount_point(path: Path) -> Path:
+    path = Path(path).resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def death_reason(root: Path) -> str | None:
+    """Why a run that never wrote its run_end died, from what a reader can see where the engine
+    could not write it: a full file system under the run (free space now), a last event line
+    cut short, or "No space left" in its stderr.log. None when none of them says anything."""
+    root = Path(root)
+    try:
+        st = os.statvfs(root)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < LOW_SPACE:
+        return f"engine died: no space left on {mount_point(root)} ({free // 1024} KiB free)"
+    stderr = ""
+    try:
+        with open(RunPaths(root).stderr, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            stderr = f.read().decode(errors="replace")
+    except OSError:
+        pass
+    if "No space left" in stderr:
+        return f"engine died: no space left on {mount_point(root)} (its stderr.log says so; space has freed since)"
+    try:
+        with open(RunPaths(root).events, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 1))
+            torn = size > 0 and f.read(1) != b"\n"
+    except OSError:
+        torn = False
+    if torn:
+        return "engine died writing an event: the last line of events.jsonl is cut short"
+    return None
+
+
 def load_state(path: Path) -> RunState:
     """The state of a run directory (or of an events file)."""
     path = Path(path)
