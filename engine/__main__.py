@@ -313,7 +313,9 @@ def announce(ctx, args, threads: tuple) -> None:
     """The run_start event (what ran where, with which versions), and a warning when the
     experiment asks for more GPUs than this process trains on."""
     exp = ctx.exp
-    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
+    table = runs.snapshot_experiment(ctx.paths.root)
+    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(),
+             group_hash=runs.group_hash(table) if table is not None else None, host=socket.gethostname(),
              pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
              device=str(ctx.device), seed=ctx.seed, resumed=args.command == "resume",
              world_size=ctx.world_size, slot=os.environ.get("BAN_SLOT"),

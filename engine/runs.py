@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 import psutil
 
-from engine.events import EventReader, read_events
+from engine.events import EventReader, read_events_checked, warn_skipped
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER = 3 * HEARTBEAT_SECONDS  # no event for this long and the process is not known alive
@@ -273,6 +273,7 @@ class RunState:
     pid_file: tuple | None = None    # (pid, start time) of the pid file
     snapshot: bool | None = None     # experiment.toml exists
     dir_mtime: float | None = None
+    damaged: list[str] = field(default_factory=list)   # the event lines skipped, one line each
 
     def apply(self, e: dict) -> None:
         kind = e.get("kind")
@@ -357,6 +358,19 @@ class RunState:
         return "running"
 
 
+NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")   # keys that change no result
+
+
+def group_hash(table: dict) -> str:
+    """What a run trained, as `ban report` groups it: a hash of its snapshot's experiment table
+    (`snapshot_experiment`) without NOT_CONFIG. The engine records it in run_start, so a run
+    whose snapshot is lost stays in its group."""
+    import hashlib
+    import json
+    kept = {k: v for k, v in table.items() if k not in NOT_CONFIG}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 LOW_SPACE = 1 << 20   # bytes: below this a file system is as good as full for an engine
 
 
@@ -404,7 +418,9 @@ def load_state(path: Path) -> RunState:
     """The state of a run directory (or of an events file)."""
     path = Path(path)
     events = path / "events.jsonl" if path.is_dir() else path
-    state = RunState().extend(read_events(events))
+    got, problems = read_events_checked(events)
+    state = RunState().extend(got)
+    state.damaged = warn_skipped(events, problems)
     if path.is_dir():
         state.pid_file = read_pid_file(path) if (path / "pid").exists() else None
         state.snapshot = (path / "experiment.toml").is_file()
@@ -434,5 +450,7 @@ class RunFollower:
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
+        if len(self.reader.decoder.problems) != len(self.state.damaged):
+            self.state.damaged = warn_skipped(self.paths.events, self.reader.decoder.problems)
         mark_queued(self.state, self.paths.root)
         return events
