@@ -274,6 +274,7 @@ class RunState:
     snapshot: bool | None = None     # experiment.toml exists
     dir_mtime: float | None = None
     damaged: list[str] = field(default_factory=list)   # the event lines skipped, one line each
+    gone: bool = False               # its directory was removed while followed (RunFollower)
 
     def apply(self, e: dict) -> None:
         kind = e.get("kind")
@@ -339,6 +340,8 @@ class RunState:
         (no event and no live engine: it never finished creating the run, see `broken_reason`);
         else running, stale (no heartbeat lately, the process not known alive) or dead (the
         process is gone, the run never ended); queued while it waits in the queue for a slot."""
+        if self.gone:
+            return "removed"
         if self.end is not None:
             return self.end.get("status", "failed")
         if self.queued is not None and self.pid is None:
@@ -450,6 +453,9 @@ class RunFollower:
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
+        self.state.gone = not self.paths.root.is_dir()   # `ban rm`: nothing more will come
+        if self.state.gone:
+            self.state.queued = None
         if len(self.reader.decoder.problems) != len(self.state.damaged):
             self.state.damaged = warn_skipped(self.paths.events, self.reader.decoder.problems)
         mark_queued(self.state, self.paths.root)

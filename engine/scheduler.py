@@ -119,14 +119,21 @@ def detect_gpus() -> list[int]:
     return [int(x) for x in first if x.isdigit()]
 
 
+MAX_SLOTS = 1024   # what one host can have (engine/spec/checks.py bounds `slots` and `gpus` by it)
+
+
 def slot_names(config: dict | None) -> list[str]:
     """The slots of a `.slots.json` value: gpu<i> per listed GPU, cpu<i> per CPU slot; without a
-    config the GPUs nvidia-smi lists, else one CPU slot."""
-    config = config or {}
-    if config.get("gpus"):
-        return [f"gpu{int(i)}" for i in config["gpus"]]
-    if config.get("slots"):
-        return [f"cpu{i}" for i in range(int(config["slots"]))]
+    config the GPUs nvidia-smi lists, else one CPU slot. At most MAX_SLOTS, whatever the file
+    says (one written before the bound, or by hand)."""
+    config = config if isinstance(config, dict) else {}
+    try:
+        if config.get("gpus"):
+            return [f"gpu{int(i)}" for i in list(config["gpus"])[:MAX_SLOTS]]
+        if config.get("slots"):
+            return [f"cpu{i}" for i in range(max(1, min(int(config["slots"]), MAX_SLOTS)))]
+    except (TypeError, ValueError):
+        pass   # a hand-edited file: back to what the machine has
     return [f"gpu{i}" for i in detect_gpus()] or ["cpu0"]
 
 
@@ -361,12 +368,20 @@ def start_now(root: Path, argv: list[str], need: int = 1) -> dict:
 
 
 def dequeue(root: Path) -> bool:
-    """Take a run that never started out of the queue (its directory goes); False if it started."""
+    """Take a run that never started out of the queue (its directory goes); False if it started.
+    A run whose engine was started but has not confirmed its claim yet (it is still importing,
+    before its signal handlers: a SIGTERM would kill it with nothing written) never started
+    either: its claim is revoked, so that engine refuses to run, and its directory goes."""
     root = Path(root)
     with flocked(root.parent.parent / ASSIGN_LOCK):
-        if not (root / QUEUED).exists() or started_elsewhere(root):
+        rec = read_json(root / SLOT)
+        unconfirmed = (isinstance(rec, dict) and "claim" in rec and rec.get("engine") is None
+                       and not (RunPaths(root).events.exists() and RunPaths(root).events.stat().st_size))
+        if unconfirmed:
+            (root / SLOT).unlink(missing_ok=True)
+        elif not (root / QUEUED).exists() or started_elsewhere(root):
             return False
-        shutil.rmtree(root)
+        shutil.rmtree(root, ignore_errors=True)
         return True
 
 

@@ -46,7 +46,11 @@ INHERITABLE = ("stem", "head")
 MOST = {"epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
         "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "weight_decay": 1, "grad_clip": 1e6,
         "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
-        "label_weight": 1e3}
+        "label_weight": 1e3,
+        # counts a host or a batch system can have (engine.scheduler.MAX_SLOTS slots, GPUs per node)
+        "slots": 1024, "gpus_per_job": 1024, "cpus_per_job": 1 << 16, "max_parallel": 100_000,
+        "signal_delay_s": 86_400}
+MOST_SEEDS = 10_000   # seeds per experiment
 
 
 def did_you_mean(word, choices) -> str:
@@ -235,8 +239,8 @@ class Checker:
         """`gpus = [0, 1, 3]` (distinct GPU indices) or `slots = N` (CPU slots); None if bad."""
         gpus, slots = h.get("gpus"), h.get("slots")
         if gpus is not None and not (isinstance(gpus, list) and gpus and len(set(gpus)) == len(gpus) and all(
-                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)):
-            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices like [0, 1, 3], found "
+                isinstance(g, int) and not isinstance(g, bool) and 0 <= g < MOST["gpus"] for g in gpus)):
+            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices (0 to {MOST['gpus'] - 1}) like [0, 1, 3], found "
                      + (repr(gpus) if isinstance(gpus, list) else describe(gpus)))
             return None
         if slots is not None and self.int_(p + ("slots",), slots, 1) is None:
@@ -497,6 +501,9 @@ class Checker:
             return [0]
         if max(seeds) > MOST["seed"]:
             self.bad(path, f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
+            return [0]
+        if len(seeds) > MOST_SEEDS:
+            self.bad(path, f"expected at most {MOST_SEEDS} seeds, found {len(seeds)}")
             return [0]
         if len(set(seeds)) != len(seeds):
             self.bad(path, f"expected distinct seeds, found {seeds}")
