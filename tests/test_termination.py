@@ -20,12 +20,16 @@ def config(seeds, slots: int, epochs: int = 1) -> str:
 
 
 def test_a_followed_run_that_is_removed_is_said_so_and_the_follow_stops(tmp_path):
-    (tmp_path / "t.toml").write_text(config([0, 1], slots=1, epochs=2))
+    (tmp_path / "t.toml").write_text(config([0, 1], slots=1, epochs=10))
     runs = tmp_path / "runs"
     follower = subprocess.Popen([BAN, "run", "t.toml"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+    def second_queued():   # both submitted: the first on the one slot, the second waiting behind it
+        if len(list(runs.glob("t/*/experiment.toml"))) == 2 and len(list(runs.glob("t/*/slot.json"))) == 1:
+            return [r for r, _ in scheduler.queued(runs)]
     try:
-        waiting = wait_until(lambda: [r for r, _ in scheduler.queued(runs)] if runs.is_dir() else [], 120, "a queued run")[0]
+        waiting = wait_until(second_queued, 120, "the second run queued")[0]
         removed = ban("rm", str(waiting), cwd=tmp_path, env=cli_env())
         assert removed.returncode == 0, removed.stderr
         out, _ = follower.communicate(timeout=300)
