@@ -449,11 +449,14 @@ class RunFollower:
         self.paths = RunPaths(Path(root))
         self.reader = EventReader(self.paths.events)
         self.state = RunState()
+        self.seen = False   # its directory has existed
 
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
-        self.state.gone = not self.paths.root.is_dir()   # `ban rm`: nothing more will come
+        there = self.paths.root.is_dir()
+        self.state.gone = self.seen and not there   # removed (`ban rm`): nothing more will come
+        self.seen = self.seen or there              # (one not made yet is not gone)
         if self.state.gone:
             self.state.queued = None
         if len(self.reader.decoder.problems) != len(self.state.damaged):

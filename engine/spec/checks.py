@@ -42,9 +42,9 @@ DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
 # Upper bounds by key: far above any real run, low enough that a slip (a few extra zeros) is caught
-# here rather than by an engine that overflows or never ends. (lr: one of 1e3 is already a typo; a
-# smaller one that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
-MOST = {"lr": 1e3, "epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
+# here rather than by an engine that overflows or never ends. (lr: bounded only against overflow;
+# one that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
+MOST = {"lr": 1e30, "epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
         "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "weight_decay": 1, "grad_clip": 1e6,
         "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
         "label_weight": 1e3,
@@ -69,9 +69,9 @@ MODEL_OPTION_VALUES = {
 # "str" for a file name. A data set not listed (one added elsewhere) is checked by its loader.
 DIGITS_TRAIN = 1437   # scikit-learn's digits: 1797 images, 20 % held out as the test split
 DATASET_OPTION_VALUES = {
-    "digits": {"num_classes": ("int", 1, 10), "train_images": ("int", 10, DIGITS_TRAIN)},
-    "cifar10": {"num_classes": ("int", 1, 10)},
-    "cifar100": {"num_classes": ("int", 1, 100)},
+    "digits": {"num_classes": ("int", 1, 1 << 20), "train_images": ("int", 10, DIGITS_TRAIN)},
+    "cifar10": {"num_classes": ("int", 1, 1 << 20)},   # more classes than labels: a head that does not fit
+    "cifar100": {"num_classes": ("int", 1, 1 << 20)},
     "npz": {"train": ("str", None, None), "test": ("str", None, None), "num_classes": ("int", 1, 1 << 20)},
     "ptb": {"bptt": ("int", 1, 1 << 16), "train_tokens": ("int", 2, 1 << 40)},
 }
