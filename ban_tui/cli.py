@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 
 from engine import scheduler, spec
-from engine.runs import RunPaths, default_runs_dir, find_run, gen_label, list_runs, load_state
+from engine.runs import RunPaths, death_reason, default_runs_dir, find_run, gen_label, list_runs, load_state
 from engine.spec.checks import did_you_mean
 from engine.catalog import CONTROL_SUFFIX
 from ban_tui import engine_check, hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
@@ -494,6 +494,8 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
     if status in ("failed", "dead", "stale", "broken"):
         if state.end and state.end.get("error"):
             say(console, f"run_end: {state.end['error']}")
+        elif why := death_reason(root):
+            say(console, why)
         tail = stderr_tail(root)
         if tail:
             say(console, "stderr (last lines):")

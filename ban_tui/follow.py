@@ -74,6 +74,8 @@ class LocalSource:
         return self.state.status(now)
 
     def ended(self) -> bool:
+        if self.state.gone:
+            return True   # its directory was removed: status "removed"
         if self.pid is not None:
             return pid_alive(self.pid, self.pid_start) is False
         s = self.state

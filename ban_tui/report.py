@@ -23,9 +23,7 @@ chain named by its name minus the `+ce` suffix (`control = "independent"`, engin
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import math
 import re
 import statistics
@@ -33,10 +31,9 @@ from pathlib import Path
 
 from engine.catalog import CONTROL_SUFFIX
 from engine.events import read_events
-from engine.runs import RunPaths, RunState, load_state, gen_label, snapshot_experiment
+from engine.runs import RunPaths, RunState, group_hash, load_state, gen_label, snapshot_experiment
 from ban_tui.tables import ensemble_value, metric_name, render_plain
 
-NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")
 LEVEL = 0.95
 
 
@@ -71,12 +68,14 @@ def paired(a: dict, b: dict) -> dict | None:
 
 def config_key(exp: dict | None, events: list[dict]) -> str:
     """The hash of what was trained: the snapshot's experiment table (engine.runs.snapshot_experiment)
-    minus NOT_CONFIG, else (no snapshot) run_start's hash."""
+    minus engine.runs.NOT_CONFIG; run_start's group_hash first (the same hash, recorded by the engine), so
+    a run whose snapshot was deleted stays in its group; else run_start's config_hash."""
+    start = next((e for e in events if isinstance(e, dict) and e.get("kind") == "run_start"), {})
+    if start.get("group_hash"):   # what the engine recorded from the snapshot (engine.runs.group_hash)
+        return str(start["group_hash"])
     if exp is None:
-        start = next((e for e in events if e.get("kind") == "run_start"), {})
         return str(start.get("config_hash") or "unknown")
-    table = {k: v for k, v in exp.items() if k not in NOT_CONFIG}
-    return hashlib.sha256(json.dumps(table, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return group_hash(exp)
 
 
 def is_control(state: RunState) -> bool:

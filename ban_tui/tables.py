@@ -77,8 +77,8 @@ def ensemble_value(e: dict, metric: str):
 
 # How each run status is shown everywhere (CLI tables, the TUI): a rich style and a mark.
 STATUS_STYLE = {"running": "bold green", "ok": "bold", "failed": "bold red", "cancelled": "bold yellow",
-                "stale": "bold magenta", "dead": "bold red", "preempted": "bold yellow"}
-STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗", "preempted": "■"}
+                "stale": "bold magenta", "dead": "bold red", "preempted": "bold yellow", "removed": "bold red"}
+STATUS_MARK = {"running": "●", "ok": "✓", "failed": "✗", "cancelled": "■", "stale": "?", "dead": "✗", "preempted": "■", "removed": "✗"}
 
 
 def pick(columns: list[tuple[str, str]], *keys: str) -> list[tuple[str, str]]:

@@ -163,6 +163,25 @@ def lock_given_dir(args) -> tuple[lock.RunLock | None, int | None]:
         return None, EXIT_FAILED
 
 
+def confirm_slot_claim(args) -> int | None:
+    """Started on claimed slots (BAN_CLAIM, engine/scheduler.py): record this process in the
+    claim before touching the run, or refuse to run (exit 2, the run untouched) when the claim is
+    gone. None: go on."""
+    from engine import scheduler
+    token = os.environ.pop("BAN_CLAIM", None)
+    root = given_dir(args)
+    if not token or root is None or int(os.environ.get("RANK", 0)) != 0:
+        return None
+    try:
+        scheduler.confirm_claim(root, token)
+    except scheduler.ClaimMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError:
+        pass   # the claim cannot be read here (e.g. a read-only runs directory): it holds the slots
+    return None
+
+
 def check_not_running(root: Path) -> None:
     state = runs.load_state(root)
     try:
@@ -184,7 +203,10 @@ class Heartbeat(threading.Thread):
 
     def run(self):
         while not self.done.wait(HEARTBEAT_SECONDS):
-            self.writer.emit("heartbeat")
+            try:
+                self.writer.emit("heartbeat")
+            except OSError:
+                pass   # a full disk: the training thread's next write fails and says why
 
     def stop(self):
         self.done.set()
@@ -204,8 +226,7 @@ def end_run(writer, root: Path, status: str, error: str | None) -> None:
         writer.emit("run_end", status=status, error=error)
         writer.close()
     except OSError as exc:
-        print(f"error: {exc.filename or RunPaths(root).events}: {exc.strerror or exc}; run_end not recorded",
-              file=sys.stderr)
+        say(f"error: {exc.filename or RunPaths(root).events}: {exc.strerror or exc}; run_end not recorded")
         return
     try:
         chain.write_results(RunPaths(root))
@@ -296,7 +317,9 @@ def announce(ctx, args, threads: tuple, kernels: dict) -> None:
     """The run_start event (what ran where, with which versions), and a warning when the
     experiment asks for more GPUs than this process trains on."""
     exp = ctx.exp
-    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(), host=socket.gethostname(),
+    table = runs.snapshot_experiment(ctx.paths.root)
+    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(),
+             group_hash=runs.group_hash(table) if table is not None else None, host=socket.gethostname(),
              pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
              device=str(ctx.device), seed=ctx.seed, resumed=args.command == "resume",
              world_size=ctx.world_size, slot=os.environ.get("BAN_SLOT"),
@@ -326,20 +349,30 @@ def train(s: Session, args, stop: threading.Event) -> None:
     chain.run_chain(ctx)
 
 
-def failure(exc: BaseException, rank: int) -> tuple[str, int]:
-    """(the error line, exit status) of a failed run, that line printed on stderr by rank 0 (or
-    by the rank whose own failure it is), the traceback too with BAN_DEBUG=1."""
+def say(line: str) -> None:
+    """One line on stderr, never an exception: a full disk under stderr.log must not hide the
+    reason already written to the events, nor stop the engine ending its run."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def failure(exc: BaseException, rank: int) -> tuple[str, int, str | None]:
+    """(the error line, exit status, the line for stderr: None where another rank says it) of a
+    failed run. main writes the events first (end_run), stderr second (`say`)."""
     from engine import checkpoint
     from engine.errors import ConfigError, RunError
     config = isinstance(exc, (spec.SpecError, ConfigError))
     error = one_line(exc)
     if not config and not isinstance(exc, (RunError, KeyboardInterrupt, checkpoint.FileError)):
         error = f"{type(exc).__name__}: {error}"
+    line = None
     if rank == 0 or not (config or isinstance(exc, RunError)):
-        print(f"error: {error}" if rank == 0 else f"rank {rank}: error: {error}", file=sys.stderr)
+        line = f"error: {error}" if rank == 0 else f"rank {rank}: error: {error}"
     if os.environ.get("BAN_DEBUG") == "1":
-        traceback.print_exc()
-    return error, EXIT_CONFIG if config else EXIT_FAILED
+        line = (line or "") + "\n" + traceback.format_exc().rstrip()
+    return error, EXIT_CONFIG if config else EXIT_FAILED, line
 
 
 def main(argv=None) -> int:
@@ -351,6 +384,9 @@ def main(argv=None) -> int:
         from engine import check
         return check.main(args.config)
     stop, preempt = catch_signals()   # first thing: a signal during imports must not kill us
+    code = confirm_slot_claim(args)
+    if code is not None:
+        return code
     held, code = lock_given_dir(args)
     if code is not None:
         return code
@@ -359,22 +395,26 @@ def main(argv=None) -> int:
     from engine.errors import Cancelled
     rank = ddp.from_env()[0]
     s = Session(given_dir(args), held)   # a launcher made the directory: report errors there
-    status, error, code = "ok", None, 0
+    status, error, code, last_words = "ok", None, 0, None
     try:
         train(s, args, stop)
     except (AlreadyRunning, lock.Locked) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return EXIT_CONFIG
     except Cancelled:
         status = "preempted" if preempt.is_set() else "cancelled"
     except BaseException as exc:   # noqa: BLE001 - every failure ends the run with one clear line
         status = "failed"
-        error, code = failure(exc, rank)
+        error, code, last_words = failure(exc, rank)
     finally:
         if s.beat is not None:
             s.beat.stop()
-    if rank == 0 and (s.writer is not None or (s.held is not None and s.root.is_dir())):
-        end_run(s.writer, s.root, status, error)
+    try:   # the events first (what every view reads), stderr second, each on its own
+        if rank == 0 and (s.writer is not None or (s.held is not None and s.root.is_dir())):
+            end_run(s.writer, s.root, status, error)
+    finally:
+        if last_words:
+            say(last_words)
     ddp.shutdown()
     return code
 

@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 import psutil
 
-from engine.events import EventReader, read_events
+from engine.events import EventReader, read_events_checked, warn_skipped
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER = 3 * HEARTBEAT_SECONDS  # no event for this long and the process is not known alive
@@ -281,6 +281,8 @@ class RunState:
     pid_file: tuple | None = None    # (pid, start time) of the pid file
     snapshot: bool | None = None     # experiment.toml exists
     dir_mtime: float | None = None
+    damaged: list[str] = field(default_factory=list)   # the event lines skipped, one line each
+    gone: bool = False               # its directory was removed while followed (RunFollower)
 
     def apply(self, e: dict) -> None:
         kind = e.get("kind")
@@ -346,6 +348,8 @@ class RunState:
         (no event and no live engine: it never finished creating the run, see `broken_reason`);
         else running, stale (no heartbeat lately, the process not known alive) or dead (the
         process is gone, the run never ended); queued while it waits in the queue for a slot."""
+        if self.gone:
+            return "removed"
         if self.end is not None:
             return self.end.get("status", "failed")
         if self.queued is not None and self.pid is None:
@@ -365,11 +369,69 @@ class RunState:
         return "running"
 
 
+NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")   # keys that change no result
+
+
+def group_hash(table: dict) -> str:
+    """What a run trained, as `ban report` groups it: a hash of its snapshot's experiment table
+    (`snapshot_experiment`) without NOT_CONFIG. The engine records it in run_start, so a run
+    whose snapshot is lost stays in its group."""
+    import hashlib
+    import json
+    kept = {k: v for k, v in table.items() if k not in NOT_CONFIG}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+LOW_SPACE = 1 << 20   # bytes: below this a file system is as good as full for an engine
+
+
+def mount_point(path: Path) -> Path:
+    path = Path(path).resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def death_reason(root: Path) -> str | None:
+    """Why a run that never wrote its run_end died, from what a reader can see where the engine
+    could not write it: a full file system under the run (free space now), a last event line
+    cut short, or "No space left" in its stderr.log. None when none of them says anything."""
+    root = Path(root)
+    try:
+        st = os.statvfs(root)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < LOW_SPACE:
+        return f"engine died: no space left on {mount_point(root)} ({free // 1024} KiB free)"
+    stderr = ""
+    try:
+        with open(RunPaths(root).stderr, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            stderr = f.read().decode(errors="replace")
+    except OSError:
+        pass
+    if "No space left" in stderr:
+        return f"engine died: no space left on {mount_point(root)} (its stderr.log says so; space has freed since)"
+    try:
+        with open(RunPaths(root).events, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 1))
+            torn = size > 0 and f.read(1) != b"\n"
+    except OSError:
+        torn = False
+    if torn:
+        return "engine died writing an event: the last line of events.jsonl is cut short"
+    return None
+
+
 def load_state(path: Path) -> RunState:
     """The state of a run directory (or of an events file)."""
     path = Path(path)
     events = path / "events.jsonl" if path.is_dir() else path
-    state = RunState().extend(read_events(events))
+    got, problems = read_events_checked(events)
+    state = RunState().extend(got)
+    state.damaged = warn_skipped(events, problems)
     if path.is_dir():
         state.pid_file = read_pid_file(path) if (path / "pid").exists() else None
         state.snapshot = (path / "experiment.toml").is_file()
@@ -395,9 +457,17 @@ class RunFollower:
         self.paths = RunPaths(Path(root))
         self.reader = EventReader(self.paths.events)
         self.state = RunState()
+        self.seen = False   # its directory has existed
 
     def poll(self) -> list[dict]:
         events = self.reader.poll()
         self.state.extend(events)
+        there = self.paths.root.is_dir()
+        self.state.gone = self.seen and not there   # removed (`ban rm`): nothing more will come
+        self.seen = self.seen or there              # (one not made yet is not gone)
+        if self.state.gone:
+            self.state.queued = None
+        if len(self.reader.decoder.problems) != len(self.state.damaged):
+            self.state.damaged = warn_skipped(self.paths.events, self.reader.decoder.problems)
         mark_queued(self.state, self.paths.root)
         return events

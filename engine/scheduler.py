@@ -13,14 +13,33 @@ The queue is plain files in the runs directory:
     <runs_dir>/.assign.lock                 flock held while slots are handed out
     <runs_dir>/<exp>/<run-id>/experiment.toml   the resolved experiment (written first)
     <runs_dir>/<exp>/<run-id>/queued        {"submitted", "argv", "need", "cwd"} (written last)
-    <runs_dir>/<exp>/<run-id>/slot.json     {"slots", "cuda_visible_devices", "pid", "pid_start"}
+    <runs_dir>/<exp>/<run-id>/slot.json     {"slots", "claim", "claimer", "pid", "engine", ...}
 
-A slot is busy while a run whose slot.json names it has a live pid (same start time), so a crash
-anywhere frees its slots by itself: nothing counts. Whoever hands out slots (a launcher
-submitting, the scheduler) holds `.assign.lock`, so two never give one slot twice. The scheduler
-only starts queued runs, each in its own session (it never owns them), and exits once the queue is
-empty; `ensure_scheduler` (called by every `ban` command that reads a runs directory) starts one
-again where queued runs wait and none holds the lock.
+Slots are claimed before an engine starts. Whoever hands out slots (a launcher submitting, the
+scheduler) holds `.assign.lock`, so two never give one slot twice, and writes the run's slot.json
+(fsynced, renamed into place) with a fresh `claim` token and its own pid as `claimer` BEFORE it
+starts the engine; then it records the engine's `pid`. The engine gets the token as BAN_CLAIM and,
+under `.assign.lock`, finds its claim and records its own pid as `engine` (`confirm_claim`), or
+refuses to run (exit 2) when the claim is gone. A slot is busy while its slot.json names a live
+`pid` or `engine`, or a live `claimer` with no pid yet. A claim whose claimer died before it
+recorded a pid, and that no engine confirmed, is revoked (slot.json removed) under the same lock
+(`revoke_stale`): the engine it may have started refuses, the run is still queued and starts
+again. So a launcher or scheduler killed at any instruction never puts two engines on one slot,
+and a crash anywhere frees its slots by itself: nothing counts.
+
+The scheduler only starts queued runs, each in its own session (it never owns them), and exits
+once the queue is empty. No queued run is left without one: the scheduler decides to exit and
+lets go of `.scheduler.lock` while it holds `.assign.lock`, clearing `.scheduler.json` if it names
+it; `ensure_scheduler` (called after every enqueue and by every `ban` command that reads a runs
+directory) looks at the lock and `.scheduler.json` under `.assign.lock` too. A run queued before
+a scheduler's last look is started by it; one queued after finds the lock free and no live
+spawned scheduler, and starts one.
+
+Test hooks: BAN_SCHEDULER_DIE_AT=<step> makes `python -m engine schedule` SIGKILL itself at that
+step of a start (claim: before the claim; claimed: after it; fork: in the child between fork and
+exec; exec: after the engine started, before its pid is recorded; recorded: after that, before
+the queued marker goes). BAN_SCHEDULE_INTERVAL (seconds between looks at the queue) is also how
+long the scheduler lingers after its last start.
 
 Imports no torch and no textual (it runs on hosts that only have the engine's torch-free part too).
 """
@@ -29,7 +48,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -49,10 +70,22 @@ INTERVAL = float(os.environ.get("BAN_SCHEDULE_INTERVAL", "0.5"))   # seconds bet
 # ---- files ----------------------------------------------------------------------------------
 
 def write_json(path: Path, value) -> None:
-    """Whole or not at all: a temp file renamed into place."""
+    """Whole or not at all: a temp file renamed into place (and removed when the write fails,
+    e.g. on a full disk)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+DIE_AT = None   # the step of a start at which this scheduler SIGKILLs itself (a test hook, see above)
+
+
+def die_at(step: str) -> None:
+    if DIE_AT == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextmanager
@@ -86,14 +119,21 @@ def detect_gpus() -> list[int]:
     return [int(x) for x in first if x.isdigit()]
 
 
+MAX_SLOTS = 1024   # what one host can have (engine/spec/checks.py bounds `slots` and `gpus` by it)
+
+
 def slot_names(config: dict | None) -> list[str]:
     """The slots of a `.slots.json` value: gpu<i> per listed GPU, cpu<i> per CPU slot; without a
-    config the GPUs nvidia-smi lists, else one CPU slot."""
-    config = config or {}
-    if config.get("gpus"):
-        return [f"gpu{int(i)}" for i in config["gpus"]]
-    if config.get("slots"):
-        return [f"cpu{i}" for i in range(int(config["slots"]))]
+    config the GPUs nvidia-smi lists, else one CPU slot. At most MAX_SLOTS, whatever the file
+    says (one written before the bound, or by hand)."""
+    config = config if isinstance(config, dict) else {}
+    try:
+        if config.get("gpus"):
+            return [f"gpu{int(i)}" for i in list(config["gpus"])[:MAX_SLOTS]]
+        if config.get("slots"):
+            return [f"cpu{i}" for i in range(max(1, min(int(config["slots"]), MAX_SLOTS)))]
+    except (TypeError, ValueError):
+        pass   # a hand-edited file: back to what the machine has
     return [f"gpu{i}" for i in detect_gpus()] or ["cpu0"]
 
 
@@ -133,14 +173,63 @@ def slot_env(taken: list[str], n_slots: int) -> dict:
     return env
 
 
+def _alive(pair) -> bool:
+    return isinstance(pair, list) and len(pair) == 2 and bool(pid_alive(pair[0], pair[1]))
+
+
+def holds_slots(rec: dict) -> bool:
+    """A slot.json holds its slots while its engine (or the process started for it) lives, or,
+    before that process is recorded, while the one who claimed them lives."""
+    if pid_alive(rec.get("pid"), rec.get("pid_start")) or _alive(rec.get("engine")):
+        return True
+    return "claim" in rec and rec.get("pid") is None and _alive(rec.get("claimer"))
+
+
+def stale_claim(rec: dict) -> bool:
+    """A claim whose claimer died before recording what it started, and that no engine confirmed."""
+    return ("claim" in rec and rec.get("pid") is None and rec.get("engine") is None
+            and not _alive(rec.get("claimer")))
+
+
 def busy_slots(runs_dir: Path) -> set[str]:
-    """Slots held by live runs (a dead pid or a recycled one frees its slots)."""
+    """Slots held by live runs or live claims (a dead pid or a recycled one frees its slots)."""
     busy = set()
     for root in run_dirs(runs_dir, SLOT):
-        rec = read_json(root / SLOT) or {}
-        if pid_alive(rec.get("pid"), rec.get("pid_start")):
+        rec = read_json(root / SLOT)
+        if isinstance(rec, dict) and holds_slots(rec):
             busy.update(rec.get("slots", []))
     return busy
+
+
+def revoke_stale(runs_dir: Path) -> None:
+    """Remove the stale claims (call holding `.assign.lock`): an engine started under one finds
+    its claim gone and refuses to run, so its run, still queued, can start again."""
+    for root in run_dirs(runs_dir, SLOT):
+        rec = read_json(root / SLOT)
+        if isinstance(rec, dict) and stale_claim(rec):
+            (root / SLOT).unlink(missing_ok=True)
+
+
+class ClaimMissing(Exception):
+    """The slot claim an engine was started under is gone: another launcher revoked it."""
+
+
+def confirm_claim(root: Path, token: str) -> None:
+    """In the engine, before it touches its run: find the claim `token` in root's slot.json under
+    `.assign.lock` and record this process in it, so the slots stay busy whoever started it;
+    ClaimMissing (the engine must not run) when it is not there. Recording is best effort: a
+    full disk leaves the claim, which holds the slots while the started pid lives."""
+    root = Path(root)
+    with flocked(root.parent.parent / ASSIGN_LOCK):
+        rec = read_json(root / SLOT)
+        if not isinstance(rec, dict) or rec.get("claim") != token:
+            raise ClaimMissing(f"{root}: the slot claim this engine was started under is gone (the launcher "
+                               "was stopped before it recorded the start); not running, the run stays queued")
+        rec["engine"] = [os.getpid(), process_start_time(os.getpid())]
+        try:
+            write_atomic(root / SLOT, (json.dumps(rec) + "\n").encode(), tmp_name=".slot.json.tmp")
+        except OSError:
+            pass
 
 
 # ---- the queue ------------------------------------------------------------------------------
@@ -150,12 +239,7 @@ def submit(root: Path, snapshot: str, argv: list[str], need: int = 1, cwd: str |
     scheduler serves the rest. Returns {"pid": .., "pid_start": ..} when it started at once,
     else {"position": N}."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=False)
-    tmp = root / f".experiment.toml.tmp-{os.getpid()}"
-    tmp.write_text(snapshot)
-    os.replace(tmp, RunPaths(root).snapshot)
-    write_json(root / QUEUED, {"submitted": time.time(), "argv": list(argv), "need": int(need),
-                               "cwd": cwd or os.getcwd()})
+    enqueue(root, snapshot, argv, need, cwd)
     runs_dir = root.parent.parent
     start_ready(runs_dir)
     rec = read_json(root / SLOT)
@@ -165,19 +249,27 @@ def submit(root: Path, snapshot: str, argv: list[str], need: int = 1, cwd: str |
     return {"position": queue_position(root)}
 
 
+def enqueue(root: Path, snapshot: str, argv: list[str], need: int = 1, cwd: str | None = None) -> None:
+    """Make the new run directory root with its snapshot, then its queued marker (last)."""
+    root.mkdir(parents=True, exist_ok=False)
+    tmp = root / f".experiment.toml.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(snapshot)
+        os.replace(tmp, RunPaths(root).snapshot)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json(root / QUEUED, {"submitted": time.time(), "argv": list(argv), "need": int(need),
+                               "cwd": cwd or os.getcwd()})
+
+
 def started_elsewhere(root: Path) -> bool:
-    """A queued run that some engine already began (its events, pid file or engine lock)."""
+    """A queued run that some engine already began (its events, a live claim of its own, its
+    engine lock). Its pid file is no proof: an engine started under a revoked claim refuses."""
     paths = RunPaths(root)
     if paths.events.exists() and paths.events.stat().st_size > 0:
         return True
-    try:
-        pid, start = (int(x) for x in paths.pid.read_text().split()[:2])
-        if pid_alive(pid, start):
-            return True
-    except (OSError, ValueError):
-        pass
-    rec = read_json(root / SLOT) or {}
-    if pid_alive(rec.get("pid"), rec.get("pid_start")):
+    rec = read_json(root / SLOT)
+    if isinstance(rec, dict) and holds_slots(rec):
         return True
     lock = root / "lock"   # the engine's own flock on its run directory, where it takes one
     if lock.exists():
@@ -196,6 +288,7 @@ def start_ready(runs_dir: Path) -> list[Path]:
         waiting = queued(runs_dir)
         if not waiting:
             return []
+        revoke_stale(runs_dir)
         slots = host_slots(runs_dir)
         free = [s for s in slots if s not in busy_slots(runs_dir)]
         for root, marker in waiting:
@@ -209,11 +302,15 @@ def start_ready(runs_dir: Path) -> list[Path]:
             try:
                 start_on(root, marker["argv"], taken, len(slots), marker.get("cwd"))
             except (OSError, KeyError, TypeError) as exc:   # say why in its stderr.log; the queue goes on
-                with open(RunPaths(root).stderr, "a") as err:
-                    print(f"error: the scheduler cannot start {marker.get('argv')!r}: {exc}", file=err)
+                try:
+                    with open(RunPaths(root).stderr, "a") as err:
+                        print(f"error: the scheduler cannot start {marker.get('argv')!r}: {exc}", file=err)
+                except OSError:
+                    pass
                 (root / QUEUED).unlink(missing_ok=True)
                 free = taken + free
                 continue
+            die_at("recorded")
             (root / QUEUED).unlink(missing_ok=True)
             started.append(root)
     return started
@@ -225,13 +322,29 @@ def slots_needed(need, slots: list[str]) -> int:
     return min(max(1, int(need)), len(slots))
 
 
+def write_slot(root: Path, record: dict) -> None:
+    write_atomic(root / SLOT, (json.dumps(record) + "\n").encode(), tmp_name=".slot.json.tmp")
+
+
 def start_on(root: Path, argv: list[str], taken: list[str], n_slots: int, cwd=None) -> dict:
-    """Start argv on the slots `taken` (their environment) and record them in the run's slot.json."""
-    env = slot_env(taken, n_slots)
-    pid, pid_start = spawn_detached(argv, root, env, cwd)
+    """Claim the slots `taken` in the run's slot.json (durably), start argv on them (their
+    environment, the claim as BAN_CLAIM) and record its pid there. Call holding `.assign.lock`.
+    When the pid cannot be recorded the claim is revoked, so the engine refuses to run."""
+    env = {**slot_env(taken, n_slots), "BAN_CLAIM": secrets.token_hex(8)}
     record = {"slots": taken, "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
-              "threads": env.get("BAN_THREADS"), "pid": pid, "pid_start": pid_start, "started": time.time()}
-    write_json(root / SLOT, record)
+              "threads": env.get("BAN_THREADS"), "claim": env["BAN_CLAIM"],
+              "claimer": [os.getpid(), process_start_time(os.getpid())], "pid": None, "pid_start": None}
+    die_at("claim")
+    write_slot(root, record)
+    die_at("claimed")
+    try:
+        pid, pid_start = spawn_detached(argv, root, env, cwd)
+        die_at("exec")
+        record.update(pid=pid, pid_start=pid_start, started=time.time())
+        write_slot(root, record)
+    except BaseException:
+        (root / SLOT).unlink(missing_ok=True)   # the engine, if it started, finds no claim and refuses
+        raise
     return record
 
 
@@ -245,6 +358,7 @@ def start_now(root: Path, argv: list[str], need: int = 1) -> dict:
     root = Path(root)
     runs_dir = root.parent.parent
     with flocked(runs_dir / ASSIGN_LOCK):
+        revoke_stale(runs_dir)
         slots = host_slots(runs_dir)
         need = slots_needed(need, slots)
         busy = busy_slots(runs_dir)
@@ -256,12 +370,20 @@ def start_now(root: Path, argv: list[str], need: int = 1) -> dict:
 
 
 def dequeue(root: Path) -> bool:
-    """Take a run that never started out of the queue (its directory goes); False if it started."""
+    """Take a run that never started out of the queue (its directory goes); False if it started.
+    A run whose engine was started but has not confirmed its claim yet (it is still importing,
+    before its signal handlers: a SIGTERM would kill it with nothing written) never started
+    either: its claim is revoked, so that engine refuses to run, and its directory goes."""
     root = Path(root)
     with flocked(root.parent.parent / ASSIGN_LOCK):
-        if not (root / QUEUED).exists() or started_elsewhere(root):
+        rec = read_json(root / SLOT)
+        unconfirmed = (isinstance(rec, dict) and "claim" in rec and rec.get("engine") is None
+                       and not (RunPaths(root).events.exists() and RunPaths(root).events.stat().st_size))
+        if unconfirmed:
+            (root / SLOT).unlink(missing_ok=True)
+        elif not (root / QUEUED).exists() or started_elsewhere(root):
             return False
-        shutil.rmtree(root)
+        shutil.rmtree(root, ignore_errors=True)
         return True
 
 
@@ -273,9 +395,10 @@ def spawn_detached(argv: list[str], root: Path, env: dict | None = None, cwd=Non
     zombie."""
     paths = RunPaths(Path(root))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}   # logs fill as it runs
+    die_in_child = (lambda: os.kill(os.getppid(), signal.SIGKILL)) if DIE_AT == "fork" else None
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                                cwd=cwd, start_new_session=True, close_fds=True)
+                                cwd=cwd, start_new_session=True, close_fds=True, preexec_fn=die_in_child)
     start = process_start_time(proc.pid)
     try:   # at once, so views tell "starting" from "broken" before the engine writes it itself
         write_atomic(paths.pid, f"{proc.pid} {start}\n".encode(), tmp_name="pid.launch.tmp")
@@ -286,42 +409,73 @@ def spawn_detached(argv: list[str], root: Path, env: dict | None = None, cwd=Non
 
 
 def ensure_scheduler(runs_dir: Path, python: str = sys.executable) -> int | None:
-    """Start a scheduler for runs_dir when runs wait there and none holds the lock; its pid."""
+    """Start a scheduler for runs_dir when runs wait there and none serves them; its pid. Never
+    raises: a runs directory that cannot take one (a full disk, read-only) gets a warning on
+    stderr and its queued runs wait for the next call."""
     runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir() or not run_dirs(runs_dir, QUEUED):
+    try:
+        if not runs_dir.is_dir() or not run_dirs(runs_dir, QUEUED):
+            return None
+        with flocked(runs_dir / ASSIGN_LOCK):   # a scheduler decides to exit under this lock too
+            return _start_scheduler(runs_dir, python)
+    except OSError as exc:
+        print(f"warning: {runs_dir}: cannot start its scheduler ({exc.strerror or exc}); "
+              "the queued runs wait for the next `ban` command", file=sys.stderr)
         return None
+
+
+def _start_scheduler(runs_dir: Path, python: str) -> int | None:
     with flocked(runs_dir / LOCK, blocking=False) as free:
         if not free:
-            return None
+            return None   # one serves, and looks at the queue again before it exits
     spawned = read_json(runs_dir / SPAWNED) or {}
     if pid_alive(spawned.get("pid"), spawned.get("pid_start")):
-        return None   # one is starting (it has not taken the lock yet): do not start a second
-    log = open(runs_dir / LOG, "ab")
-    with log:
+        return None   # one is starting (it has not taken the lock yet): it will see the queue
+    with open(runs_dir / LOG, "ab") as log:
         proc = subprocess.Popen([python, "-m", "engine", "schedule", str(runs_dir.resolve())],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 close_fds=True, cwd=str(runs_dir.resolve()))
-    write_json(runs_dir / SPAWNED, {"pid": proc.pid, "pid_start": process_start_time(proc.pid)})
     threading.Thread(target=proc.wait, daemon=True).start()
+    try:
+        write_json(runs_dir / SPAWNED, {"pid": proc.pid, "pid_start": process_start_time(proc.pid)})
+    except OSError:
+        pass   # it takes the lock soon; meanwhile a second one would only find it taken and exit
     return proc.pid
+
+
+def _forget_spawned(runs_dir: Path) -> None:
+    """Called under `.assign.lock` by a scheduler that exits: `.scheduler.json` no longer names a
+    live scheduler that will look at the queue."""
+    if (read_json(runs_dir / SPAWNED) or {}).get("pid") == os.getpid():
+        (runs_dir / SPAWNED).unlink(missing_ok=True)
 
 
 def serve(runs_dir: Path, interval: float = INTERVAL) -> int:
     """The scheduler's loop: start queued runs as slots free; exit 0 once the queue is empty (or
-    at once when another scheduler holds the lock)."""
+    at once when another scheduler holds the lock). The lock is taken and let go, and the queue
+    looked at for the last time, under `.assign.lock` (see the module's docstring)."""
+    global DIE_AT
+    DIE_AT = os.environ.pop("BAN_SCHEDULER_DIE_AT", None)   # a test hook; the engines do not inherit it
     runs_dir = Path(runs_dir)
-    while True:
-        with flocked(runs_dir / LOCK, blocking=False) as mine:
-            if not mine:
-                return 0
-            (runs_dir / LOCK).write_text(f"{os.getpid()}\n")
-            while run_dirs(runs_dir, QUEUED):
-                for root in start_ready(runs_dir):
-                    print(f"{time.strftime('%H:%M:%S')} started {root.parent.name}/{root.name}", flush=True)
-                time.sleep(interval)
-        # the lock is released: a run queued since the last look is ours, or a new scheduler's
-        if not run_dirs(runs_dir, QUEUED):
+    fd = os.open(runs_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with flocked(runs_dir / ASSIGN_LOCK):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:   # another serves, and will see every queued run
+            _forget_spawned(runs_dir)
+            os.close(fd)
             return 0
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    while True:
+        for root in start_ready(runs_dir):
+            print(f"{time.strftime('%H:%M:%S')} started {root.parent.name}/{root.name}", flush=True)
+        time.sleep(interval)
+        with flocked(runs_dir / ASSIGN_LOCK):
+            if not run_dirs(runs_dir, QUEUED):
+                _forget_spawned(runs_dir)
+                os.close(fd)   # lets the scheduler lock go while no run can be queued unseen
+                return 0
 
 
 def load(runs_dir: Path) -> dict:

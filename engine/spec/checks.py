@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from pathlib import Path
 import sys
 from dataclasses import fields, replace
 
@@ -42,12 +43,80 @@ DEVICES = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INHERITABLE = ("stem", "head")
 # Upper bounds by key: far above any real run, low enough that a slip (a few extra zeros) is caught
-# here rather than by an engine that overflows or never ends. (No bound on lr: a learning rate
-# that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
-MOST = {"epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
+# here rather than by an engine that overflows or never ends. (lr: bounded only against overflow;
+# one that diverges is the engine's to report, as a non-finite loss at its epoch and step.)
+MOST = {"lr": 1e30, "epochs": 10_000, "batch_size": 1 << 20, "eval_batch_size": 1 << 20, "generations": 100,
         "gpus": 1024, "seed": 2**32 - 1, "teacher": 100, "weight_decay": 1, "grad_clip": 1e6,
         "warmup_epochs": 10_000, "threshold": 1e6, "temperature": 1e3, "teacher_weight": 1e3,
-        "label_weight": 1e3}
+        "label_weight": 1e3,
+        # counts a host or a batch system can have (engine.scheduler.MAX_SLOTS slots, GPUs per node)
+        "slots": 1024, "gpus_per_job": 1024, "cpus_per_job": 1 << 16, "max_parallel": 100_000,
+        "signal_delay_s": 86_400}
+MOST_SEEDS = 10_000   # seeds per experiment
+MAX_NESTING = 64      # arrays and inline tables inside each other: deeper is a generated file gone wrong
+
+# The values model options take, by option name, as the model builders (engine/models/*) declare
+# them: (kind, least, most), kind "int", "num" (int or float) or "bool"; least exclusive for
+# "num" when it is given as (value, "open"). An option not listed is checked by its builder.
+MODEL_OPTION_VALUES = {
+    "width": ("num", (0, "open"), 64), "dropout": ("num", 0, 0.99), "depth": ("int", 1, 1000),
+    "growth": ("int", 1, 1024), "compression": ("num", (0, "open"), 1), "depth_factor": ("num", (0, "open"), 100),
+    "compression_factor": ("num", (0, "open"), 100), "layers": ("int", 1, 64), "hidden": ("int", 1, 1 << 16),
+    "tied": ("bool", None, None), "init_range": ("num", (0, "open"), 10), "char_embed": ("int", 1, 4096),
+    "filters_per_width": ("int", 1, 4096), "max_filters": ("int", 1, 1 << 16), "highway": ("int", 0, 64),
+    "max_word_len": ("int", 1, 1024),
+}
+# The options each built-in data set takes (engine/data/images.py, engine/data/ptb.py), as above;
+# "str" for a file name. A data set not listed (one added elsewhere) is checked by its loader.
+DIGITS_TRAIN = 1437   # scikit-learn's digits: 1797 images, 20 % held out as the test split
+DATASET_OPTION_VALUES = {
+    "digits": {"num_classes": ("int", 1, 1 << 20), "train_images": ("int", 10, DIGITS_TRAIN)},
+    "cifar10": {"num_classes": ("int", 1, 1 << 20)},   # more classes than labels: a head that does not fit
+    "cifar100": {"num_classes": ("int", 1, 1 << 20)},
+    "npz": {"train": ("str", None, None), "test": ("str", None, None), "num_classes": ("int", 1, 1 << 20)},
+    "ptb": {"bptt": ("int", 1, 1 << 16), "train_tokens": ("int", 2, 1 << 40)},
+}
+
+
+def nesting_at(text: str) -> tuple[int, int] | None:
+    """(line, column) where arrays and inline tables first nest deeper than MAX_NESTING (strings
+    and comments skipped); None when they never do. Checked before parsing: the parser and the
+    checks recurse once per level."""
+    depth, line, col, quote, i = 0, 1, 0, None, 0
+    while i < len(text):
+        c = text[i]
+        col += 1
+        if c == "\n":
+            line, col = line + 1, 0
+            if quote in ('"', "'"):
+                quote = None
+        elif quote is not None:
+            if c == "\\" and quote == '"':
+                i, col = i + 1, col + 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = None
+        elif c == "#":
+            while i + 1 < len(text) and text[i + 1] != "\n":
+                i += 1
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            i += len(quote) - 1
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line, col
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
+def local_cuda_devices() -> list[int] | None:
+    """This machine's CUDA GPU indices as nvidia-smi lists them ([] without nvidia-smi: no GPU to
+    use). The engine's own import of the slot code (torch-free)."""
+    from engine.scheduler import detect_gpus
+    return detect_gpus()
 
 
 def did_you_mean(word, choices) -> str:
@@ -170,6 +239,9 @@ class Checker:
 
     # -- sections --
     def check(self) -> Config:
+        if (at := nesting_at(self.text)) is not None:
+            raise SpecError([Problem(self.file, at[0], at[1], "", f"expected arrays and inline tables nested at most "
+                                     f"{MAX_NESTING} deep, found deeper")])
         try:
             doc = tomllib.loads(self.text)
         except tomllib.TOMLDecodeError as exc:
@@ -224,7 +296,7 @@ class Checker:
                 continue
             vals = {k: self.str_(p + (k,), h[k]) for k in HOST_KEYS if k in h}
             slots = self.host_slots(p, h)
-            if None in vals.values() or slots is None:
+            if None in vals.values() or slots is None or not self.host_contradictions(p, name, h):
                 continue
             ssh = vals.setdefault("ssh", "")
             if ssh.startswith("-") or any(c in ssh for c in " \n\t'\";$`"):
@@ -235,12 +307,28 @@ class Checker:
             out[name] = Host(name=name, **vals, **slots)
         return out
 
+    def host_contradictions(self, p, name, h) -> bool:
+        """False after recording what a host table asks for that cannot both hold: GPU slots and
+        CPU slots, an empty ssh destination, a Slurm cluster on this machine."""
+        ok = True
+        if "gpus" in h and "slots" in h:
+            self.bad(p + ("slots",), "expected either gpus (GPU slots) or slots (CPU slots), found both")
+            ok = False
+        if h.get("ssh") == "":
+            self.bad(p + ("ssh",), "expected an ssh destination like user@host or an alias, found an empty string")
+            ok = False
+        if "slurm" in h and "ssh" not in h:
+            self.bad(p + ("slurm",), f"expected a slurm table on a host reached by ssh (its login node), found one on "
+                     f"{name!r}, which has no ssh")
+            ok = False
+        return ok
+
     def host_slots(self, p, h) -> dict | None:
         """`gpus = [0, 1, 3]` (distinct GPU indices) or `slots = N` (CPU slots); None if bad."""
         gpus, slots = h.get("gpus"), h.get("slots")
         if gpus is not None and not (isinstance(gpus, list) and gpus and len(set(gpus)) == len(gpus) and all(
-                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)):
-            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices like [0, 1, 3], found "
+                isinstance(g, int) and not isinstance(g, bool) and 0 <= g < MOST["gpus"] for g in gpus)):
+            self.bad(p + ("gpus",), f"expected a non-empty array of distinct GPU indices (0 to {MOST['gpus'] - 1}) like [0, 1, 3], found "
                      + (repr(gpus) if isinstance(gpus, list) else describe(gpus)))
             return None
         if slots is not None and self.int_(p + ("slots",), slots, 1) is None:
@@ -368,6 +456,7 @@ class Checker:
             d.val_split = v
         if "options" in raw:
             d.options = self.options(path + ("options",), raw["options"])
+            self.dataset_options(path + ("options",), name, d.options)
         if name in ("cifar10", "cifar100", "npz", "ptb") and d.root is None:
             self.bad(path + ("root",), f"expected a data root directory for data set {name!r}, found none")
         self.file_dataset(path, raw, d)
@@ -413,6 +502,31 @@ class Checker:
         elif d.root is None:
             self.bad(path + ("root",), f"expected a data root directory for data set {d.name!r}, found none")
 
+    def value_in(self, path, v, kind: str, least, most) -> None:
+        """One option's value against its declared (kind, least, most)."""
+        if kind == "bool":
+            self.bool_(path, v)
+        elif kind == "str":
+            self.str_(path, v)
+        elif kind == "int":
+            if (v := self.int_(path, v, least)) is not None and most is not None and v > most:
+                self.bad(path, f"expected an integer <= {_fmt(most)}, found {_fmt(v)}")
+        else:
+            open_ = isinstance(least, tuple)
+            self.num(path, v, least[0] if open_ else least, most, lo_open=open_)
+
+    def dataset_options(self, path, name, options: dict) -> None:
+        """The options of a built-in data set: its own keys, each of its kind and range."""
+        allowed = DATASET_OPTION_VALUES.get(name)
+        if allowed is None:
+            return
+        for k, v in options.items():
+            if k not in allowed:
+                self.bad(path + (k,), f"unknown option for data set {name!r}{did_you_mean(k, allowed)}; "
+                         "expected one of: " + ", ".join(allowed))
+            else:
+                self.value_in(path + (k,), v, *allowed[k])
+
     def experiment(self, i, defaults, raw, hosts) -> Experiment | None:
         p = ("experiment", i)
         if self.table(p, raw) is None:
@@ -437,6 +551,8 @@ class Checker:
         ensembles = self.ensembles(where("ensembles"), merged.get("ensembles", []), len(gens) - 1)
         seeds = self.seeds(where("seeds"), merged.get("seeds", [0]))
         device, runs_dir, gpus, host = self.placement(merged, where, hosts)
+        if host in (None, "local") and dataset is not None:   # a data root on this machine
+            self.local_dir(where("dataset") + ("root",), dataset.root, f"data root for data set {dataset.name!r}")
         include = merged.get("ensemble_include_teacher", False)
         include = self.bool_(where("ensemble_include_teacher"), include) or False
         kernels = {k: self.bool_(where(k), merged[k]) for k in ("deterministic", "allow_tf32") if k in merged}
@@ -511,7 +627,28 @@ class Checker:
             if not 1 <= k <= max(n_students, 0):
                 self.bad(path, f"expected each k between 1 and the number of student generations "
                          f"({n_students}), found {k}")
+        if len(set(ensembles)) != len(ensembles):
+            self.bad(path, f"expected distinct ensemble sizes (each Ens*k once), found {ensembles}")
         return ensembles
+
+    def local_dir(self, path, value, what: str) -> None:
+        """A local path that must be a directory: refused when it exists as something else (one
+        that does not exist yet is made, or downloaded into, later)."""
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            if p.exists() and not p.is_dir():
+                self.bad(path, f"expected a {what} (a directory), found a file: {value}")
+
+    def local_device(self, path, device) -> None:
+        """cuda:N on this machine: N among the GPUs nvidia-smi lists here."""
+        m = re.fullmatch(r"cuda:(\d+)", device) if isinstance(device, str) else None
+        if m is None:
+            return
+        have = local_cuda_devices()
+        if int(m.group(1)) not in have:
+            devices = ", ".join(["cpu"] + [f"cuda:{i}" for i in have])
+            self.bad(path, f"expected a device of this host ({devices}: nvidia-smi "
+                     f"{'lists ' + str(len(have)) + ' GPUs' if have else 'finds no GPU'}), found {device!r}")
 
     def placement(self, merged, where, hosts) -> tuple:
         """(device, runs_dir, gpus, host): where the experiment runs, the host one of [hosts] or of
@@ -522,6 +659,9 @@ class Checker:
         runs_dir = self.str_(where("runs_dir"), merged.get("runs_dir", "runs")) or "runs"
         gpus = self.int_(where("gpus"), merged.get("gpus", 1), 1) or 1
         host = merged.get("host")
+        if host in (None, "local"):   # paths and devices of this machine
+            self.local_dir(where("runs_dir"), runs_dir, "runs directory")
+            self.local_device(where("device"), device)
         if host is not None and self.str_(where("host"), host) is not None and host not in hosts \
                 and host not in self.extra_hosts:
             self.bad(where("host"), f"expected a host defined under [hosts], found {host!r}"
@@ -552,6 +692,9 @@ class Checker:
             return [0]
         if max(seeds) > MOST["seed"]:
             self.bad(path, f"expected seeds <= {MOST['seed']} (the upper bound for seed), found {max(seeds)}")
+            return [0]
+        if len(seeds) > MOST_SEEDS:
+            self.bad(path, f"expected at most {MOST_SEEDS} seeds, found {len(seeds)}")
             return [0]
         if len(set(seeds)) != len(seeds):
             self.bad(path, f"expected distinct seeds, found {seeds}")
@@ -665,6 +808,8 @@ class Checker:
                          "expected one of: " + (", ".join(allowed) or "none"))
             elif isinstance(v, float) and not math.isfinite(v):
                 self.bad(path + (k,), f"expected a finite number, found {v}")
+            elif k in MODEL_OPTION_VALUES:
+                self.value_in(path + (k,), v, *MODEL_OPTION_VALUES[k])
 
     def objective_options(self, p, obj, shared: dict, own) -> dict:
         """The experiment's options apply where the objective takes them; a generation's own
