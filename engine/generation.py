@@ -50,7 +50,8 @@ FRESH = Resume()
 class GenResult:
     model: torch.nn.Module           # the trained student (unwrapped: no DDP, no compile)
     final: dict                      # the last epoch's metrics (the headline)
-    best: dict                       # the minimum of each metric over the epochs
+    val_min: dict                    # the minimum of each validation metric over the epochs (no test metric:
+                                     # a minimum over epochs of a test number is selected on the test set)
     test_probs: np.ndarray | None    # float32 test-set probabilities for ensembles (None: none)
     seconds: float
 
@@ -72,7 +73,7 @@ class Progress:
     epoch: int = 0
     step: int = 0
     history: list = field(default_factory=list)   # the epoch records so far
-    best: dict = field(default_factory=dict)      # the minimum of each metric so far
+    val_min: dict = field(default_factory=dict)   # the minimum of each validation metric so far
     running: dict | None = None                   # the sums of the epoch in progress (step > 0)
 
 
@@ -140,7 +141,7 @@ def restore(ctx: Context, last: dict | None, model, parts: Parts) -> Progress:
     if running is not None and not ctx.main:
         running = {k: v if k == "seconds" else {d: 0.0 for d in v} if k == "diag" else type(v)(0)
                    for k, v in running.items()}
-    return Progress(last["epoch"], last["step"], list(last["history"]), dict(last["best"]), running)
+    return Progress(last["epoch"], last["step"], list(last["history"]), val_minima(last.get("val_min", last.get("best", {}))), running)
 
 
 # ---- the loop's bookkeeping -----------------------------------------------------------------
@@ -160,21 +161,27 @@ def reduce_sums(sums: dict, device) -> dict:
 
 
 def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
-              best: dict, **extra) -> None:
+              val_min: dict, **extra) -> None:
     """checkpoints/last.pt: everything to continue generation `gen` after `epoch` finished
     epochs and `step` steps of the next one (rank 0 only; temp file + rename)."""
     if ctx.main:
         checkpoint.save({"gen": gen.index, "epoch": epoch, "step": step, "state_dict": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "rng": checkpoint.rng_state(),
-                         "history": history, "best": best, **extra}, ctx.paths.last_checkpoint)
+                         "history": history, "val_min": val_min, **extra}, ctx.paths.last_checkpoint)
 
 
-def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save) -> None:
-    """Book a finished epoch: its history entry, the per-metric minima (updated in place, so
-    that `save` writes them), checkpoints/last.pt through `save()`, then the `epoch` event.
-    Saved before the event, so an event never announces an epoch that a crash could lose."""
+def val_minima(metrics: dict) -> dict:
+    """The validation metrics (val_*) of `metrics`: the only ones whose minimum over epochs may be
+    kept (a checkpoint of an older run may hold the minima of every metric)."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
+def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, val_min: dict, save) -> None:
+    """Book a finished epoch: its history entry, the minima of the validation metrics (updated
+    in place, so that `save` writes them), checkpoints/last.pt through `save()`, then the `epoch`
+    event. Saved before the event, so an event never announces an epoch that a crash could lose."""
     history.append(record)
-    best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
+    val_min.update({k: min(v, val_min.get(k, v)) for k, v in val_minima(metrics).items() if v is not None})
     save()
     ctx.emit("epoch", **record)
 
@@ -208,7 +215,7 @@ class Generation:
         if self.parts.dkpp is not None:
             extra["dkpp"] = self.parts.dkpp.get_state()
         p = self.progress
-        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.best, **extra)
+        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.val_min, **extra)
 
     def train_epoch(self, epoch: int, skip: int, sums: dict, carry) -> dict:
         """The epoch's steps from `skip` on, as the task runs them; at each of the task's
@@ -246,7 +253,7 @@ class Generation:
         record = {"gen": self.gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
                   "seconds": round(seconds, 3), **self.task.throughput(n, train_seconds),
                   "diagnostics": summarize_diagnostics(sums["diag"]) if sums["diag"] else {}}
-        end_epoch(self.ctx, record, metrics, p.history, p.best, lambda: self.save(epoch + 1, 0, None))
+        end_epoch(self.ctx, record, metrics, p.history, p.val_min, lambda: self.save(epoch + 1, 0, None))
         return probs
 
     def result(self, probs) -> GenResult:
@@ -258,7 +265,7 @@ class Generation:
         if probs is None:
             probs = self.loop.test_probs()
         final = {**{k: history[-1][k] for k in self.task.metrics if k in history[-1]}, **self.loop.fit()}
-        return GenResult(self.model, final, self.progress.best, probs, sum(h["seconds"] for h in history))
+        return GenResult(self.model, final, self.progress.val_min, probs, sum(h["seconds"] for h in history))
 
 
 def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, resume: Resume = FRESH) -> GenResult:

@@ -71,6 +71,12 @@ class RunPaths:
     def gen_probs(self, gen: int) -> Path:
         return self.probs / f"gen-{gen}.npy"
 
+    @property
+    def test_labels(self) -> Path:
+        """The test set's labels (int64, a classifier's run), beside its probabilities: what
+        `ban report`'s bootstrap over test examples scores them against."""
+        return self.probs / "labels.npy"
+
 
 def snapshot_experiment(root: Path) -> dict | None:
     """The experiment table of a run's snapshot (experiment.toml parsed, not validated: readers
