@@ -709,11 +709,14 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
             notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         p = paper.get(name)
         at = paper_classes.get(name, n_classes)
+        dev = param_counts.deviation(name) if at == n_classes and in_channels == 3 else None
+        if param_counts.deviation_note(name) and dev is not None:
+            notes.append(param_counts.deviation_note(name))
         rows.append({"name": name, "family": family.family if family else "-", "classes": n_classes,
                      "params": ours, "paper": "-" if p is None else f"{p:.2f}M" + (f" ({at} classes)" if at != n_classes else ""),
-                     "about": family.doc if family else ""})
+                     "dev": "-" if dev is None else f"{100 * dev:+.1f}%", "about": family.doc if family else ""})
     print_table(out(), [("name", "name"), ("family", "family"), ("classes", "classes"), ("params", "params"),
-                        ("paper", "paper"), ("about", "")], rows)
+                        ("paper", "paper"), ("dev", "vs paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
 

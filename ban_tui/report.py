@@ -194,10 +194,14 @@ def column_order(label: str):
     return (rank.get(re.split(r"[-*]", label)[0], 3), k)
 
 
-def column_label(gen: int, objective: str) -> str:
+def column_label(gen: int, objective: str, teacher: int | None = None) -> str:
     """Teacher; a student by the objective it trained with: BAN-k (ban), BAN+L-k, CWTM-k, DKPP-k,
-    and CE-k / LS-k for the teacher-free ones (a cwtm student is no BAN)."""
-    return "Teacher" if gen == 0 else f"{'BAN' if objective == 'ban' else objective.upper()}-{gen}"
+    and CE-k / LS-k for the teacher-free ones (a cwtm student is no BAN); a student taught by
+    another than the previous generation says by whom: "BAN-4 (of Teacher)" (Table 2's BAN column)."""
+    if gen == 0:
+        return "Teacher"
+    label = f"{'BAN' if objective == 'ban' else objective.upper()}-{gen}"
+    return label if teacher is None or teacher == gen - 1 else f"{label} (of {'Teacher' if teacher == 0 else f'gen {teacher}'})"
 
 
 def group_values(seeds: dict) -> tuple[str, dict]:
@@ -208,7 +212,7 @@ def group_values(seeds: dict) -> tuple[str, dict]:
         s = r["state"]
         for gen, g in s.gens.items():
             if g.test is not None:
-                values.setdefault(column_label(gen, g.objective), {})[seed] = g.test
+                values.setdefault(column_label(gen, g.objective, g.teacher), {})[seed] = g.test
         for k, e in s.ensembles.items():
             if ensemble_value(e, metric) is not None:
                 values.setdefault(f"Ens*{k}", {})[seed] = ensemble_value(e, metric)
@@ -237,7 +241,7 @@ def group_errors(seeds: dict) -> dict:
             continue
         for gen, g in s.gens.items():
             if gen in probs and probs[gen].shape[0] == len(y):
-                out.setdefault(column_label(gen, g.objective), {})[seed] = probs[gen].argmax(1) != y
+                out.setdefault(column_label(gen, g.objective, g.teacher), {})[seed] = probs[gen].argmax(1) != y
         for k, e in s.ensembles.items():
             members = e.get("members") or []
             if members and all(m in probs and probs[m].shape[0] == len(y) for m in members):

@@ -198,6 +198,10 @@ def test_students_are_labelled_by_their_objective(tmp_path):
                  objectives=["ce", "ban", "cwtm", "dkpp", "ban+l", "ls"], teachers=[None, 0, 1, 2, 3, None])
     (e,) = report.collect(sorted(tmp_path.glob("exp/*")))["experiments"]
     assert list(e["columns"]) == ["Teacher", "BAN-1", "CWTM-2", "DKPP-3", "BAN+L-4", "LS-5"]
+    # a student of the teacher beside a chain (Table 2's BAN column) is not read as a later generation
+    make_run(tmp_path, "t2", "r0", 0, [0.1, 0.09, 0.08, 0.07, 0.075], teachers=[None, 0, 1, 2, 0])
+    (e,) = report.collect(sorted(tmp_path.glob("t2/*")))["experiments"]
+    assert list(e["columns"]) == ["Teacher", "BAN-1", "BAN-2", "BAN-3", "BAN-4 (of Teacher)"]
 
 
 def test_the_control_is_printed_beside_its_chain_and_paired_with_it(tmp_path):
