@@ -54,20 +54,23 @@ def t_interval(d: list[float]) -> dict:
     return {"ci": [mean - half, mean + half], "p": p}
 
 
-def paired_bootstrap(D: np.ndarray, B: int = BOOTSTRAP_B, seed: int = BOOTSTRAP_SEED) -> list[float]:
+def paired_bootstrap(D: np.ndarray, B: int = BOOTSTRAP_B, seed: int = BOOTSTRAP_SEED,
+                     chunk: int = 256) -> list[float]:
     """The 95 % percentile interval of the mean of D (seeds x test examples) under resampling of
-    both seeds and examples (module docstring: the draws, their order)."""
+    both seeds and examples (module docstring: the draws, their order). The example draws come
+    `chunk` replicates at a time (the same stream as one call; memory chunk x N, not B x N)."""
     D = np.asarray(D, dtype=np.float64)
     n, N = D.shape
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(0, n, (B, n))
-    example_draws = rng.integers(0, N, (B, N))
-    rows = np.arange(B)[:, None]
     w = np.zeros((B, n))
-    np.add.at(w, (rows, seed_draws), 1.0)
-    v = np.zeros((B, N))
-    np.add.at(v, (rows, example_draws), 1.0)
-    stats = ((w @ D) * v).sum(1) / (n * N)   # sum over drawn (seed, example) pairs of D, / nN
+    np.add.at(w, (np.arange(B)[:, None], seed_draws), 1.0)   # how often each seed is drawn
+    stats = np.empty(B)
+    for lo in range(0, B, chunk):
+        draws = rng.integers(0, N, (min(chunk, B - lo), N))
+        v = np.stack([np.bincount(row, minlength=N) for row in draws]).astype(np.float64)
+        # the sum over drawn (seed, example) pairs of D: sum_s w[b, s] sum_i v[b, i] D[s, i]
+        stats[lo:lo + len(draws)] = np.einsum("bs,sb->b", w[lo:lo + len(draws)], D @ v.T) / (n * N)
     lo, hi = np.percentile(stats, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     return [float(lo), float(hi)]
 
