@@ -613,18 +613,30 @@ def rm(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
 def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS...]",
                                                           help="Runs or experiment names (default: every run)."),
                runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
-               fmt: str = typer.Option("table", "--format", help="table, md, csv or json.")):
+               fmt: str = typer.Option("table", "--format", help="table, md, csv or json."),
+               bootstrap: int = typer.Option(2000, "--bootstrap", min=0, help="Bootstrap replicates (0: none)."),
+               boot_seed: int = typer.Option(0, "--bootstrap-seed", help="The bootstrap's random seed."),
+               effect: Optional[float] = typer.Option(None, "--effect", help="Print the seeds each difference "
+                                                      "needs to resolve this many points (80 % power).")):
     """Paper-style results: per (experiment, configuration), Teacher, BAN-k and Ens*k as mean ± std
     over seeds (the latest ok run of each seed), with the paired per-seed difference against the
-    teacher and its 95 % Student-t interval. Runs left out and names that cover several
+    teacher (and the independent-CE control) with its 95 % Student-t interval over seeds, its 95 %
+    paired bootstrap interval over seeds × test examples, Holm-adjusted p, the minimum detectable
+    effect and a verdict (docs/statistics.md). Runs left out and names that cover several
     configurations are listed under the table (on stderr for csv)."""
     formats = ("table", "md", "csv", "json")
     if fmt not in formats:
         fail(f"--format: expected one of {', '.join(formats)}, found {fmt!r}{did_you_mean(fmt, formats)}")
+    if effect is not None and not effect > 0:
+        fail(f"--effect: expected a positive number of points, found {effect}")
     runs_dir = default_runs_dir(runs_dir)
     roots = find_many(runs_dir, refs) if refs else list_runs(runs_dir)
-    rep = report_mod.collect(dict.fromkeys(roots))
+    rep = report_mod.collect(dict.fromkeys(roots), bootstrap=bootstrap, boot_seed=boot_seed)
     console = out()
+    if effect is not None and rep["experiments"]:
+        for line in report_mod.power_lines(rep, effect):
+            say(console, line)
+        return
     if fmt == "json":
         say(console, json.dumps(rep, indent=2))
     elif not rep["experiments"]:
@@ -706,11 +718,14 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
             notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
         p = paper.get(name)
         at = paper_classes.get(name, n_classes)
+        dev = param_counts.deviation(name) if at == n_classes and in_channels == 3 else None
+        if param_counts.deviation_note(name) and dev is not None:
+            notes.append(param_counts.deviation_note(name))
         rows.append({"name": name, "family": family.family if family else "-", "classes": n_classes,
                      "params": ours, "paper": "-" if p is None else f"{p:.2f}M" + (f" ({at} classes)" if at != n_classes else ""),
-                     "about": family.doc if family else ""})
+                     "dev": "-" if dev is None else f"{100 * dev:+.1f}%", "about": family.doc if family else ""})
     print_table(out(), [("name", "name"), ("family", "family"), ("classes", "classes"), ("params", "params"),
-                        ("paper", "paper"), ("about", "")], rows)
+                        ("paper", "paper"), ("dev", "vs paper"), ("about", "")], rows)
     for note in notes:
         say(out(), note)
     if not names:   # models of your own, by reference (engine/catalog.py REFERENCE_FORMS)

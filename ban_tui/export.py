@@ -31,7 +31,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from engine.runs import gen_label, snapshot_experiment
+from engine.events import read_events
+from engine.runs import RunPaths, gen_label, snapshot_experiment
 from ban_tui.plot import RunHistory, load_history
 from ban_tui.report import config_key
 from ban_tui.tables import flatten_snapshot
@@ -146,7 +147,7 @@ def mlflow_runs(h: RunHistory) -> list[dict]:
     base = {"ban.run": h.name, "ban.run_dir": str(h.root), "ban.status": status}
     points = scalar_points(h)
     out = [{"name": h.state.run_id or h.root.name, "status": status,
-            "tags": base | {"ban.seed": str(h.state.seed), "ban.config": config_key(exp, [])},
+            "tags": base | {"ban.seed": str(h.state.seed), "ban.config": config_key(exp, read_events(RunPaths(h.root).events))},
             "params": flatten_snapshot(exp) if exp is not None else {},
             "metrics": [(tag.replace("Ens*", "Ens-"), step, ts, v) for tag, step, ts, v in points.pop("ensembles", [])],
             "start": h.state.started, "end": h.state.last_ts}]

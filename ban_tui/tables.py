@@ -319,7 +319,7 @@ def event_line(name: str, e: dict) -> str | None:
         return (f"{who} epoch {e.get('epoch')}/{e.get('epochs')} train_loss {num(e.get('train_loss'))} "
                 f"{key} {test} lr {num(e.get('lr'))} {duration(e.get('seconds'))}")
     if kind == "gen_end":
-        final, best = e.get("final") or {}, e.get("best") or {}
+        final, best = e.get("final") or {}, e.get("val_min") or {}
         key = "test_ppl" if "test_ppl" in final else "test_err"
         metric = "ppl" if key == "test_ppl" else "err"
         vkey = key.replace("test", "val")

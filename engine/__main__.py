@@ -241,7 +241,41 @@ def versions() -> dict:
         ban = importlib.metadata.version("ban")
     except importlib.metadata.PackageNotFoundError:
         ban = "unknown"
-    return {"python": platform.python_version(), "torch": torch.__version__, "ban": ban}
+    out = {"python": platform.python_version(), "torch": torch.__version__, "ban": ban}
+    for name in ("torchvision", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def settings(exp, device) -> tuple[dict, dict]:
+    """(engine.hardware.resolved, engine.hardware.machine) of this run; a bad BAN_FORCE_CPU_BF16
+    is a config error."""
+    from engine import hardware
+    from engine.errors import ConfigError
+    try:
+        return hardware.resolved(exp, device), hardware.machine(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def resolved_comment(exp, device) -> str:
+    """The snapshot's closing comment: what this run resolves to on this machine (run_start
+    carries the same fields; comments leave the snapshot a valid config of the experiment).
+    Empty when the environment is bad: the run then fails in its directory, saying why."""
+    from engine import hardware
+    try:
+        (resolved, machine), threads = settings(exp, device), hardware.intra_op_threads()[0]
+    except Exception:   # ConfigError or ValueError: reported by configure_torch / settings next
+        return ""
+    gens = ", ".join(f"gen {i}: {g['precision']}, channels_last {str(g['channels_last']).lower()}, "
+                     f"compile {str(g['compile']).lower()}" for i, g in enumerate(resolved["generations"]))
+    gpu = machine.get("gpu") and f"GPU {machine['gpu']} (CUDA {machine.get('cuda')}, cuDNN {machine.get('cudnn')}); "
+    return (f"\n# resolved on this machine (device type {resolved['device_type']}): {gens}\n"
+            f"# {gpu or ''}CPU {machine['cpu']}, bf16 {str(machine['cpu_bf16']).lower()}; {threads} threads; "
+            f"{' '.join(f'{k} {v}' for k, v in versions().items())}\n")
 
 
 def catch_signals() -> tuple[threading.Event, threading.Event]:
@@ -273,7 +307,7 @@ class Session:
         self.held = claim(root)
 
 
-def open_run_dir(s: Session, args, exp, seed: int, rank: int) -> RunPaths:
+def open_run_dir(s: Session, args, exp, seed: int, rank: int, comment: str = "") -> RunPaths:
     """The run directory of this command, locked, with its snapshot, pid file and event writer
     (rank 0); every rank learns the run id rank 0 drew."""
     from engine import checkpoint, ddp
@@ -294,7 +328,7 @@ def open_run_dir(s: Session, args, exp, seed: int, rank: int) -> RunPaths:
             raise ConfigError(f"{root}: already holds a run; continue it with `python -m engine resume {root}`")
         root.mkdir(parents=True, exist_ok=True)
         if args.command == "run":
-            checkpoint.write_text(paths.snapshot, spec.dumps_experiment(exp))
+            checkpoint.write_text(paths.snapshot, spec.dumps_experiment(exp) + comment)
         checkpoint.write_text(paths.pid, f"{os.getpid()} {runs.process_start_time(os.getpid())}\n")
         s.writer = EventWriter(paths.events, root.name)
     ddp.barrier()
@@ -313,18 +347,21 @@ def configure_torch(device, exp) -> tuple:
     return threads, hardware.configure_kernels(device, bool(exp.deterministic), bool(exp.allow_tf32))
 
 
-def announce(ctx, args, threads: tuple, kernels: dict) -> None:
-    """The run_start event (what ran where, with which versions), and a warning when the
-    experiment asks for more GPUs than this process trains on."""
+def announce(ctx, args, threads: tuple, kernels: dict, resolved: dict, machine: dict) -> None:
+    """The run_start event (what ran where: resolved precision, channels-last and compile per
+    generation, the kernels, the device's model, threads, versions; the report's group hash),
+    and a warning when the experiment asks for more GPUs than this process trains on."""
+    from engine.spec.schema import numbers_key
     exp = ctx.exp
     table = runs.snapshot_experiment(ctx.paths.root)
-    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(),
-             group_hash=runs.group_hash(table) if table is not None else None, host=socket.gethostname(),
+    group = runs.group_hash(table, [numbers_key(resolved)]) if table is not None else None
+    ctx.emit("run_start", experiment=exp.name, config_hash=exp.config_hash(resolved), group_hash=group,
+             host=socket.gethostname(),
              pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()), versions=versions(),
              device=str(ctx.device), seed=ctx.seed, resumed=args.command == "resume",
              world_size=ctx.world_size, slot=os.environ.get("BAN_SLOT"),
              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-             threads=threads[0], threads_from=threads[1], kernels=kernels)
+             threads=threads[0], threads_from=threads[1], kernels=kernels, resolved=resolved, machine=machine)
     if exp.gpus > 1 and ctx.world_size == 1:
         ctx.log(f"the experiment asks for {exp.gpus} GPUs but runs as one process "
                 "(start it with `ban run` or torchrun for DDP)", "warning")
@@ -338,11 +375,12 @@ def train(s: Session, args, stop: threading.Event) -> None:
     exp, seed = load_experiment(args)
     device = resolve_device(exp.device, local_rank, world_size)
     ddp.init(device)
-    paths = open_run_dir(s, args, exp, seed, rank)
+    paths = open_run_dir(s, args, exp, seed, rank, resolved_comment(exp, device))
     threads, kernels = configure_torch(device, exp)
+    resolved, machine = settings(exp, device)
     ctx = Context(exp=exp, seed=seed, paths=paths, device=device, events=s.writer, stop=stop,
                   rank=rank, world_size=world_size)
-    announce(ctx, args, threads, kernels)
+    announce(ctx, args, threads, kernels, resolved, machine)
     if s.writer is not None:
         s.beat = Heartbeat(s.writer)
         s.beat.start()

@@ -6,7 +6,8 @@ checkpoint into a new module object in eval mode, so the student never shares a 
 Generations may change model (cross-architecture), objective, training and inherited parts.
 
 After each generation (rank 0 writes, temp file + rename, in this order): `probs/gen-<k>.npy`
-(test-set probabilities, float32), `checkpoints/gen-<k>.pt` (the generation is finished once this
+(test-set probabilities, float32; a classifier's run also keeps the test labels once, in
+`probs/labels.npy`, for `ban report`'s bootstrap), `checkpoints/gen-<k>.pt` (the generation is finished once this
 exists), the `gen_end` event, an fsync of the events. Ens*k is the mean of the stored softmax
 outputs of BAN-1..BAN-k (+ the teacher with ensemble_include_teacher): no model runs again.
 
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from engine import catalog, checkpoint, ddp
 from engine.context import Context
 from engine.errors import Cancelled, ConfigError
 from engine.events import read_events
-from engine.generation import GenResult, Resume, build_model, train_generation
+from engine.generation import GenResult, Resume, build_model, train_generation, val_minima
 from engine.runs import RunState, gen_label, load_state
 
 
@@ -65,23 +68,26 @@ def load_teacher(ctx: Context, task, index: int):
     return model.to(ctx.device)
 
 
-def finish(ctx: Context, gen, result: GenResult, num_classes: int) -> None:
+def finish(ctx: Context, gen, result: GenResult, task) -> None:
     """Save generation gen's probabilities and weights, then announce it (rank 0)."""
     k, paths = gen.index, ctx.paths
     if ctx.main:
         if result.test_probs is not None:
             checkpoint.save_npy(result.test_probs, paths.gen_probs(k))
+            test_y = getattr(getattr(task, "data", None), "test_y", None)   # classifiers (image tasks)
+            if test_y is not None and not paths.test_labels.exists():
+                checkpoint.save_npy(np.asarray(test_y, dtype=np.int64), paths.test_labels)
         checkpoint.save({"gen": k, "model": gen.model, "model_options": gen.model_options,
-                         "num_classes": num_classes, "state_dict": result.model.state_dict(),
-                         "final": result.final, "best": result.best, "seconds": result.seconds},
+                         "num_classes": task.num_classes, "state_dict": result.model.state_dict(),
+                         "final": result.final, "val_min": result.val_min, "seconds": result.seconds},
                         paths.gen_checkpoint(k))
-        announce(ctx, k, result.final, result.best, result.seconds)
+        announce(ctx, k, result.final, result.val_min, result.seconds)
         paths.last_checkpoint.unlink(missing_ok=True)
     ddp.barrier()   # the other ranks may load this checkpoint as the next teacher
 
 
-def announce(ctx: Context, k: int, final: dict, best: dict, seconds: float) -> None:
-    ctx.emit("gen_end", gen=k, final=final, best=best, checkpoint=f"checkpoints/gen-{k}.pt", seconds=round(seconds, 3))
+def announce(ctx: Context, k: int, final: dict, val_min: dict, seconds: float) -> None:
+    ctx.emit("gen_end", gen=k, final=final, val_min=val_min, checkpoint=f"checkpoints/gen-{k}.pt", seconds=round(seconds, 3))
     if ctx.events is not None:
         ctx.events.sync()
 
@@ -118,7 +124,7 @@ def run_chain(ctx: Context) -> None:
         if paths.gen_checkpoint(k).exists():
             if k not in before.gens or not before.gens[k].done:
                 saved = checkpoint.load(paths.gen_checkpoint(k))
-                announce(ctx, k, saved["final"], saved["best"], saved["seconds"])
+                announce(ctx, k, saved["final"], val_minima(saved.get("val_min", saved.get("best", {}))), saved["seconds"])
         else:
             if ctx.should_stop():
                 raise Cancelled(f"stopped before generation {k} ({gen_label(k)})")
@@ -132,7 +138,7 @@ def run_chain(ctx: Context) -> None:
             teacher = load_teacher(ctx, task, gen.teacher) if gen.teacher is not None else None
             result = train_generation(ctx, gen, teacher, task, resume)
             teacher = None
-            finish(ctx, gen, result, task.num_classes)
+            finish(ctx, gen, result, task)
         done.add(k)
         emit_ensembles(ctx, task, done, emitted)
 
@@ -144,7 +150,7 @@ def results(events: list[dict]) -> dict:
     envelope = ("v", "seq", "ts", "run", "kind")
     gens = [{"gen": g.gen, "label": g.label, "role": g.role, "objective": g.objective, "model": g.model,
              "params": g.params, "teacher": g.teacher, "epochs": g.epochs, "done": g.done,
-             "final": ends.get(g.gen, {}).get("final"), "best": ends.get(g.gen, {}).get("best"),
+             "final": ends.get(g.gen, {}).get("final"), "val_min": ends.get(g.gen, {}).get("val_min"),
              "checkpoint": ends.get(g.gen, {}).get("checkpoint"), "seconds": ends.get(g.gen, {}).get("seconds")}
             for g in sorted(state.gens.values(), key=lambda g: g.gen)]
     ensembles = [{k: v for k, v in e.items() if k not in envelope} for _, e in sorted(state.ensembles.items())]

@@ -25,7 +25,7 @@ KINDS = {
     "gen_start": ("gen", "role", "objective", "model", "params", "teacher", "epochs"),
     "epoch": ("gen", "epoch", "epochs", "train_loss", "train_err", "test_loss", "test_err", "lr",
               "seconds", "samples_per_s", "diagnostics"),
-    "gen_end": ("gen", "final", "best", "checkpoint"),
+    "gen_end": ("gen", "final", "val_min", "checkpoint"),   # val_min: minima of validation metrics only
     "ensemble": ("k", "members", "test_err"),
     "heartbeat": (),
     "log": ("level", "message"),

@@ -51,7 +51,8 @@ FRESH = Resume()
 class GenResult:
     model: torch.nn.Module           # the trained student (unwrapped: no DDP, no compile)
     final: dict                      # the last epoch's metrics (the headline)
-    best: dict                       # the minimum of each metric over the epochs
+    val_min: dict                    # the minimum of each validation metric over the epochs (no test metric:
+                                     # a minimum over epochs of a test number is selected on the test set)
     test_probs: np.ndarray | None    # float32 test-set probabilities for ensembles (None: none)
     seconds: float
 
@@ -73,7 +74,7 @@ class Progress:
     epoch: int = 0
     step: int = 0
     history: list = field(default_factory=list)   # the epoch records so far
-    best: dict = field(default_factory=dict)      # the minimum of each metric so far
+    val_min: dict = field(default_factory=dict)   # the minimum of each validation metric so far
     running: dict | None = None                   # the sums of the epoch in progress (step > 0)
 
 
@@ -171,7 +172,7 @@ def restore(ctx: Context, last: dict | None, model, parts: Parts) -> Progress:
     if running is not None and not ctx.main:
         running = {k: v if k == "seconds" else {d: 0.0 for d in v} if k == "diag" else type(v)(0)
                    for k, v in running.items()}
-    return Progress(last["epoch"], last["step"], list(last["history"]), dict(last["best"]), running)
+    return Progress(last["epoch"], last["step"], list(last["history"]), val_minima(last.get("val_min", last.get("best", {}))), running)
 
 
 # ---- the loop's bookkeeping -----------------------------------------------------------------
@@ -191,7 +192,7 @@ def reduce_sums(sums: dict, device) -> dict:
 
 
 def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, optimizer, history: list,
-              best: dict, dkpp=None, saver: checkpoint.BackgroundSaver | None = None, then=None, **extra) -> None:
+              val_min: dict, dkpp=None, saver: checkpoint.BackgroundSaver | None = None, then=None, **extra) -> None:
     """checkpoints/last.pt: everything to continue generation `gen` after `epoch` finished
     epochs and `step` steps of the next one, with every rank's RNG streams (a collective: every
     rank calls it); rank 0 writes it (temp file + rename), then calls `then`. With a `saver`
@@ -200,7 +201,7 @@ def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, 
     if not ctx.main:
         return
     state = {"gen": gen.index, "epoch": epoch, "step": step, "state_dict": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng": rng, "history": history, "best": best, **extra}
+             "optimizer": optimizer.state_dict(), "rng": rng, "history": history, "val_min": val_min, **extra}
     if saver is not None:
         return saver.save(state, ctx.paths.last_checkpoint, then)
     checkpoint.save(state, ctx.paths.last_checkpoint)
@@ -208,14 +209,20 @@ def save_last(ctx: Context, gen: spec.Generation, epoch: int, step: int, model, 
         then()
 
 
-def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, best: dict, save, saved) -> None:
-    """Book a finished epoch: its history entry, the per-metric minima (updated in place, so
-    that `save` writes them), then checkpoints/last.pt through `save(then)`, which emits the
+def val_minima(metrics: dict) -> dict:
+    """The validation metrics (val_*) of `metrics`: the only ones whose minimum over epochs may be
+    kept (a checkpoint of an older run may hold the minima of every metric)."""
+    return {k: v for k, v in metrics.items() if k.startswith("val_")}
+
+
+def end_epoch(ctx: Context, record: dict, metrics: dict, history: list, val_min: dict, save, saved) -> None:
+    """Book a finished epoch: its history entry, the minima of the validation metrics (updated
+    in place, so that `save` writes them), then checkpoints/last.pt through `save(then)`, which emits the
     `epoch` event once the file is written (in the background: training goes on meanwhile). Saved
     before the event, so an event never announces an epoch that a crash could lose. `saved()`
     waits for that write; a HOLD (wait_while_held) calls it before it holds."""
     history.append(record)
-    best.update({k: min(v, best.get(k, v)) for k, v in metrics.items()})
+    val_min.update({k: min(v, val_min.get(k, v)) for k, v in val_minima(metrics).items() if v is not None})
     save(lambda: ctx.emit("epoch", **record))
     wait_while_held(ctx, record["gen"], record["epoch"], saved)
 
@@ -297,7 +304,7 @@ class Generation:
                  "running": sums, **self.loop.carry_state(carry)}
         p = self.progress
         self.saver.wait()   # one last.pt at a time, in order
-        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.best,
+        save_last(self.ctx, self.gen, epoch, step, self.model, self.parts.optimizer, p.history, p.val_min,
                   self.parts.dkpp, self.saver if background else None, then, **extra)
 
     def train_epoch(self, epoch: int, skip: int, sums: dict, carry) -> dict:
@@ -336,7 +343,7 @@ class Generation:
         record = {"gen": self.gen.index, "epoch": epoch + 1, "epochs": t.epochs, **metrics, "lr": lr,
                   "seconds": round(seconds, 3), **self.task.throughput(n, train_seconds),
                   "diagnostics": summarize_diagnostics(sums["diag"]) if sums["diag"] else {}}
-        end_epoch(self.ctx, record, metrics, p.history, p.best,
+        end_epoch(self.ctx, record, metrics, p.history, p.val_min,
                   lambda then: self.save(epoch + 1, 0, None, then=then, background=True), self.saver.wait)
         return probs
 
@@ -349,7 +356,7 @@ class Generation:
         if probs is None:
             probs = self.loop.test_probs()
         final = {**{k: history[-1][k] for k in self.task.metrics if k in history[-1]}, **self.loop.fit()}
-        return GenResult(self.model, final, self.progress.best, probs, sum(h["seconds"] for h in history))
+        return GenResult(self.model, final, self.progress.val_min, probs, sum(h["seconds"] for h in history))
 
 
 def train_generation(ctx: Context, gen: spec.Generation, teacher, task: Task, resume: Resume = FRESH) -> GenResult:

@@ -32,6 +32,11 @@ deterministic = true: cudnn.deterministic, benchmark off, torch.use_deterministi
 deterministic kernel raises. TF32 is off (fp32 is fp32: the head that models/common.py keeps in
 fp32 and precision = "fp32" runs) unless allow_tf32 = true.
 
+What a run ran (`resolved(exp, device)` and `machine(device)`, recorded in run_start and the
+snapshot): the precision, channels-last and compile each generation resolved to, and the device's
+model (the CPU's model name and its bf16 answer; the GPU's name, CUDA and cuDNN versions). The
+config hash counts the resolved precisions and the device type (engine.spec.Experiment.config_hash).
+
 Threads: `intra_op_threads()` is the number of intra-op threads the engine uses: BAN_THREADS (the
 slots a scheduler gave the run), else OMP_NUM_THREADS (which torch obeys anyway), else the CPUs this
 process may run on (os.sched_getaffinity), shared between the local DDP ranks.
@@ -39,6 +44,7 @@ process may run on (os.sched_getaffinity), shared between the local DDP ranks.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 
@@ -164,3 +170,37 @@ def check_device_index(device: torch.device, count: int, visible: str | None) ->
     seen = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
     raise ValueError(f"device: expected cuda or cuda:0..cuda:{count - 1} (this process sees {count} GPU(s), "
                      f"{seen}; an index counts the visible GPUs, not the machine's), found {str(device)!r}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform says)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model", "Hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(device: torch.device) -> dict:
+    """The device's model: CPU name and bf16 answer (and whether BAN_FORCE_CPU_BF16 set it); on
+    CUDA the GPU's name and the CUDA and cuDNN versions."""
+    device = torch.device(device)
+    out = {"device_type": device.type, "cpu": cpu_model(), "cpu_bf16": cpu_bf16_capable(),
+           "cpu_bf16_forced": os.environ.get(FORCE_BF16)}
+    if device.type == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return out
+
+
+def resolved(exp, device: torch.device) -> dict:
+    """What each generation of `exp` (an engine.spec.Experiment) trains with on `device`:
+    {"device_type", "generations": [{"precision", "channels_last", "compile"}, ...]}."""
+    device = torch.device(device)
+    gens = [{"precision": resolve_precision(g.training.precision, device, g.model),
+             "channels_last": model_kind(g.model) != "lm" and channels_last(g.training.channels_last, device, g.model),
+             "compile": bool(g.training.compile)} for g in exp.generations]
+    return {"device_type": device.type, "generations": gens}

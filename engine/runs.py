@@ -79,6 +79,12 @@ class RunPaths:
     def gen_probs(self, gen: int) -> Path:
         return self.probs / f"gen-{gen}.npy"
 
+    @property
+    def test_labels(self) -> Path:
+        """The test set's labels (int64, a classifier's run), beside its probabilities: what
+        `ban report`'s bootstrap over test examples scores them against."""
+        return self.probs / "labels.npy"
+
 
 def snapshot_experiment(root: Path) -> dict | None:
     """The experiment table of a run's snapshot (experiment.toml parsed, not validated: readers
@@ -372,13 +378,16 @@ class RunState:
 NOT_CONFIG = ("seeds", "device", "runs_dir", "host", "description", "source")   # keys that change no result
 
 
-def group_hash(table: dict) -> str:
+def group_hash(table: dict, ran: list[dict]) -> str:
     """What a run trained, as `ban report` groups it: a hash of its snapshot's experiment table
-    (`snapshot_experiment`) without NOT_CONFIG. The engine records it in run_start, so a run
-    whose snapshot is lost stays in its group."""
+    (`snapshot_experiment`) without NOT_CONFIG, with what changes its numbers beside the config
+    (`ran`: per run_start, the device type and each generation's resolved precision,
+    engine.spec.schema.numbers_key). The engine records it in run_start, so a run whose
+    snapshot is lost stays in its group."""
     import hashlib
     import json
     kept = {k: v for k, v in table.items() if k not in NOT_CONFIG}
+    kept["ran"] = ran
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -32,7 +32,7 @@ def test_teacher_is_a_new_module_in_eval_mode_that_never_trains(tmp_path):
     task = ImageClassifier(load(ctx.exp.dataset, 0))
     gen0, gen1 = ctx.exp.generations[:2]
     first = train_generation(ctx, gen0, None, task)
-    chain.finish(ctx, gen0, first, task.num_classes)
+    chain.finish(ctx, gen0, first, task)
     teacher = chain.load_teacher(ctx, task, 0)
     assert teacher is not first.model and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
@@ -91,7 +91,7 @@ def test_results_fold_the_events_of_a_resumed_run():
              ("run_end", {"status": "cancelled", "error": None}),
              ("run_start", {"experiment": "x", "seed": 4, "device": "cpu"}),
              ("epoch", {"gen": 0, "epoch": 1, "epochs": 1, "test_err": 0.5}),
-             ("gen_end", {"gen": 0, "final": {"test_err": 0.5}, "best": {"test_err": 0.5},
+             ("gen_end", {"gen": 0, "final": {"test_err": 0.5}, "val_min": {},
                           "checkpoint": "checkpoints/gen-0.pt", "seconds": 1.0}),
              ("ensemble", {"k": 1, "members": [0], "test_err": 0.5, "test_loss": 1.0}),
              ("run_end", {"status": "ok", "error": None})]
@@ -100,6 +100,6 @@ def test_results_fold_the_events_of_a_resumed_run():
     assert out["status"] == "ok" and out["seed"] == 4 and out["experiment"] == "x"
     assert out["generations"] == [{"gen": 0, "label": "Teacher", "role": "teacher", "objective": "ce",
                                    "model": "cnn-small", "params": 5, "teacher": None, "epochs": 1, "done": True,
-                                   "final": {"test_err": 0.5}, "best": {"test_err": 0.5},
+                                   "final": {"test_err": 0.5}, "val_min": {},
                                    "checkpoint": "checkpoints/gen-0.pt", "seconds": 1.0}]
     assert out["ensembles"] == [{"k": 1, "members": [0], "test_err": 0.5, "test_loss": 1.0}]

@@ -239,7 +239,7 @@ def test_report_json_is_mean_and_std_over_ok_seeds(runs):
     assert quick["columns"]["Ens*2"]["values"] == [ens[s][2] for s in sorted(ens)]
     other = rep["other"]
     ban1 = other["columns"]["BAN-1"]
-    assert other["n"] == 1 and (ban1["mean"], ban1["std"], ban1["values"]) == (0.1, 0.0, [0.1])
+    assert other["n"] == 1 and (ban1["mean"], ban1["std"], ban1["values"]) == (0.1, None, [0.1])
     assert [(d["run"], d["reason"]) for d in json.loads(result.output)["dropped"]] == [
         ("quick/20250101-000010-s3-bbbb", "ended failed"), ("quick/20250101-000011-s4-cccc", "ended cancelled")]
 
@@ -253,7 +253,7 @@ def test_report_human_formats_in_percent(runs):
         assert result.exit_code == 0, result.output
         assert cell in result.output
     md = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "md"]).output.splitlines()
-    assert md[0].startswith("| experiment | config | metric | n |  | mean ± std | paired Δ vs Teacher [95% CI] |")
+    assert md[0].startswith("| experiment | config | metric | n |  | mean ± std | Δ vs Teacher [95% t CI, seeds] | Δ vs Teacher [95% bootstrap CI, seeds×test] |")
     assert md[2].startswith("| quick | ") and f"| err % | 3 | Teacher | {cell} |" in md[2]
     csv_out = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "csv"]).stdout.splitlines()
     assert csv_out[0].startswith("experiment,config,control,metric,column,n,mean,std,vs_teacher")

@@ -157,3 +157,25 @@ def test_broken_config_exits_2_and_creates_nothing(tmp_path):
     assert result.returncode == 2
     assert "experiments.toml:" in result.stderr and "did you mean 'cnn-small'" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_quickstart_runs_its_control_and_its_report_prints_control_rows(tmp_path):
+    """The shipped quickstart, cut to 1 epoch and 2 seeds (its other keys as shipped, the control
+    included): `ban run` trains quickstart and quickstart+ce, and the report that ends it prints
+    BAN-k beside CE-k and Ens*k beside the CE ensemble."""
+    text = (Path(__file__).resolve().parents[1] / "experiments.toml").read_text()
+    head, rest = text.split('name = "quickstart"\n', 1)
+    table, tail = rest.split("[[experiment]]", 1)
+    assert 'control = "independent"' in table
+    table = re.sub(r"(?m)^epochs = \d+$", "epochs = 1", table).replace("seeds = [0, 1, 2]", "seeds = [0, 1]")
+    (tmp_path / "experiments.toml").write_text(head + 'name = "quickstart"\n' + table)
+    result = ban("run", "experiments.toml", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted({r.parent.name for r in list_runs(tmp_path / "runs")}) == ["quickstart", "quickstart+ce"]
+    out = result.stdout
+    assert "quickstart+ce (independent CE control)" in out
+    assert "Δ vs independent CE [95% t CI, seeds]" in out and "bootstrap CI, seeds×test]" in out
+    for label in ("BAN-1 (vs CE-1)", "BAN-2 (vs CE-2)", "BAN-3 (vs CE-3)"):
+        assert label in out, label
+    rows = [line for line in out.splitlines() if line.startswith("quickstart ") and "Ens*3" in line]
+    assert rows and re.search(r"Ens\*3\s+\d+\.\d\d ± \d+\.\d\d(\s+[+-]\d+\.\d\d \[[^]]+\]){1}.*[+-]\d+\.\d\d \[", rows[0])

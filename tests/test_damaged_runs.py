@@ -138,11 +138,15 @@ def test_a_wrong_typed_field_is_skipped_with_a_warning_naming_run_line_and_field
 def test_a_run_whose_snapshot_is_deleted_keeps_its_group_in_the_report(tmp_path):
     from ban_tui.report import config_key
     from engine.runs import group_hash, snapshot_experiment
+    from engine.spec.schema import numbers_key
     root = tmp_path / "runs" / "k" / "r"
     root.mkdir(parents=True)
     (root / "experiment.toml").write_text('[[experiment]]\nname = "k"\nmodel = "cnn-small"\nseeds = [3]\nepochs = 2\n')
     table = snapshot_experiment(root)
-    start = {"v": 1, "seq": 1, "kind": "run_start", "config_hash": "per-seed", "group_hash": group_hash(table)}
+    resolved = {"device_type": "cpu", "generations": [{"precision": "fp32"}]}   # as run_start records it
+    start = {"v": 1, "seq": 1, "kind": "run_start", "config_hash": "per-seed", "resolved": resolved,
+             "group_hash": group_hash(table, [numbers_key(resolved)])}
     with_snapshot = config_key(table, [start])
+    assert with_snapshot == start["group_hash"]   # the engine records what the report computes
     (root / "experiment.toml").unlink()
-    assert config_key(snapshot_experiment(root), [start]) == with_snapshot == config_key(table, [])
+    assert config_key(snapshot_experiment(root), [start]) == with_snapshot

@@ -71,5 +71,5 @@ def test_two_processes_do_the_math_of_one_and_only_rank_0_writes(tmp_path):
     root = tmp_path / "runs" / "ddp" / "two"
     assert json.loads((root / "results.json").read_text())["status"] == "ok"
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["gen-0.pt", "gen-1.pt"]
-    assert sorted(p.name for p in (root / "probs").iterdir()) == ["gen-0.npy", "gen-1.npy"]
+    assert sorted(p.name for p in (root / "probs").iterdir()) == ["gen-0.npy", "gen-1.npy", "labels.npy"]
     assert "error" not in two.stderr.lower()

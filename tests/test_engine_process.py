@@ -83,7 +83,7 @@ def numbers(events) -> dict:
         elif e["kind"] in ("gen_end", "ensemble"):
             key = (e["kind"], e.get("gen", e.get("k")))
             assert key not in out, f"{key} reported twice"
-            out[key] = {k: v for k, v in e.items() if k in ("final", "best", "members", "test_err", "test_loss")}
+            out[key] = {k: v for k, v in e.items() if k in ("final", "val_min", "members", "test_err", "test_loss")}
     return out
 
 
@@ -128,9 +128,9 @@ def test_complete_run_directory(reference):
     assert results["status"] == "ok" and results["seed"] == 3
     assert [g["gen"] for g in results["generations"]] == [0, 1, 2]
     for g in results["generations"]:
-        assert g["final"] == ends[g["gen"]]["final"] and g["best"] == ends[g["gen"]]["best"]
+        assert g["final"] == ends[g["gen"]]["final"] and g["val_min"] == ends[g["gen"]]["val_min"]
         assert g["final"]["test_err"] == epochs_of(events, g["gen"])[-1]["test_err"]
-        assert g["best"]["test_err"] == min(e["test_err"] for e in epochs_of(events, g["gen"]))
+        assert g["val_min"] == {k: min(e[k] for e in epochs_of(events, g["gen"])) for k in ("val_loss", "val_err")}
     ensembles = {e["k"]: e for e in events if e["kind"] == "ensemble"}
     assert {e["k"]: (e["members"], e["test_err"], e["test_loss"]) for e in results["ensembles"]} == \
         {k: (e["members"], e["test_err"], e["test_loss"]) for k, e in ensembles.items()}
@@ -158,6 +158,32 @@ def test_complete_run_directory(reference):
         with torch.no_grad():
             p = torch.softmax(model(x), 1).numpy()
         np.testing.assert_allclose(p, probs[g], atol=1e-4)
+
+
+def test_no_minimum_of_a_test_metric_anywhere_in_the_run_directory(reference):
+    """A minimum over epochs of a test number is selected on the test set: events, results.json
+    and the checkpoints keep minima of validation metrics only, under `val_min`."""
+    def keys(x, path=()):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield path + (str(k),)
+                yield from keys(v, path + (str(k),))
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from keys(v, path)
+    found = []
+    docs = [(p.name, json.loads(line)) for p in [RunPaths(reference).events] for line in p.read_text().splitlines()]
+    docs.append(("results.json", json.loads(RunPaths(reference).results.read_text())))
+    docs += [(p.name, torch.load(p, weights_only=True)) for p in sorted((reference / "checkpoints").glob("*.pt"))]
+    assert len(docs) > 20 and any(name.endswith(".pt") for name, _ in docs)
+    minima = 0
+    for name, doc in docs:
+        doc = {k: v for k, v in doc.items() if k not in ("state_dict", "optimizer", "rng")} if name.endswith(".pt") else doc
+        for path in keys(doc):
+            if "best" in path[-1] or (len(path) > 1 and path[-2] == "val_min" and not path[-1].startswith("val_")):
+                found.append((name, path))
+            minima += len(path) > 1 and path[-2] == "val_min"
+    assert found == [] and minima > 0
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +248,7 @@ def test_sigkill_in_generation_2_then_resume_gives_the_same_numbers(reference, i
     assert numbers(events) == numbers(read_events(reference / "events.jsonl"))
     ref = json.loads((reference / "results.json").read_text())
     got = json.loads((root / "results.json").read_text())
-    assert [(g["final"], g["best"]) for g in got["generations"]] == [(g["final"], g["best"]) for g in ref["generations"]]
+    assert [(g["final"], g["val_min"]) for g in got["generations"]] == [(g["final"], g["val_min"]) for g in ref["generations"]]
     assert got["ensembles"] == ref["ensembles"] and got["status"] == "ok"
     assert not (root / "checkpoints" / "last.pt").exists()
     no_tmp_files(root)

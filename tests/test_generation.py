@@ -123,7 +123,7 @@ def test_a_new_task_trains_stops_and_resumes_through_the_skeleton(tmp_path, task
     ctx.stop.clear()
     resumed = train_generation(ctx, gen, None, task, Resume(last, started=True))
     assert task.loop.restored == [64]
-    assert resumed.final == whole.final and resumed.best == whole.best
+    assert resumed.final == whole.final and resumed.val_min == whole.val_min
     np.testing.assert_array_equal(resumed.test_probs, whole.test_probs)
     events = read_events(ctx.paths.events)
     assert [e["kind"] for e in events].count("gen_start") == 1 and events[0]["task"] == "plain"

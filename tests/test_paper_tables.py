@@ -63,14 +63,15 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = spec.load(ROOT / "experiments.toml").experiments
-PAPER = {n: e for n, e in PRESETS.items() if n.startswith(("cifar10-wrn", "cifar10-densenet", "cifar100-"))}
+PAPER = {n: e for n, e in PRESETS.items() if n.startswith(("cifar10-wrn", "cifar10-densenet", "cifar100-"))
+         and not n.endswith("+ce")}
 DENSENETS = ["112-33", "90-60", "80-80", "80-120"]
 DESCRIPTIONS = {e["name"]: e.get("description", "")
                 for e in __import__("tomllib").loads((ROOT / "experiments.toml").read_text())["experiment"]}
 
 
 def test_every_cifar_paper_preset_trains_in_the_wrn_setting():
-    assert len(PAPER) == 39     # Table 1: 8, Table 2: 16, Table 3: 2, Table 4: 7, Table 5: 6
+    assert len(PAPER) == 45     # Table 1: 8, Table 2: 16, Table 3: 8, Table 4: 7, Table 5: 6
     for name, exp in PAPER.items():
         for g in exp.generations:
             t = g.training
@@ -89,16 +90,49 @@ def test_the_missing_table_rows_have_presets():
         for key, objective in (("ban", "ban"), ("banl", "ban+l"), ("cwtm", "cwtm"), ("dkpp", "dkpp")):  # Table 2
             exp = PAPER[f"cifar100-densenet-{d}-{key}"]
             assert exp.dataset.name == "cifar100" and {g.objective for g in exp.generations[1:]} == {objective}
-    t3 = PAPER["cifar100-wrn-28-10-ban"]                                                      # Table 3
-    assert [(g.objective, g.model, g.teacher) for g in t3.generations] == [("ce", "wrn-28-10", None),
-                                                                           ("ban", "wrn-28-10", 0)]
-    cross = PAPER["cifar100-wrn-28-10-to-densenet-90-60"]
-    assert [g.model for g in cross.generations] == ["wrn-28-10", "densenet-bc-90-60"]
+    for w in ("1", "2", "5", "10"):                                                            # Table 3
+        t3 = PAPER[f"cifar100-wrn-28-{w}-ban"]
+        assert [(g.objective, g.model, g.teacher) for g in t3.generations] == [("ce", f"wrn-28-{w}", None),
+                                                                               ("ban", f"wrn-28-{w}", 0)]
+        cross = PAPER[f"cifar100-wrn-28-{w}-to-densenet-90-60"]
+        assert [g.model for g in cross.generations] == [f"wrn-28-{w}", "densenet-bc-90-60"]
+        assert f"Table 3, WRN-28-{w} " in DESCRIPTIONS[f"cifar100-wrn-28-{w}-ban"]
+
+
+def test_table_2s_ban_column_is_another_student_of_the_teacher_than_ban_1():
+    """The paper: "BAN and BAN-1 models are trained from Teacher but have different random seeds"."""
+    from engine.context import Context
+    for d in DENSENETS:
+        exp = PAPER[f"cifar100-densenet-{d}-ban"]
+        assert [(g.objective, g.teacher) for g in exp.generations] == [
+            ("ce", None), ("ban", 0), ("ban", 1), ("ban", 2), ("ban", 0)]
+        assert exp.ensembles == [2, 3]      # Ens*k over BAN-1..k: the BAN column is no member
+        ctx = Context(exp=exp, seed=0, paths=None, device=None)
+        assert ctx.gen_seed(exp.generations[4]) != ctx.gen_seed(exp.generations[1])
+
+
+def test_table_5s_label_only_baseline_is_each_presets_control():
+    t5 = [n for n in PAPER if n.startswith("cifar100-t5-")]
+    assert len(t5) == 6
+    for name in t5:
+        control = PRESETS[name + "+ce"]
+        student = PRESETS[name].generations[1]
+        got = control.generations[1]
+        assert (got.objective, got.teacher, got.inherit, got.freeze) == ("ce", None, [], [])
+        assert (got.model, got.model_options, got.training) == (student.model, student.model_options, student.training)
+        assert "label-only" in DESCRIPTIONS[name]
+
+
+def test_no_preset_reads_a_data_set_that_nothing_writes():
+    assert not [n for n in PRESETS if n.startswith("repro-")]
+    assert not [n for n, e in PRESETS.items() if e.dataset.root == "data/cifar10-2k"]
 
 
 def test_ptb_presets_use_the_papers_batch_and_say_what_is_our_reading():
-    for name in ("ptb-lstm-52m", "ptb-cnn-lstm"):
-        assert all(g.training.batch_size == 32 for g in PRESETS[name].generations), name
+    assert all(g.training.batch_size == 32 for g in PRESETS["ptb-lstm-52m"].generations)
+    assert all((g.training.epochs, g.training.batch_size) == (40, 20) for g in PRESETS["ptb-cnn-lstm"].generations)
+    assert "40 epochs and batch 20 as the paper's setting" in DESCRIPTIONS["ptb-cnn-lstm"]
+    assert "batch 32" not in DESCRIPTIONS["ptb-cnn-lstm"]
     for name in ("ptb-lstm-52m", "cifar100-densenet-90-60-ban", "cifar10-densenet-80-80", "cifar100-t5-densenet-90-60-to-ban-wrn-1-1"):
         assert "our reading" in DESCRIPTIONS[name], name
 

@@ -5,6 +5,7 @@ of an uninterrupted bf16 run, and a chain under auto with the bf16 check forced 
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,6 +74,37 @@ def test_bad_ban_threads_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setitem(tep.ENV, "BAN_THREADS", "many")
     root, proc = tep.launched(tmp_path, BF16_CHAIN)
     failed_run(root, proc, 2, "BAN_THREADS", "'many'")
+
+
+def test_a_run_records_what_it_resolved_to_and_bf16_and_fp32_runs_are_never_pooled(tmp_path, monkeypatch):
+    """The same config under precision = "auto", run by the engine with the bf16 check forced on
+    and off: run_start and the snapshot say bf16 / fp32, the device's model, threads and versions;
+    the config hashes differ and `ban report` gives two groups, not one seed replacing the other."""
+    from ban_tui import report
+    text = digits_chain("chain", epochs=1, batch_size=64, optimizer=SGD, seeds=[3], device="cpu", generations=1)
+    starts = {}
+    for forced in ("1", "0"):
+        monkeypatch.setitem(tep.ENV, hardware.FORCE_BF16, forced)
+        (tmp_path / forced).mkdir()
+        rc, err = finish(run_chain(tmp_path / forced, "r" + forced, text), timeout=900)
+        assert rc == 0, err
+        root = tmp_path / forced / "runs" / "chain" / ("r" + forced)
+        start = read_events(root / "events.jsonl")[0]
+        want = "bf16" if forced == "1" else "fp32"
+        assert start["resolved"] == {"device_type": "cpu", "generations": [
+            {"precision": want, "channels_last": False, "compile": False}] * 2}
+        assert start["machine"]["cpu"] == hardware.cpu_model() and start["machine"]["cpu_bf16"] is (forced == "1")
+        assert start["machine"]["cpu_bf16_forced"] == forced and start["threads"] == 1
+        assert start["versions"]["torch"] == torch.__version__ and start["versions"]["numpy"] == np.__version__
+        assert start["versions"]["torchvision"]
+        snapshot = (root / "experiment.toml").read_text()
+        assert f"gen 0: {want}, channels_last false, compile false" in snapshot and hardware.cpu_model() in snapshot
+        assert spec.loads(snapshot).experiments["chain"].generations[0].training.precision == "auto"
+        starts[forced] = (start, root)
+    assert starts["1"][0]["config_hash"] != starts["0"][0]["config_hash"]
+    rep = report.collect([starts["1"][1], starts["0"][1]])
+    assert sorted(e["runs"][0] for e in rep["experiments"]) == ["chain/r0", "chain/r1"]
+    assert rep["dropped"] == []
 
 
 # ---- bf16 autocast on the CPU, for real -----------------------------------------------------

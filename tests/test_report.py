@@ -8,6 +8,7 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -30,16 +31,21 @@ dataset = {{ name = "digits" }}
 
 
 def make_run(runs_dir, name, run_id, seed, finals, ens=None, status="ok", epochs=4, started=0.0,
-             description="d", seeds="[0, 1, 2]", device="cpu", objectives=None, teachers=None):
-    """A run directory written by hand: snapshot, run_start at ts `started`, a gen_start and
-    gen_end per generation (final test error finals[g]), ensembles, run_end `status`."""
+             description="d", seeds="[0, 1, 2]", device="cpu", objectives=None, teachers=None,
+             ran_on="cpu", precision=None, machine=None, threads=None):
+    """A run directory written by hand: snapshot (its `device` key: `device`), run_start at ts
+    `started` (device `ran_on`; with `precision`, the resolved precision of every generation, and
+    `machine`/`threads` as the engine records them), a gen_start and gen_end per generation (final
+    test error finals[g]), ensembles, run_end `status`."""
     root = Path(runs_dir) / name / run_id
     root.mkdir(parents=True)
     RunPaths(root).snapshot.write_text(SNAPSHOT.format(name=name, description=description, seeds=seeds,
                                                        device=device, epochs=epochs))
     w = EventWriter(RunPaths(root).events, run_id)
+    resolved = precision and {"device_type": ran_on, "generations": [
+        {"precision": precision, "channels_last": False, "compile": False} for _ in finals]}
     w.emit("run_start", experiment=name, config_hash="same-for-all", host="box", pid=None, pid_start=None,
-           versions={}, device=device, seed=seed)
+           versions={}, device=ran_on, seed=seed, threads=threads, resolved=resolved, machine=machine)
     objectives = objectives or ["ce"] + ["ban"] * (len(finals) - 1)
     teachers = teachers or [None] + list(range(len(finals) - 1))
     for g, final in enumerate(finals):
@@ -47,7 +53,7 @@ def make_run(runs_dir, name, run_id, seed, finals, ens=None, status="ok", epochs
                model="cnn-small", params=1000, teacher=teachers[g], epochs=epochs)
         w.emit("epoch", gen=g, epoch=epochs, epochs=epochs, train_loss=0.1, train_err=0.0, test_loss=0.2,
                test_err=final, lr=0.01, seconds=1.0, samples_per_s=10.0, diagnostics={})
-        w.emit("gen_end", gen=g, final={"test_err": final}, best={"test_err": final}, checkpoint="x")
+        w.emit("gen_end", gen=g, final={"test_err": final}, val_min={}, checkpoint="x")
     for k, v in (ens or {}).items():
         w.emit("ensemble", k=k, members=list(range(1, k + 1)), test_err=v)
     if status:
@@ -69,7 +75,7 @@ def test_two_configs_under_one_name_are_two_groups_and_a_warning(tmp_path):
     make_run(tmp_path, "exp", "r0", 0, [0.10, 0.08], epochs=4, started=1)
     make_run(tmp_path, "exp", "r1", 1, [0.12, 0.09], epochs=4, started=2)
     make_run(tmp_path, "exp", "r2", 0, [0.30, 0.20], epochs=2, started=3)
-    # what does not change training (description, device, the seed list) does not split a group
+    # what does not change training (description, the device key, the seed list) does not split a group
     make_run(tmp_path, "exp", "r3", 2, [0.11, 0.07], epochs=4, started=4, description="other words",
              seeds="[2]", device="cuda")
     rep = report.collect(sorted(p for p in tmp_path.glob("exp/*")))
@@ -85,6 +91,34 @@ def test_two_configs_under_one_name_are_two_groups_and_a_warning(tmp_path):
     assert rep["dropped"] == []
 
 
+def test_runs_that_resolved_to_another_precision_or_device_type_are_never_pooled(tmp_path):
+    """The same snapshot, run under bf16 and fp32 (precision = "auto" on two machines), and on a
+    GPU: three groups, the fp32 seed 0 never replaces the bf16 one."""
+    make_run(tmp_path, "exp", "b0", 0, [0.10, 0.08], started=1, precision="bf16")
+    make_run(tmp_path, "exp", "b1", 1, [0.12, 0.09], started=2, precision="bf16")
+    make_run(tmp_path, "exp", "f0", 0, [0.30, 0.20], started=3, precision="fp32")
+    make_run(tmp_path, "exp", "g0", 0, [0.50, 0.40], started=4, precision="bf16", ran_on="cuda")
+    rep = report.collect(sorted(tmp_path.glob("exp/*")))
+    assert sorted(e["runs"] for e in rep["experiments"]) == [["exp/b0", "exp/b1"], ["exp/f0"], ["exp/g0"]]
+    assert len({e["config"] for e in rep["experiments"]}) == 3
+    assert rep["dropped"] == []
+    assert any("covers 3 configurations" in w for w in rep["warnings"])
+
+
+def test_a_group_of_mixed_device_models_or_threads_is_reported_with_a_warning(tmp_path):
+    epyc, xeon = {"cpu": "AMD EPYC 9B14", "cpu_bf16": True}, {"cpu": "Intel Xeon 8375C", "cpu_bf16": True}
+    make_run(tmp_path, "exp", "r0", 0, [0.10, 0.08], started=1, precision="bf16", machine=epyc, threads=2)
+    make_run(tmp_path, "exp", "r1", 1, [0.12, 0.09], started=2, precision="bf16", machine=xeon, threads=1)
+    rep = report.collect(sorted(tmp_path.glob("exp/*")))
+    assert [e["n"] for e in rep["experiments"]] == [2]
+    config = rep["experiments"][0]["config"]
+    assert f"experiment 'exp' ({config}) mixes device models: AMD EPYC 9B14, Intel Xeon 8375C" in rep["warnings"]
+    assert f"experiment 'exp' ({config}) mixes thread counts: 1, 2" in rep["warnings"]
+    make_run(tmp_path, "same", "r0", 0, [0.10, 0.08], started=1, precision="bf16", machine=epyc, threads=2)
+    make_run(tmp_path, "same", "r1", 1, [0.12, 0.09], started=2, precision="bf16", machine=epyc, threads=2)
+    assert report.collect(sorted(tmp_path.glob("same/*")))["warnings"] == []
+
+
 def test_seed_zero_twice_keeps_the_latest_ok_run_and_says_so(tmp_path):
     make_run(tmp_path, "exp", "old", 0, [0.10, 0.08], started=1)
     make_run(tmp_path, "exp", "new", 0, [0.20, 0.18], started=5)
@@ -92,7 +126,7 @@ def test_seed_zero_twice_keeps_the_latest_ok_run_and_says_so(tmp_path):
     rep = report.collect(sorted(tmp_path.glob("exp/*")))
     (e,) = rep["experiments"]
     assert e["n"] == 1 and e["runs"] == ["exp/new"] and e["columns"]["Teacher"]["values"] == [0.20]
-    assert e["columns"]["Teacher"]["std"] == 0.0 and e["columns"]["Teacher"]["n"] == 1
+    assert e["columns"]["Teacher"]["std"] is None and e["columns"]["Teacher"]["n"] == 1
     assert [(d["run"], d["seed"]) for d in rep["dropped"]] == [("exp/old", 0), ("exp/mid", 0)]
     assert all("the later ok run" in d["reason"] for d in rep["dropped"])
     assert rep["warnings"] == []
@@ -145,7 +179,29 @@ def test_pairing_uses_only_the_seeds_both_have(tmp_path):
     (e,) = report.collect(sorted(tmp_path.glob("exp/*")))["experiments"]
     d = e["columns"]["BAN-1"]["vs_teacher"]
     assert d["seeds"] == [0] and d["mean"] == pytest.approx(-0.02) and d["ci"] is None
-    assert "[n<2: no CI]" in report.to_text({"experiments": [e], "warnings": [], "dropped": []})
+    assert "[n/a: n<2]" in report.to_text({"experiments": [e], "warnings": [], "dropped": []})
+
+
+def test_one_seed_prints_n_a_not_a_zero_spread(tmp_path):
+    make_run(tmp_path, "exp", "r0", 0, [0.10, 0.08], started=0)
+    rep = report.collect(sorted(tmp_path.glob("exp/*")))
+    for text in (report.to_text(rep), report.to_markdown(rep)):
+        assert "10.00 ± n/a" in text and "8.00 ± n/a" in text and "-2.00 [n/a: n<2]" in text
+        assert "± 0.00" not in text
+    lines = report.to_csv(rep).splitlines()
+    assert lines[1].split(",")[4:8] == ["Teacher", "1", "10.0000", ""]
+
+
+def test_students_are_labelled_by_their_objective(tmp_path):
+    for s in range(2):
+        make_run(tmp_path, "exp", f"r{s}", s, [0.1, 0.09, 0.08, 0.07, 0.06, 0.05], started=s,
+                 objectives=["ce", "ban", "cwtm", "dkpp", "ban+l", "ls"], teachers=[None, 0, 1, 2, 3, None])
+    (e,) = report.collect(sorted(tmp_path.glob("exp/*")))["experiments"]
+    assert list(e["columns"]) == ["Teacher", "BAN-1", "CWTM-2", "DKPP-3", "BAN+L-4", "LS-5"]
+    # a student of the teacher beside a chain (Table 2's BAN column) is not read as a later generation
+    make_run(tmp_path, "t2", "r0", 0, [0.1, 0.09, 0.08, 0.07, 0.075], teachers=[None, 0, 1, 2, 0])
+    (e,) = report.collect(sorted(tmp_path.glob("t2/*")))["experiments"]
+    assert list(e["columns"]) == ["Teacher", "BAN-1", "BAN-2", "BAN-3", "BAN-4 (of Teacher)"]
 
 
 def test_the_control_is_printed_beside_its_chain_and_paired_with_it(tmp_path):
@@ -163,7 +219,12 @@ def test_the_control_is_printed_beside_its_chain_and_paired_with_it(tmp_path):
     vs = chain["columns"]["Ens*2"]["vs_control"]
     assert vs["mean"] == pytest.approx(statistics.fmean([-0.01, -0.012, -0.014])) and vs["n"] == 3
     text = report.to_text(rep)
-    assert "exp+ce (independent CE control)" in text and "independent-CE Ens" in text
+    assert "exp+ce (independent CE control)" in text and "Δ vs independent CE [95% t CI, seeds]" in text
+    # BAN-k is paired with CE-k (an independent CE model of another seed), Ens*k with the CE ensemble
+    assert chain["columns"]["BAN-1"]["control_column"] == "CE-1"
+    assert chain["columns"]["BAN-2"]["vs_control"]["mean"] == pytest.approx(0.07 - 0.09)
+    assert chain["columns"]["Teacher"].get("vs_control") is None
+    assert "BAN-1 (vs CE-1)" in text and "BAN-2 (vs CE-2)" in text
 
 
 def test_cli_formats_carry_the_numbers_and_the_notes(tmp_path):
@@ -183,7 +244,7 @@ def test_cli_formats_carry_the_numbers_and_the_notes(tmp_path):
     js = json.loads(runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--format", "json"]).stdout)
     assert js["dropped"][0]["reason"] == "ended cancelled"
     table = runner.invoke(app, ["report", "--runs-dir", str(runs_dir)])
-    assert "paired Δ vs Teacher" in table.output and "left out exp/f" in table.output
+    assert "Δ vs Teacher [95% t CI, seeds]" in table.output and "left out exp/f" in table.output
 
 
 def curve_run(runs_dir, name, test_errs, val_errs=None):
@@ -199,8 +260,8 @@ def curve_run(runs_dir, name, test_errs, val_errs=None):
         val = {} if val_errs is None else {"val_err": val_errs[i], "val_loss": 1.0}
         w.emit("epoch", gen=0, epoch=i + 1, epochs=n, train_loss=0.1, train_err=0.0, test_loss=0.2, test_err=t,
                lr=0.01, seconds=1.0, samples_per_s=10.0, diagnostics={}, **val)
-    best = {"test_err": min(test_errs), **({"val_err": min(val_errs)} if val_errs else {})}
-    w.emit("gen_end", gen=0, final={"test_err": test_errs[-1]}, best=best, checkpoint="x")
+    val_min = {"val_err": min(val_errs)} if val_errs else {}
+    w.emit("gen_end", gen=0, final={"test_err": test_errs[-1]}, val_min=val_min, checkpoint="x")
     w.emit("run_end", status="ok", error=None)
     w.close()
 
@@ -271,3 +332,151 @@ def test_the_control_trains_k_models_from_k_distinct_seeds_with_no_teacher_term(
     assert {e["k"]: e["members"] for e in events if e["kind"] == "ensemble"} == {2: [1, 2], 3: [1, 2, 3]}
     state = RunState().extend(events)
     assert report.is_control(state)
+
+
+# ---- intervals that count the test set, corrected claims, power ---------------------------------
+
+def probs_for(wrong: np.ndarray, y: np.ndarray, classes: int = 3) -> np.ndarray:
+    """Probabilities whose argmax is y where wrong is False and (y + 1) % classes where it is True."""
+    pred = np.where(wrong, (y + 1) % classes, y)
+    p = np.full((len(y), classes), 0.1 / (classes - 1), dtype=np.float32)
+    p[np.arange(len(y)), pred] = 0.9
+    return p
+
+
+def run_with_probs(runs_dir, name, seed, wrongs: list[np.ndarray], y: np.ndarray, ens_members=None):
+    """make_run with probs/gen-k.npy of the given per-example errors and probs/labels.npy; the
+    events' final errors are the means of those errors (as the engine's would be)."""
+    ens = None
+    probs = [probs_for(w, y) for w in wrongs]
+    if ens_members:
+        mean = np.mean(np.stack([probs[m].astype(np.float64) for m in ens_members]), axis=0)
+        ens = {len(ens_members): float(np.mean(mean.argmax(1) != y))}
+    root = make_run(runs_dir, name, f"r{seed}", seed, [float(w.mean()) for w in wrongs], ens, started=seed)
+    RunPaths(root).probs.mkdir()
+    for g, p in enumerate(probs):
+        np.save(RunPaths(root).gen_probs(g), p)
+    np.save(RunPaths(root).test_labels, y.astype(np.int64))
+    return root
+
+
+def independent_bootstrap(D: np.ndarray, B: int, seed: int) -> list[float]:
+    """The documented draws, replicate by replicate: seeds then examples, the mean of the block."""
+    rng = np.random.default_rng(seed)
+    n, N = D.shape
+    seed_draws, example_draws = rng.integers(0, n, (B, n)), rng.integers(0, N, (B, N))
+    stats = [D[seed_draws[b]][:, example_draws[b]].mean() for b in range(B)]
+    return list(np.percentile(stats, [2.5, 97.5]))
+
+
+def test_bootstrap_equals_an_independent_computation_and_is_wider_when_test_examples_disagree(tmp_path):
+    """BAN-1 fixes the same two test images in every seed (one seed: one of them): the seeds agree
+    closely, so the t interval is narrow, but the gain rests on two of 40 images, which the
+    bootstrap over test examples sees."""
+    N, n = 40, 5
+    y = np.arange(N) % 3
+    for s in range(n):
+        teacher = np.zeros(N, bool)
+        teacher[[0, 1, 2, 3, 10 + s]] = True
+        ban = teacher.copy()
+        ban[[0] if s == 0 else [0, 1]] = False
+        run_with_probs(tmp_path, "exp", s, [teacher, ban], y)
+    rep = report.collect(sorted(tmp_path.glob("exp/*")), bootstrap=3000, boot_seed=7)
+    d = rep["experiments"][0]["columns"]["BAN-1"]["vs_teacher"]
+    D = np.zeros((n, N))
+    D[:, 0] = -1
+    D[1:, 1] = -1
+    assert d["mean"] == pytest.approx(D.mean())
+    assert d["boot_ci"] == pytest.approx(independent_bootstrap(D, 3000, 7), abs=1e-12)
+    assert d["boot_ci"][1] - d["boot_ci"][0] > 2 * (d["ci"][1] - d["ci"][0])
+    assert d["ci"][1] < 0 <= d["boot_ci"][1]          # the t interval excludes 0, the bootstrap does not
+    assert d["verdict"] == "n.s."                       # so no verdict word, whatever p says
+    text = report.to_text(rep)
+    assert "t CI, seeds]" in text and "bootstrap CI, seeds×test]" in text
+    assert f"[{100 * d['boot_ci'][0]:+.2f}, {100 * d['boot_ci'][1]:+.2f}]" in text
+    assert "B 3000, seed 7" in text
+    line = report.to_csv(rep).splitlines()[2].split(",")
+    assert line[4] == "BAN-1" and float(line[11]) == pytest.approx(100 * d["boot_ci"][0], abs=1e-4)
+
+
+def test_ensemble_bootstrap_uses_the_members_averaged_probabilities(tmp_path):
+    N = 30
+    y = np.arange(N) % 3
+    rng = np.random.default_rng(1)
+    wrongs = {s: [rng.random(N) < 0.3 for _ in range(3)] for s in range(4)}
+    for s in range(4):
+        run_with_probs(tmp_path, "exp", s, wrongs[s], y, ens_members=[1, 2])
+    d = report.collect(sorted(tmp_path.glob("exp/*")), bootstrap=500, boot_seed=3)["experiments"][0]["columns"]["Ens*2"]["vs_teacher"]
+    D = []
+    for s in range(4):
+        p = [probs_for(w, y).astype(np.float64) for w in wrongs[s]]
+        D.append((((p[1] + p[2]) / 2).argmax(1) != y).astype(float) - wrongs[s][0])
+    assert d["boot_ci"] == pytest.approx(independent_bootstrap(np.array(D), 500, 3), abs=1e-12)
+
+
+def test_no_probabilities_no_bootstrap_and_it_says_n_a(tmp_path):
+    for s in range(3):
+        make_run(tmp_path, "exp", f"r{s}", s, [0.1 + 0.01 * s, 0.09], started=s)
+    rep = report.collect(sorted(tmp_path.glob("exp/*")))
+    assert rep["experiments"][0]["columns"]["BAN-1"]["vs_teacher"]["boot_ci"] is None
+    row = next(r for r in report.rows(rep) if r["column"] == "BAN-1")
+    assert row["vs_teacher_boot"] == "n/a"
+
+
+def test_holm_and_the_mde_equal_hand_computations(tmp_path):
+    from scipy import stats as st
+    teacher = [0.100, 0.120, 0.090, 0.110, 0.105]
+    gens = {1: [0.080, 0.101, 0.072, 0.093, 0.084],     # clearly lower
+            2: [0.098, 0.125, 0.085, 0.113, 0.100],     # noise
+            3: [0.090, 0.118, 0.083, 0.104, 0.093]}     # lower, less clearly
+    ens = [0.070, 0.095, 0.066, 0.088, 0.080]
+    for s in range(5):
+        make_run(tmp_path, "exp", f"r{s}", s, [teacher[s]] + [gens[g][s] for g in (1, 2, 3)], {3: ens[s]}, started=s)
+    (e,) = report.collect(sorted(tmp_path.glob("exp/*")))["experiments"]
+    cols = ["BAN-1", "BAN-2", "BAN-3", "Ens*3"]
+    raw = [st.ttest_rel(v, teacher).pvalue for v in (gens[1], gens[2], gens[3], ens)]
+    order = sorted(range(4), key=lambda i: raw[i])
+    adjusted, running = {}, 0.0
+    for rank, i in enumerate(order):               # Holm: (m - rank) p, made monotone
+        running = max(running, min(1.0, (4 - rank) * raw[i]))
+        adjusted[i] = running
+    for i, c in enumerate(cols):
+        d = e["columns"][c]["vs_teacher"]
+        assert d["p"] == pytest.approx(raw[i], rel=1e-9) and d["p_holm"] == pytest.approx(adjusted[i], rel=1e-9)
+    assert e["columns"]["BAN-1"]["vs_teacher"]["verdict"] == "lower"   # adjusted p < 0.05 (no bootstrap here)
+    assert e["columns"]["BAN-2"]["vs_teacher"]["verdict"] == "n.s."
+
+    # MDE: the effect at which a two-sided paired t-test (alpha 0.05, n 5) has power 0.8, by bisection
+    sd = statistics.stdev([a - b for a, b in zip(gens[2], teacher)])
+    crit = st.t.ppf(0.975, 4)
+    lo, hi = 0.0, 10 * sd
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        nc = mid * math.sqrt(5) / sd
+        lo, hi = (mid, hi) if st.nct.sf(crit, 4, nc) + st.nct.cdf(-crit, 4, nc) < 0.8 else (lo, mid)
+    assert e["columns"]["BAN-2"]["vs_teacher"]["mde"] == pytest.approx(lo, rel=1e-9)
+    assert report.inference.mde(2.9, 5) == pytest.approx(4.9, abs=0.1)   # the issue's example: sd 2.9, n 5
+
+
+def test_holm_and_seeds_needed_by_hand():
+    from ban_tui import inference
+    assert inference.holm([0.01, 0.04, 0.03, None, 0.5]) == pytest.approx([0.04, 0.09, 0.09, None, 0.5])
+    assert inference.holm([0.025] + [0.3] * 8)[0] == pytest.approx(0.225)   # repro16's Ens*3 - BAN-1
+    n = inference.seeds_needed(1.0, 2.9)
+    assert inference.power(1.0, 2.9, n) >= 0.8 > inference.power(1.0, 2.9, n - 1)
+    assert inference.mde(2.9, n) <= 1.0 < inference.mde(2.9, n - 1)
+
+
+def test_cli_effect_prints_the_seeds_needed(tmp_path):
+    from ban_tui import inference
+    runs_dir = tmp_path / "runs"
+    teacher, ban = [0.10, 0.12, 0.09, 0.11], [0.095, 0.118, 0.080, 0.112]
+    for s in range(4):
+        make_run(runs_dir, "exp", f"r{s}", s, [teacher[s], ban[s]], started=s)
+    res = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--effect", "0.5"])
+    assert res.exit_code == 0, res.output
+    sd = statistics.stdev([100 * (b - t) for b, t in zip(ban, teacher)])
+    n = inference.seeds_needed(0.5, sd)
+    assert f"exp BAN-1 - Teacher: sd {sd:.2f} over 4 seeds → {n} seeds to resolve 0.5 at 80 % power" in res.output
+    bad = runner.invoke(app, ["report", "--runs-dir", str(runs_dir), "--effect", "-1"])
+    assert bad.exit_code != 0 and "--effect" in bad.output

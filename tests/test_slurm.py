@@ -54,9 +54,9 @@ def ends(run_dir: Path) -> list[tuple]:
 
 
 def numbers(run_dir: Path) -> dict:
-    """What a chain computed: every generation's final and best metrics, the ensembles."""
+    """What a chain computed: every generation's final metrics and validation minima, the ensembles."""
     res = json.loads((run_dir / "results.json").read_text())
-    return {"generations": [(g["gen"], g["final"], g["best"]) for g in res["generations"]],
+    return {"generations": [(g["gen"], g["final"], g["val_min"]) for g in res["generations"]],
             "ensembles": res["ensembles"]}
 
 

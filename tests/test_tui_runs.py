@@ -9,7 +9,8 @@ from textual.widgets import Input, OptionList
 from ban_tui import notes
 from ban_tui.app import BanApp
 from ban_tui.report import config_key
-from engine.runs import snapshot_experiment
+from engine.events import read_events
+from engine.runs import RunPaths, snapshot_experiment
 from ban_tui.screens.runs import NAME_WIDTH, RunsTable
 from test_tui_support import CONFIG, built, cells, make_run, wait_for
 
@@ -45,7 +46,8 @@ async def test_columns_and_long_names(runs):
         by_key = dict(zip(table.row_keys(), rows(table)))
         tiny = by_key[str(runs["tiny"])]
         assert tiny["objective"] == "ce→ban" and tiny["seed"] == "0" and tiny["tags"] == "baseline, paper"
-        assert tiny["config"] == config_key(snapshot_experiment(runs["tiny"]), []) and len(tiny["config"]) == 12
+        assert tiny["config"] == config_key(snapshot_experiment(runs["tiny"]), read_events(RunPaths(runs["tiny"]).events)) \
+            and len(tiny["config"]) == 12
         assert by_key[str(runs["cw"])]["objective"] == "ce→cwtm" and by_key[str(runs["cw"])]["tags"] == "-"
         long = by_key[str(runs["long"])]["run"]
         assert len(long) == NAME_WIDTH and "…" in long and long.endswith("/20250101-000200-s2-cccc")

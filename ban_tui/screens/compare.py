@@ -28,7 +28,8 @@ from ban_tui.widgets.rows import RowsTable
 from engine.runs import gen_label, snapshot_experiment
 
 # ban report's columns, less those every row of one group shares (experiment, config, metric)
-SEED_COLUMNS = pick(report.COLUMNS, "column", "n", "value", "vs_teacher")
+SEED_COLUMNS = pick(report.COLUMNS, "column", "n", "value", "vs_teacher", "vs_teacher_boot", "vs_teacher_p",
+                    "vs_teacher_verdict")
 
 
 def run_name(run_dir: Path, state=None) -> str:

@@ -154,8 +154,20 @@ class Experiment:
             g.update(g.pop("training"))
         return _drop_none(d)
 
-    def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def config_hash(self, resolved: dict | None = None) -> str:
+        """The hash of the experiment table and, given `resolved` (engine.hardware.resolved), of
+        what changes the numbers beside it: the device type and each generation's precision."""
+        table = self.to_dict()
+        if resolved is not None:
+            table = {**table, "resolved": numbers_key(resolved)}
+        return hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def numbers_key(resolved: dict) -> dict:
+    """The part of a run's resolved settings that changes its numbers: the device type and the
+    precision of each generation (channels-last and compile change speed, not the arithmetic)."""
+    return {"device_type": resolved.get("device_type"),
+            "precision": [g.get("precision") for g in resolved.get("generations", [])]}
 
 
 @dataclass
