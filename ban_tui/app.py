@@ -27,6 +27,8 @@ from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
 from ban_tui import hosts, launch
+from ban_tui.backends import backend_for
+from ban_tui.backends.base import FAILURES
 from ban_tui.config_edit import experiment_names
 from ban_tui.follow import LocalSource
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
@@ -279,31 +281,31 @@ class BanApp(App):
         for table in self.main_screen.query(RunsTable):   # none for the moment before the runs tab is built
             table.action_compare()
 
-    def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
+    def launch_experiment(self, name: str) -> list[launch.Launch]:
         """Start one detached engine per seed of a saved experiment, here or on its `host`
         (over ssh, in a worker); follow them at once."""
         try:
             config = spec.load(self.config_path, extra_hosts=self.user_hosts)
             exp = config.experiments[name]
-            host = hosts.all_hosts(config)[exp.host] if exp.host else None
+            known = hosts.all_hosts(config)   # [hosts.local]: this machine's slots, where a table gives them
+            b = backend_for(known[exp.host] if exp.host else known.get("local"), self.runs_dir)
         except spec.SpecError as exc:
             self.notify(f"not launched: {exc.problems[0]}", severity="error")
             return []
         except KeyError:
             self.notify(f"not launched: no experiment {name!r} in {self.config_path} (save it first)", severity="error")
             return []
-        if host is not None and not host.local:
-            self.launch_remote(exp, host)
+        if b.remote:
+            self.launch_remote(exp, b)
             return []
-        local = hosts.all_hosts(config).get("local")   # this machine's slots, where a table gives them
         launched = []
         for seed in exp.seeds:
             try:
-                run = launch.launch_local(self.config_path, exp, seed, self.runs_dir, host=local)
-            except (OSError, ValueError, launch.LaunchError) as exc:
+                [run] = b.submit([(exp, seed)], self.config_path)
+            except FAILURES as exc:
                 self.notify(f"not launched: {name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
+            self.watcher.add(run.run_dir, b.source(run.run_dir, run.pid, run.pid_start))
             self.notify(f"launched {run.name} ({run.how})")
             launched.append(run)
         if launched:
@@ -311,40 +313,24 @@ class BanApp(App):
         return launched
 
     @work(thread=True, group="launch")
-    def launch_remote(self, exp: spec.Experiment, host: spec.Host) -> None:
-        """remote.launch waits for the engine's first event: never in the UI thread. A Slurm host
-        gets one job array of every seed, as `ban run` submits it."""
-        from ban_tui.remote import queue as remote_queue
-        from ban_tui.remote.transport import RemoteError
-        from ban_tui.slurm import follow_source
-        if host.slurm is not None:
-            self.submit_slurm(exp, host)
-            return
-        for seed in exp.seeds:
-            self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
+    def launch_remote(self, exp: spec.Experiment, b) -> None:
+        """A submit on a host waits for the engine's first event: never in the UI thread. A
+        backend that takes every chain at once (Slurm: one job array) gets every seed, as `ban
+        run` submits them."""
+        batches = [[(exp, seed) for seed in exp.seeds]] if b.batched else [[(exp, seed)] for seed in exp.seeds]
+        for chains in batches:
+            what = f"{exp.name} seed {chains[0][1]}" if len(chains) == 1 else f"{exp.name} ({len(chains)} seeds)"
+            self.call_from_thread(self.notify, f"starting {what} on {b.name}...")
             try:
-                run = remote_queue.submit(host, exp, seed)   # on the host's slots, maybe queued
-            except (OSError, ValueError, RemoteError) as exc:
-                self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
+                runs = b.submit(chains, self.config_path)   # on the host's slots (maybe queued), or its Slurm
+            except FAILURES as exc:
+                self.call_from_thread(self.notify, f"not launched: {what}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), follow_source(host, run.run_dir, run.pid).start())
-            self.call_from_thread(self.notify, f"launched {run.name} on {host.name} ({run.how})")
+            for run in runs:
+                self.watcher.add(Path(run.run_dir), b.source(run.run_dir, run.pid).start())
+                verb = "submitted" if run.job is not None else "launched"
+                self.call_from_thread(self.notify, f"{verb} {run.name} on {b.name} ({run.how})")
             self.call_from_thread(self.show_panel, "runs")
-
-    def submit_slurm(self, exp: spec.Experiment, host: spec.Host) -> None:
-        """(In launch_remote's worker.) Submit the seeds to the host's Slurm; follow each job's run."""
-        from ban_tui import slurm
-        from ban_tui.remote.transport import RemoteError
-        self.call_from_thread(self.notify, f"submitting {exp.name} ({len(exp.seeds)} seeds) to Slurm on {host.name}...")
-        try:
-            runs = slurm.submit(host, [(exp, seed) for seed in exp.seeds])
-        except (OSError, ValueError, RemoteError) as exc:
-            self.call_from_thread(self.notify, f"not submitted: {exp.name}: {exc}", severity="error")
-            return
-        for run in runs:
-            self.watcher.add(Path(run.run_dir), slurm.follow_source(host, run.run_dir).start())
-            self.call_from_thread(self.notify, f"submitted {run.name} as Slurm job {run.job} on {host.name}")
-        self.call_from_thread(self.show_panel, "runs")
 
     def _local(self, run_dir: str, verb: str) -> bool:
         """True for a local run; a run on a host is handed to control_remote (False)."""
@@ -357,18 +343,16 @@ class BanApp(App):
 
     @work(thread=True, group="control")
     def control_remote(self, verb: str, run_dir: str, source) -> None:
-        """cancel / resume a run on its host (ban_tui.remote.control): over ssh, never in the UI thread."""
-        from ban_tui.remote import control as remote_control
-        from ban_tui.remote.transport import RemoteError
-        from ban_tui.slurm import follow_source
+        """cancel / resume a run on its host (its backend): over ssh, never in the UI thread."""
+        b = backend_for(source.host)
         try:
             if verb == "resume":
-                run = remote_control.resume(source.host, source.run_dir)
-                self.watcher.add(Path(run_dir), follow_source(source.host, run.run_dir, run.pid).start())
-                said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
+                run = b.resume(source.run_dir)
+                self.watcher.add(Path(run_dir), b.source(run.run_dir, run.pid).start())
+                said = f"resumed {source.name} on {b.name}" + (f" ({run.how})" if run.pid or run.job else "")
             else:
-                said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]
-        except RemoteError as exc:
+                said = b.cancel(source.run_dir, wait=False)
+        except FAILURES as exc:
             self.call_from_thread(self.notify, str(exc), severity="error")
             return
         self.call_from_thread(self.notify, said)

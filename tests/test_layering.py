@@ -100,6 +100,21 @@ def test_engine_and_ban_tui_import_no_cycle():
     assert [" -> ".join(c) for c in cycles(g)] == []
 
 
+def test_the_backends_sit_above_what_they_drive_and_below_the_front_ends():
+    """ban_tui.backends drives launch, remote and slurm and is driven by the CLI and the TUI:
+    nothing it uses imports it back (backend_for, imported by hosts for the one reading of a
+    table's kind, is the package itself, which imports nothing of ban_tui at module level)."""
+    g = graph(ROOT)
+    backends = {m for m in g if m.startswith("ban_tui.backends")}
+    assert {"ban_tui.backends", "ban_tui.backends.base", "ban_tui.backends.local", "ban_tui.backends.ssh",
+            "ban_tui.backends.slurm"} <= backends
+    assert "ban_tui.backends" in g["ban_tui.cli"] and "ban_tui.backends" in g["ban_tui.app"]
+    below = set().union(*(g[m] for m in backends)) - backends
+    up = {m: sorted(t for t in g[m] if t.startswith("ban_tui.backends")) for m in below}
+    assert {m: ts for m, ts in up.items() if ts and m != "ban_tui.hosts"} == {}
+    assert not {"ban_tui.cli", "ban_tui.app"} & below and not any(t.startswith("ban_tui.screens") for t in below)
+
+
 def test_the_engine_never_imports_the_manager():
     g = graph(ROOT)
     up = {m: sorted(t for t in ts if t.startswith("ban_tui")) for m, ts in g.items() if m.startswith("engine")}
