@@ -136,3 +136,15 @@ def test_a_package_that_its_submodule_imports_back_is_a_cycle(tmp_path):
     assert g["engine.fine"] == {"engine.models.cnn", "engine.models.lm"}
     assert sorted(cycles(g)) == [["engine.models", "engine.models.cnn", "engine.models"],
                                  ["engine.models.helpers", "engine.models.lm", "engine.models.helpers"]]
+
+
+def test_host_side_code_imports_nothing_of_the_laptop_side():
+    """ban_tui.host runs on the host (`python -m ban_tui.host`): it imports the engine, the launcher
+    and itself, never ban_tui.remote, backends, slurm (the laptop's side) or the front ends."""
+    g = graph(ROOT)
+    host = {m for m in g if m.startswith("ban_tui.host.") or m == "ban_tui.host"} - {"ban_tui.hosts"}
+    assert {"ban_tui.host.__main__", "ban_tui.host.control", "ban_tui.host.slurm_login", "ban_tui.host.slurm_job"} <= host
+    allowed = ("engine", "ban_tui.host", "ban_tui.launch", "ban_tui.errors")
+    assert {m: sorted(t for t in g[m] if not t.startswith(allowed) or t == "ban_tui.hosts")
+            for m in host if any(not t.startswith(allowed) or t == "ban_tui.hosts" for t in g[m])} == {}
+    assert "ban_tui.slurm" not in g["ban_tui.remote.control"]
