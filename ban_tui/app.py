@@ -30,7 +30,6 @@ from ban_tui import hosts, launch
 from ban_tui.backends import backend_for
 from ban_tui.backends.base import FAILURES
 from ban_tui.config_edit import experiment_names
-from ban_tui.follow import LocalSource
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.confirm import YES_NO, Confirm
 from ban_tui.screens.experiments import SAVE_DISCARD_CANCEL, ExperimentsPane
@@ -243,28 +242,16 @@ class BanApp(App):
                          lambda answer: answer == "y" and self.cancel_run(run_dir))
 
     def confirm_delete(self, run_dir: str) -> None:
-        """d: delete a finished run's directory, once the user said yes (a live run is refused)."""
+        """d: delete a run's directory, once the user said yes, through its backend's rm (as `ban
+        rm`): a queued run leaves the queue, a live one is refused."""
         model = self.watcher.models.get(Path(run_dir))
         status = model.status() if model is not None else "ok"
-        if not self._local(run_dir, "rm"):
-            return
         if status == "running":
             self.notify("not deleted: the run is running; cancel it first (x)", severity="error")
             return
         name = "/".join(Path(run_dir).parts[-2:])
-
-        def answered(answer: str | None) -> None:
-            from ban_tui.screens.runs import remove_run
-            if answer == "y":
-                try:
-                    remove_run(Path(run_dir))
-                except OSError as exc:
-                    self.notify(f"not deleted: {exc}", severity="error")
-                    return
-                self.watcher.forget(Path(run_dir))
-                self.refresh_run(run_dir)
-                self.notify(f"deleted {run_dir}")
-        self.push_screen(Confirm(f"Delete run {name} ({status}) and every file in it?", YES_NO), answered)
+        self.push_screen(Confirm(f"Delete run {name} ({status}) and every file in it?", YES_NO),
+                         lambda answer: answer == "y" and self.control("rm", run_dir))
 
     def export_figure(self, run_dir: Path) -> None:
         """e in the monitor: the run's figure (as `ban plot`) into <run>/figures/, and where it went."""
@@ -328,53 +315,65 @@ class BanApp(App):
                 continue
             for run in runs:
                 self.watcher.add(Path(run.run_dir), b.source(run.run_dir, run.pid).start())
-                verb = "submitted" if run.job is not None else "launched"
-                self.call_from_thread(self.notify, f"{verb} {run.name} on {b.name} ({run.how})")
+                said = (f"submitted {run.name} as {run.how} on {b.name}" if run.job is not None
+                        else f"launched {run.name} on {b.name} ({run.how})")
+                self.call_from_thread(self.notify, said)
             self.call_from_thread(self.show_panel, "runs")
 
-    def _local(self, run_dir: str, verb: str) -> bool:
-        """True for a local run; a run on a host is handed to control_remote (False)."""
+    def backend_of(self, run_dir: str):
+        """The backend of a followed run: its source's host's (ban_tui.backends.backend_for), this
+        machine's runs directory for a run here."""
         model = self.watcher.models.get(Path(run_dir))
-        if model is not None and not model.source.local:
-            self.notify(f"{verb}: {model.source.name} on {model.source.host.name}...")
-            self.control_remote(verb, run_dir, model.source)
-            return False
-        return True
+        return backend_for(model.source.host if model is not None else None, self.runs_dir)
+
+    def control(self, verb: str, run_dir: str) -> None:
+        """cancel / resume / rm a run through its backend, as the CLI does: here at once, on a host
+        in a worker (over ssh, never in the UI thread)."""
+        b = self.backend_of(run_dir)
+        if b.remote:
+            self.notify(f"{verb}: {'/'.join(str(run_dir).rstrip('/').split('/')[-2:])} on {b.name}...")
+            self.control_remote(verb, run_dir, b)
+            return
+        try:
+            said = self.do(verb, run_dir, b)
+        except FAILURES as exc:
+            self.notify(f"not deleted: {exc}" if verb == "rm" else str(exc), severity="error")
+            return
+        self.done(verb, run_dir, said)
 
     @work(thread=True, group="control")
-    def control_remote(self, verb: str, run_dir: str, source) -> None:
-        """cancel / resume a run on its host (its backend): over ssh, never in the UI thread."""
-        b = backend_for(source.host)
+    def control_remote(self, verb: str, run_dir: str, b) -> None:
         try:
-            if verb == "resume":
-                run = b.resume(source.run_dir)
-                self.watcher.add(Path(run_dir), b.source(run.run_dir, run.pid).start())
-                said = f"resumed {source.name} on {b.name}" + (f" ({run.how})" if run.pid or run.job else "")
-            else:
-                said = b.cancel(source.run_dir, wait=False)
+            said = self.do(verb, run_dir, b)
         except FAILURES as exc:
             self.call_from_thread(self.notify, str(exc), severity="error")
             return
-        self.call_from_thread(self.notify, said)
+        self.call_from_thread(self.done, verb, run_dir, said)
+
+    def done(self, verb: str, run_dir: str, said: str) -> None:
+        if verb == "rm":   # gone from every view
+            self.watcher.forget(Path(run_dir))
+            self.refresh_run(run_dir)
+        self.notify(said)
+
+    def do(self, verb: str, run_dir: str, b) -> str:
+        """The verb through the backend (a resumed run is followed again from its new engine)."""
+        model = self.watcher.models.get(Path(run_dir))
+        ref = model.source.run_dir if model is not None else run_dir
+        if verb == "cancel":
+            return b.cancel(ref, wait=False)
+        if verb == "rm":
+            return b.rm(ref)
+        run = b.resume(ref)
+        source = b.source(run.run_dir, run.pid, run.pid_start)
+        self.watcher.add(Path(run_dir), source.start() if b.remote else source)
+        return f"resumed {run.name}" + (f" on {b.name}" if b.remote else "") + f" ({run.how})"
 
     def cancel_run(self, run_dir: str) -> None:
-        if not self._local(run_dir, "cancel"):
-            return
-        try:
-            self.notify(launch.cancel(Path(run_dir)))
-        except launch.LaunchError as exc:
-            self.notify(str(exc), severity="error")
+        self.control("cancel", run_dir)
 
     def resume_run(self, run_dir: str) -> None:
-        if not self._local(run_dir, "resume"):
-            return
-        try:
-            run = launch.resume_local(Path(run_dir))
-        except launch.LaunchError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
-        self.notify(f"resumed {run.name} (pid {run.pid})")
+        self.control("resume", run_dir)
 
 
 def user_host_names() -> list[str]:

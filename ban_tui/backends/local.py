@@ -14,7 +14,7 @@ from ban_tui.backends.base import Listed
 from ban_tui.follow import LocalSource
 from ban_tui.progress import chain_progress, hms, load_plan
 from ban_tui.host import control
-from ban_tui.remote.gpus import GPU_QUERY, HostStatus, parse_gpus
+from ban_tui.remote.gpus import GPU_QUERY, LIVE, HostStatus, parse_gpus
 
 
 class LocalBackend:
@@ -81,7 +81,7 @@ class LocalBackend:
         if shutil.which("nvidia-smi"):
             proc = subprocess.run(GPU_QUERY.split(), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=20)
             status.gpus = parse_gpus(proc.stdout) if proc.returncode == 0 else None
-        status.runs = [r for r in self.runs() if r.status == "running"]
+        status.runs = [r for r in self.runs() if r.status in LIVE]
         return status
 
     def follow_args(self, config_file=None) -> list[str]:
