@@ -60,7 +60,7 @@ def python_m(python: str, gpus: int) -> list[str]:
     """`python` or, for more than one GPU, `python -m torch.distributed.run` (torchrun): what
     precedes `-m engine ...`. `--standalone`: a rendezvous of its own on a free port, so that two
     DDP runs on one machine do not collide on torchrun's fixed default port; multi-node runs use
-    torchrun's rendezvous options directly (README, Scale-out)."""
+    torchrun's rendezvous options directly (docs/scale-out.md)."""
     if gpus <= 1:
         return [python]
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus)]

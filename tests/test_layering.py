@@ -148,3 +148,32 @@ def test_host_side_code_imports_nothing_of_the_laptop_side():
     assert {m: sorted(t for t in g[m] if not t.startswith(allowed) or t == "ban_tui.hosts")
             for m in host if any(not t.startswith(allowed) or t == "ban_tui.hosts" for t in g[m])} == {}
     assert "ban_tui.slurm" not in g["ban_tui.remote.control"]
+
+
+# ---- docs/INTERNALS.md's import map: generated from this graph, held to it -------------------
+
+MAP_BEGIN, MAP_END = "<!-- import map: begin (python tests/test_layering.py writes it) -->", "<!-- import map: end -->"
+INTERNALS = ROOT / "docs" / "INTERNALS.md"
+
+
+def import_map(g: dict[str, set[str]]) -> str:
+    """One line per module: `module` -> what it imports (`e.` engine., `t.` ban_tui.)."""
+    short = lambda m: m.replace("engine.", "e.").replace("ban_tui.", "t.")   # noqa: E731
+    return "\n".join(f"- `{m}` → " + (", ".join(sorted((short(t) for t in g[m]), key=lambda t: (t[0] != "t", t)))
+                                      or "—") for m in sorted(g))
+
+
+def written_map(text: str) -> str:
+    return text.split(MAP_BEGIN, 1)[1].split(MAP_END, 1)[0].strip()
+
+
+def test_the_internals_import_map_is_the_code_s():
+    assert written_map(INTERNALS.read_text()) == import_map(graph(ROOT)), \
+        "docs/INTERNALS.md's import map differs from the code: run `python tests/test_layering.py`"
+
+
+if __name__ == "__main__":   # rewrite the map in docs/INTERNALS.md from the code
+    text = INTERNALS.read_text()
+    head, rest = text.split(MAP_BEGIN, 1)
+    INTERNALS.write_text(head + MAP_BEGIN + "\n" + import_map(graph(ROOT)) + "\n" + MAP_END + rest.split(MAP_END, 1)[1])
+
