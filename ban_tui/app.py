@@ -337,7 +337,7 @@ class BanApp(App):
         try:
             said = self.do(verb, run_dir, b)
         except FAILURES as exc:
-            self.notify(f"not deleted: {exc}" if verb == "rm" else str(exc), severity="error")
+            self.refused(verb, exc)
             return
         self.done(verb, run_dir, said)
 
@@ -346,9 +346,12 @@ class BanApp(App):
         try:
             said = self.do(verb, run_dir, b)
         except FAILURES as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error")
+            self.call_from_thread(self.refused, verb, exc)
             return
         self.call_from_thread(self.done, verb, run_dir, said)
+
+    def refused(self, verb: str, exc: Exception) -> None:
+        self.notify(f"not deleted: {exc}" if verb == "rm" else str(exc), severity="error")
 
     def done(self, verb: str, run_dir: str, said: str) -> None:
         if verb == "rm":   # gone from every view

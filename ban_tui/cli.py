@@ -192,7 +192,8 @@ def say_follow(console: Console, launched, file: Path | None = None, config: spe
 
 def follow_command(b, run_dirs, config_file: Path | None = None) -> str:
     """`ban follow` of these runs on this backend, as a user can paste it."""
-    names = [str(d) if not b.remote else "/".join(str(d).rstrip("/").split("/")[-2:]) for d in run_dirs]
+    # a run here by its path (it needs no --runs-dir then), one on a host by experiment/run-id
+    names = ["/".join(str(d).rstrip("/").split("/")[-2:]) if b.remote else str(d) for d in run_dirs]
     return shlex.join(["ban", "follow", *names, *b.follow_args(config_file)])
 
 
@@ -314,7 +315,7 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
     if not b.remote:
         cancel_on_signals()
     try:
-        r = b.resume(run_ref if b.remote else find_on(b, run_ref))
+        r = b.resume(find_on(b, run_ref))
     except FAILURES as exc:
         fail(str(exc), EXIT_FAILED)
     console = out()

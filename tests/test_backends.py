@@ -69,3 +69,28 @@ def test_backend_for_maps_each_kind_of_host_table(tmp_path):
     assert type(box) is SshBackend and box.remote and not box.batched
     cluster = backend_for(Host(name="c", ssh="login", slurm=Slurm()))
     assert isinstance(cluster, SlurmBackend) and cluster.batched and cluster.cfg == Slurm()
+
+
+def test_every_backend_offers_every_call_of_the_protocol(tmp_path):
+    from ban_tui.backends.base import Backend
+    calls = {n for n in vars(Backend) if not n.startswith("_")} | set(Backend.__annotations__)
+    assert {"submit", "runs", "find", "source", "cancel", "resume", "rm", "status"} <= calls
+    for b in (backend_for(None, tmp_path), backend_for(Host(name="gpu1", ssh="gpu1")),
+              backend_for(Host(name="c", ssh="login", slurm=Slurm()))):
+        assert not [c for c in calls if not hasattr(b, c)], type(b).__name__
+
+
+def test_no_python_source_travels_as_a_string():
+    """What runs on a host is a module of the package (python -m ban_tui.host), never `python -c`
+    with source pasted into the command."""
+    for path in (ROOT / "ban_tui").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not ("import " in node.value and "\n" in node.value and "from " in node.value
+                            and "print(" in node.value), f"{path}: Python source in a string"
+            if isinstance(node, ast.JoinedStr):   # f"{rpath(host.python)} -c {...}"
+                for a, b in zip(node.values, node.values[1:]):
+                    assert not (isinstance(a, ast.FormattedValue) and "python" in ast.unparse(a.value)
+                                and isinstance(b, ast.Constant) and b.value.startswith(" -c ")), \
+                        f"{path}:{node.lineno}: `python -c` in a command line"

@@ -31,6 +31,11 @@ class Listed:
     plan: list | None = None          # the snapshot's generations, where it can be read
     extra: dict = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """experiment/run-id, as its directory says."""
+        return "/".join(str(self.dir).rstrip("/").split("/")[-2:])
+
 
 class Backend(Protocol):
     """One kind of host: this machine (LocalBackend), a box over ssh (SshBackend), a Slurm cluster's
@@ -68,6 +73,9 @@ class Backend(Protocol):
 
     def status(self) -> HostStatus:
         """Its GPUs and the runs running there."""
+
+    def pull(self, run_dir, target: Path) -> Path:
+        """Copy a run directory of the host under target (rsync, else scp); the copy's path."""
 
     def follow_args(self, config_file: Path | None = None) -> list[str]:
         """What a printed `ban follow` command adds to name this host (none for this machine)."""

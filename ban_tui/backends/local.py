@@ -84,5 +84,8 @@ class LocalBackend:
         status.runs = [r for r in self.runs() if r.status in LIVE]
         return status
 
+    def pull(self, run_dir, target: Path) -> Path:
+        raise ValueError(f"{run_dir} is on this machine already: nothing to pull")
+
     def follow_args(self, config_file=None) -> list[str]:
         return []

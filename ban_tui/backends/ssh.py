@@ -2,7 +2,6 @@
 engine.scheduler as this machine)."""
 from __future__ import annotations
 
-import posixpath
 from pathlib import Path
 
 from engine.spec import Host
@@ -64,12 +63,8 @@ class SshBackend:
     def status(self) -> HostStatus:
         return gpu_status(self.host)
 
-    def pull(self, ref: str, target: Path) -> Path:
-        return operations.pull(self.host, self.find(ref), target)
+    def pull(self, run_dir: str, target: Path) -> Path:
+        return operations.pull(self.host, run_dir, target)
 
     def follow_args(self, config_file=None) -> list[str]:
         return ["--host", self.name] + (["--config", str(config_file)] if config_file else [])
-
-
-def run_name(run_dir: str) -> str:
-    return "/".join(posixpath.normpath(run_dir).split("/")[-2:])
