@@ -1,5 +1,6 @@
 """The hosts panel (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
-GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs panel.
+GPUs (nvidia-smi over ssh) and the runs live there; enter follows those runs in the runs panel,
+each with its backend's source (a queued run's, a Slurm job's: ban_tui.backends).
 
 The boxes are asked in a thread worker, all at once, while the panel is shown (every
 REFRESH_SECONDS, and at once with r), so a slow or unreachable box never blocks the app.

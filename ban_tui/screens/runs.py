@@ -1,7 +1,7 @@
 """The runs panel: every run of the runs directory with its status, progress, last test error,
 objectives, seed, configuration hash (as `ban report` groups runs) and tags, updated live; open
-one (enter), mark several (space) and compare them (c), cancel (x, asks), resume (r), delete a
-finished one (d, asks); filter (/: every word must appear in the experiment, run id, objective
+one (enter), mark several (space) and compare them (c), cancel (x, asks), resume (r), delete one
+that is not running (d, asks; as `ban rm`); filter (/: every word must appear in the experiment, run id, objective
 or tags; esc clears it) and sort (s cycles the column)."""
 from __future__ import annotations
 
