@@ -27,8 +27,9 @@ from textual.worker import get_current_worker
 
 from engine.runs import default_runs_dir
 from ban_tui import hosts, launch
+from ban_tui.backends import backend_for
+from ban_tui.backends.base import FAILURES
 from ban_tui.config_edit import experiment_names
-from ban_tui.follow import LocalSource
 from ban_tui.messages import ConfigChanged, RunAdded, RunEvents, RunStderr
 from ban_tui.screens.confirm import YES_NO, Confirm
 from ban_tui.screens.experiments import SAVE_DISCARD_CANCEL, ExperimentsPane
@@ -245,28 +246,16 @@ class BanApp(App):
                          lambda answer: answer == "y" and self.cancel_run(run_dir))
 
     def confirm_delete(self, run_dir: str) -> None:
-        """d: delete a finished run's directory, once the user said yes (a live run is refused)."""
+        """d: delete a run's directory, once the user said yes, through its backend's rm (as `ban
+        rm`): a queued run leaves the queue, a live one is refused."""
         model = self.watcher.models.get(Path(run_dir))
         status = model.status() if model is not None else "ok"
-        if not self._local(run_dir, "rm"):
-            return
         if status == "running":
             self.notify("not deleted: the run is running; cancel it first (x)", severity="error")
             return
         name = "/".join(Path(run_dir).parts[-2:])
-
-        def answered(answer: str | None) -> None:
-            from ban_tui.screens.runs import remove_run
-            if answer == "y":
-                try:
-                    remove_run(Path(run_dir))
-                except OSError as exc:
-                    self.notify(f"not deleted: {exc}", severity="error")
-                    return
-                self.watcher.forget(Path(run_dir))
-                self.refresh_run(run_dir)
-                self.notify(f"deleted {run_dir}")
-        self.push_screen(Confirm(f"Delete run {name} ({status}) and every file in it?", YES_NO), answered)
+        self.push_screen(Confirm(f"Delete run {name} ({status}) and every file in it?", YES_NO),
+                         lambda answer: answer == "y" and self.control("rm", run_dir))
 
     def export_figure(self, run_dir: Path) -> None:
         """e in the monitor: the run's figure (as `ban plot`) into <run>/figures/, and where it went."""
@@ -283,31 +272,31 @@ class BanApp(App):
         for table in self.main_screen.query(RunsTable):   # none for the moment before the runs tab is built
             table.action_compare()
 
-    def launch_experiment(self, name: str) -> list[launch.LaunchedRun]:
+    def launch_experiment(self, name: str) -> list[launch.Launch]:
         """Start one detached engine per seed of a saved experiment, here or on its `host`
         (over ssh, in a worker); follow them at once."""
         try:
             config = spec.load(self.config_path, extra_hosts=self.user_hosts)
             exp = config.experiments[name]
-            host = hosts.all_hosts(config)[exp.host] if exp.host else None
+            known = hosts.all_hosts(config)   # [hosts.local]: this machine's slots, where a table gives them
+            b = backend_for(known[exp.host] if exp.host else known.get("local"), self.runs_dir)
         except spec.SpecError as exc:
             self.notify(f"not launched: {exc.problems[0]}", severity="error")
             return []
         except KeyError:
             self.notify(f"not launched: no experiment {name!r} in {self.config_path} (save it first)", severity="error")
             return []
-        if host is not None and not host.local:
-            self.launch_remote(exp, host)
+        if b.remote:
+            self.launch_remote(exp, b)
             return []
-        local = hosts.all_hosts(config).get("local")   # this machine's slots, where a table gives them
         launched = []
         for seed in exp.seeds:
             try:
-                run = launch.launch_local(self.config_path, exp, seed, self.runs_dir, host=local)
-            except (OSError, ValueError, launch.LaunchError) as exc:
+                [run] = b.submit([(exp, seed)], self.config_path)
+            except FAILURES as exc:
                 self.notify(f"not launched: {name} seed {seed}: {exc}", severity="error")
                 continue
-            self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
+            self.watcher.add(run.run_dir, b.source(run.run_dir, run.pid, run.pid_start))
             self.notify(f"launched {run.name} ({run.how})")
             launched.append(run)
         if launched:
@@ -315,86 +304,83 @@ class BanApp(App):
         return launched
 
     @work(thread=True, group="launch")
-    def launch_remote(self, exp: spec.Experiment, host: spec.Host) -> None:
-        """remote.launch waits for the engine's first event: never in the UI thread. A Slurm host
-        gets one job array of every seed, as `ban run` submits it."""
-        from ban_tui.remote import queue as remote_queue
-        from ban_tui.remote.transport import RemoteError
-        from ban_tui.slurm import follow_source
-        if host.slurm is not None:
-            self.submit_slurm(exp, host)
-            return
-        for seed in exp.seeds:
-            self.call_from_thread(self.notify, f"starting {exp.name} seed {seed} on {host.name}...")
+    def launch_remote(self, exp: spec.Experiment, b) -> None:
+        """A submit on a host waits for the engine's first event: never in the UI thread. A
+        backend that takes every chain at once (Slurm: one job array) gets every seed, as `ban
+        run` submits them."""
+        batches = [[(exp, seed) for seed in exp.seeds]] if b.batched else [[(exp, seed)] for seed in exp.seeds]
+        for chains in batches:
+            what = f"{exp.name} seed {chains[0][1]}" if len(chains) == 1 else f"{exp.name} ({len(chains)} seeds)"
+            self.call_from_thread(self.notify, f"starting {what} on {b.name}...")
             try:
-                run = remote_queue.submit(host, exp, seed)   # on the host's slots, maybe queued
-            except (OSError, ValueError, RemoteError) as exc:
-                self.call_from_thread(self.notify, f"not launched: {exp.name} seed {seed}: {exc}", severity="error")
+                runs = b.submit(chains, self.config_path)   # on the host's slots (maybe queued), or its Slurm
+            except FAILURES as exc:
+                self.call_from_thread(self.notify, f"not launched: {what}: {exc}", severity="error")
                 continue
-            self.watcher.add(Path(run.run_dir), follow_source(host, run.run_dir, run.pid).start())
-            self.call_from_thread(self.notify, f"launched {run.name} on {host.name} ({run.how})")
+            for run in runs:
+                self.watcher.add(Path(run.run_dir), b.source(run.run_dir, run.pid).start())
+                said = (f"submitted {run.name} as {run.how} on {b.name}" if run.job is not None
+                        else f"launched {run.name} on {b.name} ({run.how})")
+                self.call_from_thread(self.notify, said)
             self.call_from_thread(self.show_panel, "runs")
 
-    def submit_slurm(self, exp: spec.Experiment, host: spec.Host) -> None:
-        """(In launch_remote's worker.) Submit the seeds to the host's Slurm; follow each job's run."""
-        from ban_tui import slurm
-        from ban_tui.remote.transport import RemoteError
-        self.call_from_thread(self.notify, f"submitting {exp.name} ({len(exp.seeds)} seeds) to Slurm on {host.name}...")
-        try:
-            runs = slurm.submit(host, [(exp, seed) for seed in exp.seeds])
-        except (OSError, ValueError, RemoteError) as exc:
-            self.call_from_thread(self.notify, f"not submitted: {exp.name}: {exc}", severity="error")
-            return
-        for run in runs:
-            self.watcher.add(Path(run.run_dir), slurm.follow_source(host, run.run_dir).start())
-            self.call_from_thread(self.notify, f"submitted {run.name} as Slurm job {run.job} on {host.name}")
-        self.call_from_thread(self.show_panel, "runs")
-
-    def _local(self, run_dir: str, verb: str) -> bool:
-        """True for a local run; a run on a host is handed to control_remote (False)."""
+    def backend_of(self, run_dir: str):
+        """The backend of a followed run: its source's host's (ban_tui.backends.backend_for), this
+        machine's runs directory for a run here."""
         model = self.watcher.models.get(Path(run_dir))
-        if model is not None and not model.source.local:
-            self.notify(f"{verb}: {model.source.name} on {model.source.host.name}...")
-            self.control_remote(verb, run_dir, model.source)
-            return False
-        return True
+        return backend_for(model.source.host if model is not None else None, self.runs_dir)
+
+    def control(self, verb: str, run_dir: str) -> None:
+        """cancel / resume / rm a run through its backend, as the CLI does: here at once, on a host
+        in a worker (over ssh, never in the UI thread)."""
+        b = self.backend_of(run_dir)
+        if b.remote:
+            self.notify(f"{verb}: {'/'.join(str(run_dir).rstrip('/').split('/')[-2:])} on {b.name}...")
+            self.control_remote(verb, run_dir, b)
+            return
+        try:
+            said = self.do(verb, run_dir, b)
+        except FAILURES as exc:
+            self.refused(verb, exc)
+            return
+        self.done(verb, run_dir, said)
 
     @work(thread=True, group="control")
-    def control_remote(self, verb: str, run_dir: str, source) -> None:
-        """cancel / resume a run on its host (ban_tui.remote.control): over ssh, never in the UI thread."""
-        from ban_tui.remote import control as remote_control
-        from ban_tui.remote.transport import RemoteError
-        from ban_tui.slurm import follow_source
+    def control_remote(self, verb: str, run_dir: str, b) -> None:
         try:
-            if verb == "resume":
-                run = remote_control.resume(source.host, source.run_dir)
-                self.watcher.add(Path(run_dir), follow_source(source.host, run.run_dir, run.pid).start())
-                said = f"resumed {source.name} on {source.host.name}" + (f" (pid {run.pid})" if run.pid else "")
-            else:
-                said = remote_control.control(source.host, verb, source.run_dir, wait=False)["message"]
-        except RemoteError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error")
+            said = self.do(verb, run_dir, b)
+        except FAILURES as exc:
+            self.call_from_thread(self.refused, verb, exc)
             return
-        self.call_from_thread(self.notify, said)
+        self.call_from_thread(self.done, verb, run_dir, said)
+
+    def refused(self, verb: str, exc: Exception) -> None:
+        self.notify(f"not deleted: {exc}" if verb == "rm" else str(exc), severity="error")
+
+    def done(self, verb: str, run_dir: str, said: str) -> None:
+        if verb == "rm":   # gone from every view
+            self.watcher.forget(Path(run_dir))
+            self.refresh_run(run_dir)
+        self.notify(said)
+
+    def do(self, verb: str, run_dir: str, b) -> str:
+        """The verb through the backend (a resumed run is followed again from its new engine)."""
+        model = self.watcher.models.get(Path(run_dir))
+        ref = model.source.run_dir if model is not None else run_dir
+        if verb == "cancel":
+            return b.cancel(ref, wait=False)
+        if verb == "rm":
+            return b.rm(ref)
+        run = b.resume(ref)
+        source = b.source(run.run_dir, run.pid, run.pid_start)
+        self.watcher.add(Path(run_dir), source.start() if b.remote else source)
+        return f"resumed {run.name}" + (f" on {b.name}" if b.remote else "") + f" ({run.how})"
 
     def cancel_run(self, run_dir: str) -> None:
-        if not self._local(run_dir, "cancel"):
-            return
-        try:
-            self.notify(launch.cancel(Path(run_dir)))
-        except launch.LaunchError as exc:
-            self.notify(str(exc), severity="error")
+        self.control("cancel", run_dir)
 
     def resume_run(self, run_dir: str) -> None:
-        if not self._local(run_dir, "resume"):
-            return
-        try:
-            run = launch.resume_local(Path(run_dir))
-        except launch.LaunchError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        self.watcher.add(run.run_dir, LocalSource(run.run_dir, run.pid, run.pid_start))
-        self.notify(f"resumed {run.name} (pid {run.pid})")
+        self.control("resume", run_dir)
 
 
 def user_host_names() -> list[str]:

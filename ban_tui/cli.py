@@ -1,51 +1,45 @@
 """`ban`: the headless experiment manager (run, follow, list, show, report, resume, cancel, rm).
 
-Every command is a plain function whose docstring is its help. Nothing here imports torch:
-`ban models` reads the committed counts of engine.param_counts, and imports the model registry
-inside the command only for a size outside that table.
+Every command is a plain function whose docstring is its help, written once over a backend
+(ban_tui.backends: this machine, a box over ssh, a Slurm cluster; `--host NAME` picks one).
+Nothing here imports torch: `ban models` reads the committed counts of engine.param_counts, and
+imports the model registry inside the command only for a size outside that table.
 Exit status: 0 ok, 1 a run failed (or a run could not be cancelled/resumed), 2 bad input
 (config problems, unknown names), 130 cancelled.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import shlex
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
 
-from engine import scheduler, spec
-from engine.runs import RunPaths, death_reason, default_runs_dir, find_run, gen_label, list_runs, load_state
+from engine import spec
+from engine.runs import default_runs_dir, find_run, list_runs
 from engine.spec.checks import did_you_mean
-from engine.catalog import CONTROL_SUFFIX
-from ban_tui import engine_check, hosts as hosts_mod, launch, notes as notes_mod, report as report_mod, slurm
-from ban_tui.remote import control as remote_control
-from ban_tui.remote import operations as remote
-from ban_tui.remote import queue as remote_queue
-from ban_tui.remote.gpus import gpu_status
-from ban_tui.remote.source import RemoteSource
-from ban_tui.remote.transport import RemoteError
-from ban_tui.follow import LocalSource, follow as follow_sources
-from ban_tui.progress import chain_progress, hms, load_plan
-from ban_tui.live import OutputConsole, metric_header, open_view, print_summary, print_table, say
-from ban_tui.tables import (DIAGNOSTIC_COLUMNS, ENSEMBLE_COLUMNS, GEN_COLUMNS, HOST_COLUMNS, RUN_COLUMNS,
-                            clock, diagnostics_rows, ensemble_rows, gen_rows, host_rows, params_str, run_row,
-                            metric_str, status_label, with_val_selected)
+from ban_tui import engine_check, hosts as hosts_mod, notes as notes_mod, report as report_mod
+from ban_tui.backends import backend_for
+from ban_tui.backends.base import FAILURES
+from ban_tui.choose import MAX_CELLS, chain_summary, pick_experiments, print_chain, print_grids, refuse_big_sweeps
+from ban_tui.follow import follow as follow_sources
+from ban_tui.interrupts import EXIT_CANCELLED, cancel_and_explain, cancel_on_signals, signals_held
+from ban_tui.progress import chain_progress
+from ban_tui.live import OutputConsole, open_view, print_summary, print_table, say
+from ban_tui.tables import HOST_COLUMNS, RUN_COLUMNS, clock, host_rows, run_row, status_label
+from ban_tui.views import print_models, print_report, print_run
 
 app = typer.Typer(help="Born-Again Networks: run, follow and report experiment chains.",
                   no_args_is_help=True, add_completion=False)
 
-EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 1, 2, 130
-MAX_CELLS = 1000   # a bigger sweep runs only with --yes
+EXIT_FAILED, EXIT_USAGE = 1, 2
 HOST_HELP = "Act on this host over ssh: a \\[hosts.NAME] table (from the config or ~/.config/ban/hosts.toml)."
 CONFIG_HELP = "Config file whose \\[hosts] to use (default: ./experiments.toml when there is one)."
+
 
 
 def out() -> Console:
@@ -75,76 +69,6 @@ def load_config(file: Path, models: bool = False) -> spec.Config:
     return config
 
 
-def pick_experiments(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
-    """The picked experiments (see `chosen`), each followed by its independent-CE control
-    (<name>+ce, from `control = "independent"`)."""
-    exps = config.experiments
-    names = [m for e in chosen(config, only, every) for m in (e.name, e.name + CONTROL_SUFFIX) if m in exps]
-    return [exps[n] for n in dict.fromkeys(names)]
-
-
-def chosen(config: spec.Config, only: list[str], every: bool) -> list[spec.Experiment]:
-    """--only names, sweep names (all their cells) or globs over the expanded names, in the order
-    given; --all; else quickstart, else the first marked default, else the file's first experiment
-    (with the rest of its sweep)."""
-    exps = config.experiments
-    if only:
-        picked = []
-        for pattern in only:
-            names = (list(config.sweeps[pattern]) if pattern in config.sweeps else
-                     [pattern] if pattern in exps else fnmatch.filter(exps, pattern))
-            if not names:
-                fail(f"{config.path}: no experiment {pattern!r}{did_you_mean(pattern, list(exps) + list(config.sweeps))}; "
-                     f"expected one of: {', '.join(list(config.sweeps) + [n for n in exps if not sweep_of(config, n)])} "
-                     "(or a glob over the expanded names, e.g. 'NAME.objective=ban*')")
-            picked += names
-        return [exps[n] for n in dict.fromkeys(picked)]
-    if every:
-        return list(exps.values())
-    if "quickstart" in exps:
-        return [exps["quickstart"]]
-    marked = [e for e in exps.values() if getattr(e, "default", False)]
-    first = (marked or list(exps.values()))[0]
-    parent = sweep_of(config, first.name)
-    return [exps[n] for n in config.sweeps[parent]] if parent else [first]
-
-
-def sweep_of(config: spec.Config, name: str) -> str | None:
-    """The sweep an expanded experiment comes from (None for a plain one)."""
-    return next((parent for parent, cells in config.sweeps.items() if name in cells), None)
-
-
-def print_grids(console: Console, config: spec.Config, names=None) -> None:
-    """Each sweep as a table of its cells (only `names` when given), with the grid's size."""
-    for parent, cells in config.sweeps.items():
-        shown = {n: c for n, c in cells.items() if names is None or n in names}
-        if not shown:
-            continue
-        keys = list(next(iter(cells.values())))
-        sizes = " x ".join(f"{len({json.dumps(c[k], sort_keys=True) for c in cells.values()})} {k}" for k in keys)
-        say(console, f"sweep {parent}: {len(cells)} experiments ({sizes})"
-                     + (f", {len(shown)} picked" if len(shown) != len(cells) else ""))
-        rows = [{"experiment": n, **{k: cell_text(config.experiments[n], k, v) for k, v in c.items()}}
-                for n, c in shown.items()]
-        print_table(console, [("experiment", "experiment")] + [(k, k) for k in keys], rows)
-
-
-def cell_text(exp: spec.Experiment, key: str, value) -> str:
-    """A swept value as the grid shows it; `n/a` for an objective option no generation takes."""
-    head, _, sub = key.partition(".")
-    if head == "objective_options" and not any(sub in g.objective_options for g in exp.generations):
-        return "n/a"
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def refuse_big_sweeps(config: spec.Config, exps, yes: bool) -> None:
-    for parent, cells in config.sweeps.items():
-        n = sum(e.name in cells for e in exps)
-        if n > MAX_CELLS and not yes:
-            fail(f"{config.path}: sweep {parent} has {n:,} cells to run (more than {MAX_CELLS:,}); "
-                 "run them with --yes, or pick some with --only GLOB")
-
-
 def find(runs_dir: Path, ref: str) -> Path:
     try:
         return find_run(runs_dir, ref)
@@ -158,17 +82,6 @@ def find_many(runs_dir: Path, refs: list[str]) -> list[Path]:
     for ref in refs:
         roots += [d for d in list_runs(runs_dir) if d.parent.name == ref] or [find(runs_dir, ref)]
     return list(dict.fromkeys(roots))
-
-
-def chain_summary(exp: spec.Experiment) -> str:
-    """One line: data set, generations with objectives, model, epochs, ensembles, seeds."""
-    objectives = " -> ".join(g.objective for g in exp.generations)
-    models = sorted({g.model for g in exp.generations})
-    epochs = sorted({g.training.epochs for g in exp.generations})
-    ens = ", ".join(f"Ens*{k}" for k in exp.ensembles) or "none"
-    return (f"{exp.name}: {exp.dataset.name}, {len(exp.generations)} generations ({objectives}), "
-            f"model {', '.join(models)}, epochs {', '.join(map(str, epochs))}, ensembles {ens}, "
-            f"seeds {exp.seeds}")
 
 
 def exit_code(sources) -> int:
@@ -188,78 +101,6 @@ def watch(console: Console, sources, on_interrupt) -> int:
         return on_interrupt()
     print_summary(console, sources)
     return exit_code(sources)
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def cancel_on_signals() -> None:
-    """From here on SIGINT and SIGTERM raise KeyboardInterrupt, whatever this process inherited:
-    a script's background job starts with SIGINT ignored, and Python then never turns it into
-    KeyboardInterrupt. Engines started later inherit the default disposition, not the ignore."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    for sig in SIGNALS:
-        signal.signal(sig, interrupt)
-
-
-@contextmanager
-def signals_held():
-    """SIGINT/SIGTERM are noted and raised as KeyboardInterrupt once the block ends, so that a
-    Ctrl-C never falls between starting (or signalling) an engine and noting it. (Not a blocked
-    signal mask: engines started meanwhile would inherit it and never see their SIGTERM.)"""
-    caught = []
-    before = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def wait_stopped(runs, timeout: float) -> bool:
-    """Wait until none of the runs has a live engine; True if they all stopped in time."""
-    deadline = time.time() + timeout
-    while any(launch.running_pid(r) for r in runs):
-        if time.time() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def sigterm_all(run_dirs) -> None:
-    with signals_held():
-        for d in run_dirs:
-            try:
-                launch.cancel(d)
-            except launch.LaunchError:
-                pass
-
-
-def cancel_and_explain(console: Console, run_dirs) -> int:
-    """Ctrl-C (or SIGTERM) while watching runs we started: SIGTERM them first (runs still in the
-    queue leave it), then say so, wait for their checkpoints and say how to resume. A second
-    Ctrl-C stops waiting (the engines still stop on their own); output that fails (say, tee died)
-    is dropped and stops nothing."""
-    waiting = [d for d in run_dirs if scheduler.dequeue(d)]
-    run_dirs = [d for d in run_dirs if d not in waiting]
-    try:
-        sigterm_all(run_dirs)   # a signal held meanwhile arrives as the block ends: ignored here
-    except KeyboardInterrupt:
-        pass
-    try:
-        for d in waiting:
-            say(console, f"{d.parent.name}/{d.name}: taken out of the queue (it never started)")
-        say(console, "cancelling: the engines finish their step, checkpoint and stop ...")
-        wait_stopped(run_dirs, timeout=120)
-    except KeyboardInterrupt:
-        pass
-    with signals_held():
-        for d in run_dirs:
-            say(console, f"{d.parent.name}/{d.name}: {load_state(d).status()}; resume with: ban resume {d}")
-    return EXIT_CANCELLED
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -296,49 +137,47 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
     config = load_config(file)
     if not (host or hosts or any(e.host for e in config.experiments.values())):   # they import where they run
         load_config(file, models=True)
-    exps = pick_experiments(config, only or [], every)
+    try:
+        exps = pick_experiments(config, only or [], every)
+    except LookupError as exc:
+        fail(str(exc))
     console = out()
     if dry_run:
         print_grids(console, config, {e.name for e in exps})
         for exp in exps:
             print_chain(console, file, exp, runs_dir or Path(exp.runs_dir), device)
         return
-    refuse_big_sweeps(config, exps, yes)
-    launched = []
+    try:
+        refuse_big_sweeps(config, exps, yes)
+    except ValueError as exc:
+        fail(str(exc))
+    launched = []   # (backend, Launch), in the order they started
+
+    def here() -> list:   # the runs of this machine: this command's Ctrl-C cancels them
+        return [r.run_dir for b, r in launched if not b.remote]
 
     def on_interrupt() -> int:   # every engine started so far, whenever the signal came
-        local = [r.run_dir for r in launched if not isinstance(r, remote.RemoteLaunch)]
-        remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
-        say_follow_remote(console, remotes, "stopped following; on the hosts the runs keep going. Again: ",
-                          follow_config(file, config, remotes))
-        return cancel_and_explain(console, local) if local else EXIT_CANCELLED
+        say_follow(console, [(b, r) for b, r in launched if b.remote], file, config,
+                   "stopped following; on the hosts the runs keep going. Again: ")
+        return cancel_and_explain(console, here()) if here() else EXIT_CANCELLED
 
     cancel_on_signals()   # before the first engine starts: SIGINT/SIGTERM cancel in every setting
     try:
         with signals_held():   # a signal while starting engines cancels every one started
             submit_chains(launched, config, file, exps, device, runs_dir, host, hosts)
-        local = [r for r in launched if not isinstance(r, remote.RemoteLaunch)]
-        remotes = [r for r in launched if isinstance(r, remote.RemoteLaunch)]
-        for r in launched:
-            where = f"{r.host}:{r.run_dir}" if isinstance(r, remote.RemoteLaunch) else r.run_dir
-            if isinstance(r, slurm.SlurmLaunch):
-                say(console, f"submitted {r.name} as Slurm job {r.job} in {where}")
-            else:
-                say(console, f"started {r.name} (pid {r.pid}) in {where}" if r.pid is not None
-                             else f"queued {r.name} (#{r.queued}) in {where}")
+        for b, r in launched:
+            verb = "submitted" if r.job is not None else "started" if r.pid is not None else "queued"
+            how = f"as {r.how}" if r.job is not None else f"({r.how})" if r.pid is not None else f"(#{r.queued})"
+            say(console, f"{verb} {r.name} {how} in {r.where}")
         if detach:
-            if local:
-                say(console, "follow with: " + shlex.join(["ban", "follow"] + [str(r.run_dir) for r in local]))
-            say_follow_remote(console, remotes, config_file=follow_config(file, config, remotes))
+            say_follow(console, launched, file, config)
             return
-        sources = ([LocalSource(r.run_dir, r.pid, r.pid_start) for r in local]
-                   + [remote_source(console, host_named(r.host, config=config), r.run_dir, r.pid) for r in remotes])
+        sources = [watched(console, b, b.source(r.run_dir, r.pid, r.pid_start)) for b, r in launched]
         code = watch(console, sources, on_interrupt)
     except KeyboardInterrupt:
         code = on_interrupt()
-    local = [r.run_dir for r in launched if not isinstance(r, remote.RemoteLaunch)]
-    if local and code != EXIT_CANCELLED:
-        rep = report_mod.collect(local)
+    if here() and code != EXIT_CANCELLED:
+        rep = report_mod.collect(here())
         if rep["experiments"]:
             say(console, "")
             say(console, "report of these runs (last-epoch test error; paired Δ = student - teacher "
@@ -347,80 +186,73 @@ def run(file: Path = typer.Argument(..., help="experiments.toml"),
     raise typer.Exit(code)
 
 
-def follow_config(file: Path, config: spec.Config, remotes) -> Path | None:
-    """The config a printed follow command must name: FILE when a host comes from its [hosts]."""
-    return file if any(r.host in config.hosts for r in remotes) and file != Path("experiments.toml") else None
+def say_follow(console: Console, launched, file: Path | None = None, config: spec.Config | None = None,
+               prefix: str = "follow with: ") -> None:
+    """One `ban follow` command per backend for its runs. It names FILE (--config) when the host
+    comes from its [hosts] and FILE is not the experiments.toml that `ban follow` reads anyway."""
+    groups = {}
+    for b, r in launched:
+        groups.setdefault(b.name, (b, []))[1].append(r.run_dir)
+    for b, dirs in groups.values():
+        named = file if config and b.name in config.hosts and file != Path("experiments.toml") else None
+        say(console, prefix + follow_command(b, dirs, named))
 
 
-def target_host(name: str, config: spec.Config) -> spec.Host:
-    """A host by name; `local` is this machine, with or without a [hosts.local] table."""
+def follow_command(b, run_dirs, config_file: Path | None = None) -> str:
+    """`ban follow` of these runs on this backend, as a user can paste it."""
+    # a run here by its path (it needs no --runs-dir then), one on a host by experiment/run-id
+    names = ["/".join(str(d).rstrip("/").split("/")[-2:]) if b.remote else str(d) for d in run_dirs]
+    return shlex.join(["ban", "follow", *names, *b.follow_args(config_file)])
+
+
+def target(name: str, config: spec.Config, runs_dir):
+    """A backend by host name; `local` is this machine, with or without a [hosts.local] table."""
     if name == "local" and "local" not in hosts_mod.all_hosts(config):
-        return spec.Host(name="local", ssh="")
-    return host_named(name, config=config)
+        return backend_for(None, runs_dir)
+    return backend_for(host_named(name, config=config), runs_dir)
 
 
 def submit_chains(launched: list, config: spec.Config, file: Path, exps, device, runs_dir, host, hosts) -> None:
-    """Queue every (experiment, seed) on its host, appending each to `launched` as it goes: --hosts spreads them over the hosts' free
-    slots (the least loaded first: busy, queued and just placed chains per slot), --host or the
-    experiment's host takes them all, else this machine."""
-    spread = [target_host(n.strip(), config) for n in hosts.split(",") if n.strip()] if hosts else []
+    """Queue every (experiment, seed) on its backend, appending (backend, Launch) to `launched` as
+    it goes: --hosts spreads them over the hosts' free slots (the least loaded first: busy, queued
+    and just placed chains per slot), --host or the experiment's host takes them all, else this
+    machine. A backend that takes its chains at once (Slurm: one job array) gets them at the end."""
+    known = {}
+
+    def backend_named(name: str | None):
+        if name not in known:
+            known[name] = (target(name, config, runs_dir) if name
+                           else backend_for(hosts_mod.all_hosts(config).get("local"), runs_dir))
+        return known[name]
+
+    spread = [backend_named(n.strip()) for n in hosts.split(",") if n.strip()] if hosts else []
     loads = {}
-    for h in spread:
+    for b in spread:
         try:
-            if h.local:
-                local_runs = runs_dir or Path(exps[0].runs_dir)
-                scheduler.configure(local_runs, h.gpus, h.slots)
-                loads[h.name] = scheduler.load(local_runs)
-            else:
-                remote.check_engine(h)
-                loads[h.name] = remote_queue.host_load(h)
-        except (OSError, remote.RemoteError) as exc:
-            fail(f"cannot reach {h.name}: {exc}", EXIT_FAILED)
-    checked, to_slurm = set(loads), {}
+            loads[b.name] = b.load(exps)
+        except FAILURES as exc:
+            fail(f"cannot reach {b.name}: {exc}", EXIT_FAILED)
+    batches = {}
     for exp in exps:
         for seed in exp.seeds:
             if spread:
-                h = min(spread, key=lambda h: (loads[h.name]["busy"] + loads[h.name]["queued"] + 1)
-                        / max(1, loads[h.name]["slots"]))
-                loads[h.name]["queued"] += exp.gpus
+                b = min(spread, key=lambda b: (loads[b.name]["busy"] + loads[b.name]["queued"] + 1)
+                        / max(1, loads[b.name]["slots"]))
+                loads[b.name]["queued"] += exp.gpus
             else:
-                name = host or exp.host
-                h = target_host(name, config) if name else hosts_mod.all_hosts(config).get("local")
-            if h is not None and h.slurm is not None:   # submitted below, one job array per host
-                to_slurm.setdefault(h.name, (h, []))[1].append((exp, seed))
+                b = backend_named(host or exp.host)
+            if b.batched:
+                batches.setdefault(b.name, (b, []))[1].append((exp, seed))
                 continue
             try:
-                if h is None or h.local:
-                    launched.append(launch.launch_local(file, exp, seed, runs_dir or Path(exp.runs_dir), device, host=h))
-                else:
-                    launched.append(remote_queue.submit(h, exp, seed, device=device, checked=h.name in checked))
-                    checked.add(h.name)
-            except (OSError, ValueError, RemoteError) as exc:
+                launched.extend((b, r) for r in b.submit([(exp, seed)], file, device))
+            except FAILURES as exc:
                 fail(f"cannot start {exp.name} seed {seed}: {exc}", EXIT_FAILED)
-    for h, chains in to_slurm.values():   # one job array per Slurm host
+    for b, chains in batches.values():
         try:
-            launched += slurm.submit(h, chains, device)
-        except (OSError, ValueError, RemoteError) as exc:
-            fail(f"cannot submit to {h.name}: {exc}", EXIT_FAILED)
-
-
-def print_chain(console: Console, file: Path, exp: spec.Experiment, runs_dir: Path, device: str | None) -> None:
-    """The resolved chain of an experiment and the commands that would start it."""
-    say(console, f"{exp.name}: data set {exp.dataset.name}, seeds {exp.seeds}, device {device or exp.device}, "
-                 f"runs in {runs_dir}/{exp.name}")
-    rows = [{"generation": gen_label(g.index), "objective": g.objective, "model": g.model,
-             "epochs": g.training.epochs, "batch": g.training.batch_size, "lr": g.training.optimizer.lr,
-             "schedule": g.training.schedule.name,
-             "teacher": gen_label(g.teacher) if g.teacher is not None else "-",
-             "inherit": ", ".join(g.inherit) or "-"} for g in exp.generations]
-    cols = [(k, k if k != "generation" else "") for k in rows[0]] if rows else []
-    print_table(console, cols, rows)
-    first = 0 if exp.ensemble_include_teacher else 1
-    for k in exp.ensembles:
-        say(console, f"Ens*{k} = mean of the softmax of {', '.join(gen_label(g) for g in range(first, k + 1))}")
-    for seed in exp.seeds:
-        argv = launch.engine_command(file, exp.name, seed, runs_dir, "<run-id>", device, exp.gpus, "python")
-        say(console, "would run: " + shlex.join(argv))
+            launched.extend((b, r) for r in b.submit(chains, file, device))
+        except FAILURES as exc:
+            fail(f"cannot submit to {b.name}: {exc}", EXIT_FAILED)
 
 
 @app.command("ls")
@@ -429,31 +261,25 @@ def ls(runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Runs di
        host: Optional[str] = typer.Option(None, "--host", help=HOST_HELP),
        config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """List runs with their status, progress, latest (last-epoch) test error and start time."""
-    if host:
-        raise typer.Exit(ls_remote(host_named(host, config_file), every))
-    runs_dir = default_runs_dir(runs_dir)
-    scheduler.ensure_scheduler(runs_dir)   # queued runs there: make sure they will start
-    runs = list_runs(runs_dir)
+    b = backend(host, config_file, runs_dir)
+    try:
+        runs = b.runs()   # queued runs there: the backend makes sure they will start
+    except FAILURES as exc:
+        fail(str(exc), EXIT_FAILED)
     console = out()
     if not runs:
-        say(console, f"no runs under {runs_dir}")
+        say(console, f"no runs {b.where}")
         return
     shown = runs if every else runs[-20:]
     now = time.time()
-    states = {d: load_state(d) for d in shown}
-    print_table(console, RUN_COLUMNS + [("eta", "ETA"), ("tags", "tags")], [ls_row(d, now, s) for d, s in states.items()])
-    for d, s in states.items():
-        if s.status(now) == "broken":
-            say(console, f"{d.parent.name}/{d.name}: broken: {s.broken_reason}")
+    rows = [{**run_row(Path(r.dir), r.state, now), "status": status_label(r.status, r.state),
+             "progress": str(chain_progress(r.state, r.plan)), **r.extra} for r in shown]
+    print_table(console, RUN_COLUMNS + b.columns, rows)
+    for r in shown:
+        if r.status == "broken":
+            say(console, f"{Path(r.dir).parent.name}/{Path(r.dir).name}: broken: {r.state.broken_reason}")
     if len(shown) < len(runs):
         say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
-
-
-def ls_row(root: Path, now: float, state) -> dict:
-    """run_row with the epochs planned over the whole chain (from the snapshot), its ETA, its tags."""
-    p = chain_progress(state, load_plan(root))
-    eta = hms(p.eta) if state.status(now) == "running" else "-"
-    return {**run_row(root, state, now), "progress": str(p), "eta": eta, "tags": notes_mod.tags_str(root)}
 
 
 @app.command()
@@ -461,53 +287,7 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run directory, 
          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
     """A run's generations, ensembles and gradient diagnostics (and its stderr when it failed)."""
     root = find(default_runs_dir(runs_dir), run_ref)
-    scheduler.ensure_scheduler(root.parent.parent)
-    state = load_state(root)
-    console = out()
-    status = state.status()
-    say(console, f"{state.experiment}/{state.run_id}  status {status}  seed {state.seed}  "
-                 f"device {state.device or '-'}  host {state.host or '-'}  started {clock(state.started)}")
-    say(console, f"directory {root}")
-    try:
-        notes = notes_mod.read(root)
-        if notes.tags:
-            say(console, f"tags {', '.join(notes.tags)}")
-        for n in notes.notes:
-            say(console, f"note {clock(n.get('ts'))}  {n['text']}")
-    except notes_mod.NotesError as exc:
-        say(console, f"notes: {exc}")
-    rows = gen_rows(state)
-    print_table(console, metric_header(with_val_selected(GEN_COLUMNS, rows), state.metric), rows, "generations")
-    key = f"train_eval_{state.metric}"   # gen_end's fit criterion
-    fit = [f"{g.label} {metric_str(g.final[key], state.metric)}" for _, g in sorted(state.gens.items()) if key in g.final]
-    if fit:
-        say(console, "training set in eval mode (fit): " + "  ".join(fit))
-    if state.ensembles:
-        print_table(console, metric_header(ENSEMBLE_COLUMNS, state.metric), ensemble_rows(state), "ensembles")
-    diag = diagnostics_rows(state)
-    if diag:
-        print_table(console, DIAGNOSTIC_COLUMNS, diag, "diagnostics (last epoch of each generation)")
-    for message in state.errors:
-        say(console, f"error: {message}")
-    if status == "broken":
-        say(console, f"broken: {state.broken_reason}")
-    if status in ("failed", "dead", "stale", "broken"):
-        if state.end and state.end.get("error"):
-            say(console, f"run_end: {state.end['error']}")
-        elif why := death_reason(root):
-            say(console, why)
-        tail = stderr_tail(root)
-        if tail:
-            say(console, "stderr (last lines):")
-            say(console, tail)
-
-
-def stderr_tail(root: Path, lines: int = 20) -> str:
-    try:
-        text = RunPaths(root).stderr.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+    print_run(out(), root)
 
 
 @app.command()
@@ -518,19 +298,15 @@ def follow(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
     """Follow runs live until they end (a finished run: print its history and exit).
 
     Ctrl-C stops following; the runs keep going."""
-    if host:
-        raise typer.Exit(follow_remote(host_named(host, config_file), run_refs))
-    roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
-    for d in dict.fromkeys(r.parent.parent for r in roots):
-        scheduler.ensure_scheduler(d)
+    b = backend(host, config_file, runs_dir)
+    dirs = [find_on(b, ref) for ref in run_refs]
     console = out()
 
     def detach_msg() -> int:
-        say(console, "stopped following; the runs keep going. Again: "
-                     + shlex.join(["ban", "follow"] + [str(r) for r in roots]))
+        say(console, "stopped following; the runs keep going. Again: " + follow_command(b, dirs, config_file))
         return EXIT_CANCELLED
 
-    raise typer.Exit(watch(console, [LocalSource(r) for r in roots], detach_msg))
+    raise typer.Exit(watch(console, [watched(console, b, b.source(d)) for d in dirs], detach_msg))
 
 
 @app.command()
@@ -541,22 +317,28 @@ def resume(run_ref: str = typer.Argument(..., metavar="RUN"),
            config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """Continue a cancelled or interrupted run from its last checkpoint, and follow it.
 
-    With --host: on that host (a new job on a Slurm host)."""
-    if host:
-        raise typer.Exit(resume_remote(host_named(host, config_file), run_ref, detach, config_file))
-    root = find(default_runs_dir(runs_dir), run_ref)
-    cancel_on_signals()
+    With --host: on that host (a new job on a Slurm host). Ctrl-C cancels a run resumed on this
+    machine (it checkpoints again); on a host it stops following."""
+    b = backend(host, config_file, runs_dir)
+    if not b.remote:
+        cancel_on_signals()
     try:
-        r = launch.resume_local(root)
-    except launch.LaunchError as exc:
+        r = b.resume(find_on(b, run_ref))
+    except FAILURES as exc:
         fail(str(exc), EXIT_FAILED)
     console = out()
-    say(console, f"resumed {r.name} (pid {r.pid}) in {r.run_dir}")
+    say(console, f"resumed {r.name} {'as ' + r.how if r.job else f'(pid {r.pid})'} in {r.where}")
     if detach:
-        say(console, "follow with: " + shlex.join(["ban", "follow", str(r.run_dir)]))
+        say(console, "follow with: " + follow_command(b, [r.run_dir], config_file))
         return
-    source = LocalSource(r.run_dir, r.pid, r.pid_start)
-    raise typer.Exit(watch(console, [source], lambda: cancel_and_explain(console, [r.run_dir])))
+
+    def on_interrupt() -> int:
+        if not b.remote:
+            return cancel_and_explain(console, [r.run_dir])
+        say(console, "stopped following; the run keeps going. Again: " + follow_command(b, [r.run_dir], config_file))
+        return EXIT_CANCELLED
+
+    raise typer.Exit(watch(console, [watched(console, b, b.source(r.run_dir, r.pid, r.pid_start))], on_interrupt))
 
 
 @app.command()
@@ -569,23 +351,8 @@ def cancel(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
     """Stop runs gracefully: SIGTERM, the engine checkpoints and ends the run as cancelled.
 
     With --host: on that host (scancel for a run in a Slurm job)."""
-    if host:
-        raise typer.Exit(on_host(host_named(host, config_file), "cancel", run_refs, wait=wait, timeout=timeout))
-    roots = [find(default_runs_dir(runs_dir), ref) for ref in run_refs]
-    console = out()
-    code = 0
-    for root in roots:
-        try:
-            say(console, launch.cancel(root))
-        except launch.LaunchError as exc:
-            print(f"ban: {exc}", file=sys.stderr)
-            code = EXIT_FAILED
-    if wait and not wait_stopped(roots, timeout):
-        fail(f"the engines did not stop within {timeout:g} s", EXIT_FAILED)
-    if wait:
-        for root in roots:
-            say(console, f"{root.parent.name}/{root.name}: {load_state(root).status()}")
-    raise typer.Exit(code)
+    b = backend(host, config_file, runs_dir)
+    raise typer.Exit(each(run_refs, lambda ref: b.cancel(ref, wait, timeout)))
 
 
 @app.command()
@@ -596,17 +363,21 @@ def rm(run_refs: List[str] = typer.Argument(..., metavar="RUN..."),
     """Remove finished, failed or cancelled runs (their directories); refuse a running one.
 
     A queued run leaves the queue (a pending Slurm job is cancelled). Exit 1 if any was refused."""
-    if host:
-        raise typer.Exit(on_host(host_named(host, config_file), "rm", run_refs))
+    b = backend(host, config_file, runs_dir)
+    raise typer.Exit(each(run_refs, b.rm))
+
+
+def each(refs: list[str], verb) -> int:
+    """verb(ref) for each run in turn, saying what it did; 1 if any was refused (2: no such run)."""
     console = out()
     code = 0
-    for root in [find(default_runs_dir(runs_dir), ref) for ref in run_refs]:
+    for ref in refs:
         try:
-            say(console, remote_control.rm_here(root))
-        except (remote_control.ControlError, RuntimeError, OSError) as exc:
+            say(console, verb(ref))
+        except FAILURES as exc:
             print(f"ban: {exc}", file=sys.stderr)
-            code = EXIT_FAILED
-    raise typer.Exit(code)
+            code = max(code, EXIT_USAGE if isinstance(exc, LookupError) else EXIT_FAILED)
+    return code
 
 
 @app.command("report")
@@ -643,21 +414,6 @@ def report_cmd(refs: Optional[List[str]] = typer.Argument(None, metavar="[RUNS..
         fail(f"no run that ended ok among {len(roots)} under {runs_dir}", EXIT_FAILED)
     else:
         print_report(console, rep, fmt)
-
-
-def print_report(console: Console, rep: dict, fmt: str = "table") -> None:
-    """A collected report in a human format, then its warnings and left-out runs."""
-    if fmt == "md":
-        say(console, report_mod.to_markdown(rep))
-        return
-    if fmt == "csv":
-        say(console, report_mod.to_csv(rep))
-        for line in report_mod.notes(rep):
-            print(line, file=sys.stderr)
-        return
-    print_table(console, *report_mod.table(rep))
-    for line in report_mod.notes(rep):
-        say(console, line)
 
 
 @app.command()
@@ -698,40 +454,7 @@ def models(names: Optional[List[str]] = typer.Argument(None, metavar="[NAMES...]
                                                              "for models it reports, else 10)."),
            in_channels: int = typer.Option(3, "--in-channels")):
     """The model registry with parameter counts, beside the paper's where it gives one."""
-    from engine import catalog, param_counts
-    paper, paper_classes = param_counts.PAPER_PARAMS, param_counts.PAPER_NUM_CLASSES
-    rows, notes = [], []
-    for name in names or param_counts.listed():
-        try:
-            family = catalog.resolve_model(name)[0]
-        except KeyError:
-            family = None
-        n_classes = classes or param_counts.default_classes(name)
-        count = param_counts.cached(name, n_classes, in_channels)   # the listing's sizes: no torch
-        try:
-            if count is None:
-                from engine import models as registry  # torch: only a size outside the table needs it
-                count = registry.param_count(name, n_classes, in_channels)
-            ours = params_str(count)
-        except Exception as exc:  # a name the registry cannot build alone: say why below, keep listing
-            ours = "n/a"
-            notes.append(f"{name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-        p = paper.get(name)
-        at = paper_classes.get(name, n_classes)
-        dev = param_counts.deviation(name) if at == n_classes and in_channels == 3 else None
-        if param_counts.deviation_note(name) and dev is not None:
-            notes.append(param_counts.deviation_note(name))
-        rows.append({"name": name, "family": family.family if family else "-", "classes": n_classes,
-                     "params": ours, "paper": "-" if p is None else f"{p:.2f}M" + (f" ({at} classes)" if at != n_classes else ""),
-                     "dev": "-" if dev is None else f"{100 * dev:+.1f}%", "about": family.doc if family else ""})
-    print_table(out(), [("name", "name"), ("family", "family"), ("classes", "classes"), ("params", "params"),
-                        ("paper", "paper"), ("dev", "vs paper"), ("about", "")], rows)
-    for note in notes:
-        say(out(), note)
-    if not names:   # models of your own, by reference (engine/catalog.py REFERENCE_FORMS)
-        say(out(), "\nmodels by reference (model = \"...\" in experiments.toml):")
-        for form, doc in catalog.REFERENCE_FORMS:
-            say(out(), f"  {form:<20}  {doc}")
+    print_models(out(), names, classes, in_channels)
 
 
 @app.command()
@@ -782,7 +505,7 @@ def export(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Run
         fail(str(exc))
 
 
-# ---- remote hosts (ban_tui.remote) ----------------------------------------------------------
+# ---- hosts (ban_tui.backends) --------------------------------------------------------------
 
 def host_named(name: str, config_file: Path | None = None, config: spec.Config | None = None) -> spec.Host:
     """A host of the config (FILE, --config or ./experiments.toml) or of the user hosts file."""
@@ -795,114 +518,33 @@ def host_named(name: str, config_file: Path | None = None, config: spec.Config |
         fail(str(exc))
 
 
-def remote_source(console: Console, host: spec.Host, run_dir: str, pid: int | None = None) -> RemoteSource:
-    """A RemoteSource that says when its connection drops and when it is back."""
-    source = slurm.follow_source(host, run_dir, pid)
-
-    def tell(s: RemoteSource) -> None:
-        if not s.connected:
-            ago = s.since_last_event()
-            say(console, f"{s.name}: lost the connection to {host.name} ({s.error}); retrying"
-                         + (f" (last event {ago:.0f} s ago)" if ago is not None else ""))
-        elif s.drops:
-            say(console, f"{s.name}: reconnected to {host.name}")
-
-    source.on_connection = tell
-    return source
+def backend(host: str | None, config_file: Path | None, runs_dir: Path | None = None):
+    """What a command acts on: --host NAME's backend, else this machine's runs directory."""
+    return backend_for(host_named(host, config_file) if host else None, runs_dir)
 
 
-def say_follow_remote(console: Console, runs, prefix: str = "follow with: ", config_file: Path | None = None) -> None:
-    via = ["--config", str(config_file)] if config_file else []
-    for name in dict.fromkeys(r.host for r in runs):
-        say(console, prefix + shlex.join(["ban", "follow"] + [r.name for r in runs if r.host == name] + ["--host", name] + via))
-
-
-def ls_remote(host: spec.Host, every: bool) -> int:
-    console = out()
+def find_on(b, ref: str):
     try:
-        runs = remote.list_remote_runs(host)
-    except RemoteError as exc:
-        fail(str(exc), EXIT_FAILED)
-    if not runs:
-        say(console, f"no runs on {host.name} under {remote.remote_runs_dir(host)}")
-        return 0
-    shown = runs if every else runs[-20:]
-    now = time.time()
-    # the status comes from the host, where the engine's pid can be checked
-    rows = [{**run_row(Path(r.dir), r.state, now), "status": status_label(r.status, r.state),
-             "progress": str(chain_progress(r.state))} for r in shown]
-    columns = RUN_COLUMNS
-    if host.slurm is not None:   # each run's job, as squeue says (pending before its start or a requeue)
-        try:
-            jobs = slurm.list_jobs(host)
-        except RemoteError as exc:
-            fail(str(exc), EXIT_FAILED)
-        columns = RUN_COLUMNS + [("job", "slurm job")]
-        for r, row in zip(shown, rows):
-            j = jobs.get(r.name)
-            if j:
-                row["job"] = f"{j['job']} {j['state'].lower() or 'done'}" + (f" ({j['reason']})" if j["state"] == "PENDING" else "")
-                if j["state"] == "PENDING":
-                    row["status"] = "pending"
-                elif j["state"] == "RUNNING" and r.state.end is not None:   # a new job, before its run_start
-                    row["status"] = "starting"
-                elif not j["state"] and not r.state.n_events:
-                    row["status"] = "never started"
-    print_table(console, columns, rows)
-    if len(shown) < len(runs):
-        say(console, f"({len(runs) - len(shown)} older runs not shown; --all shows them)")
-    return 0
-
-
-def find_remote(host: spec.Host, ref: str) -> str:
-    try:
-        return remote.find_remote_run(host, ref)
-    except RemoteError as exc:
+        return b.find(ref)
+    except FAILURES as exc:
         fail(str(exc))
 
 
-def follow_remote(host: spec.Host, refs: list[str]) -> int:
-    console = out()
-    dirs = [find_remote(host, ref) for ref in refs]
+def watched(console: Console, b, source):
+    """A backend's source; one on a host says when its connection drops and when it is back."""
+    if not b.remote:
+        return source
 
-    def detach_msg() -> int:
-        say(console, "stopped following; the runs keep going. Again: "
-                     + shlex.join(["ban", "follow", *refs, "--host", host.name]))
-        return EXIT_CANCELLED
+    def tell(s) -> None:
+        if not s.connected:
+            ago = s.since_last_event()
+            say(console, f"{s.name}: lost the connection to {b.name} ({s.error}); retrying"
+                         + (f" (last event {ago:.0f} s ago)" if ago is not None else ""))
+        elif s.drops:
+            say(console, f"{s.name}: reconnected to {b.name}")
 
-    return watch(console, [remote_source(console, host, d) for d in dirs], detach_msg)
-
-
-def on_host(host: spec.Host, verb: str, refs: list[str], **kw) -> int:
-    """cancel / rm on a host, each run in turn; 1 if any was refused."""
-    console = out()
-    code = 0
-    for ref in refs:
-        try:
-            say(console, remote_control.control(host, verb, ref, **kw)["message"])
-        except RemoteError as exc:
-            print(f"ban: {exc}", file=sys.stderr)
-            code = EXIT_FAILED
-    return code
-
-
-def resume_remote(host: spec.Host, ref: str, detach: bool, config_file: Path | None) -> int:
-    console = out()
-    try:
-        r = remote_control.resume(host, ref)
-    except RemoteError as exc:
-        fail(str(exc), EXIT_FAILED)
-    how = f"as Slurm job {r.job}" if isinstance(r, slurm.SlurmLaunch) else f"(pid {r.pid})"
-    say(console, f"resumed {r.name} {how} in {host.name}:{r.run_dir}")
-    if detach:
-        say_follow_remote(console, [r], config_file=config_file)
-        return 0
-
-    def detach_msg() -> int:
-        say_follow_remote(console, [r], "stopped following; the run keeps going. Again: ", config_file)
-        return EXIT_CANCELLED
-
-    return watch(console, [remote_source(console, host, r.run_dir, r.pid)], detach_msg)
+    source.on_connection = tell
+    return source
 
 
 @app.command()
@@ -911,13 +553,14 @@ def pull(run_refs: List[str] = typer.Argument(..., metavar="RUN...", help="Runs 
          runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Where they go (default ./runs or $BAN_RUNS_DIR)."),
          config_file: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP)):
     """Copy runs from a host (rsync, else scp) so that show and report work offline."""
-    h = host_named(host, config_file)
-    target = default_runs_dir(runs_dir)
+    b = backend(host, config_file)
+    target_dir = default_runs_dir(runs_dir)
     console = out()
     for ref in run_refs:
+        d = find_on(b, ref)
         try:
-            say(console, f"pulled {ref} from {h.name} to {remote.pull(h, find_remote(h, ref), target)}")
-        except RemoteError as exc:
+            say(console, f"pulled {ref} from {b.name} to {b.pull(d, target_dir)}")
+        except FAILURES as exc:
             fail(str(exc), EXIT_FAILED)
 
 
@@ -935,7 +578,7 @@ def hosts_cmd(config_file: Optional[Path] = typer.Option(None, "--config", help=
         say(console, f"no hosts: add [hosts.NAME] tables to {path} or {hosts_mod.user_hosts_path()}")
         return
     with ThreadPoolExecutor(max_workers=8) as pool:   # one slow box does not hold up the others
-        statuses = list(pool.map(gpu_status, known.values()))
+        statuses = list(pool.map(lambda h: backend_for(h).status(), known.values()))
     rows = [row for h, st in zip(known.values(), statuses) for row in host_rows(h, st)]
     print_table(console, HOST_COLUMNS, rows)
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from engine.spec import Host
 from engine.runs import STALE_AFTER, RunFollower, RunState, pid_alive, process_start_time
 from ban_tui.launch import engine_pids
 
@@ -23,6 +24,9 @@ class Source(Protocol):
                               # read and its process signalled here
     pid: int | None           # the engine this process launched or resumed (None: not launched here);
     pid_start: int | None     # set both to follow a run just (re)started: it then lasts as long as that pid
+    run_dir: Path | str       # the run directory: a Path here, a host path (str) on a host
+    host: Host | None         # the [hosts] table it is followed over (None: this machine); its
+                              # backend (ban_tui.backends.backend_for(host)) cancels, resumes, removes it
 
     @property
     def name(self) -> str:
@@ -50,6 +54,7 @@ class LocalSource:
     it: the run then lasts as long as that process, whatever old run_end the events still hold."""
 
     local = True
+    host = None
 
     def __init__(self, run_dir, pid: int | None = None, pid_start: int | None = None):
         self.run_dir = Path(run_dir)

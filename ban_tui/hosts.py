@@ -65,4 +65,5 @@ def get_host(name: str, config: Config | None = None, user_path: Path | None = N
 
 def ssh_hosts(hosts: dict[str, Host]) -> dict[str, Host]:
     """The hosts reached over ssh (not `[hosts.local]`, which only gives this machine's slots)."""
-    return {name: h for name, h in hosts.items() if not h.local}
+    from ban_tui.backends import backend_for   # the one reader of a table's kind
+    return {name: h for name, h in hosts.items() if backend_for(h).remote}

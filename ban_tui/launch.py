@@ -18,20 +18,26 @@ import psutil
 from engine import scheduler, spec
 from engine.runs import (RunPaths, RunState, load_state, new_run_id, pid_alive, read_pid_file,
                          run_dir)
+from ban_tui.errors import BackendError
 
 
-class LaunchError(Exception):
+class LaunchError(BackendError):
     """A run cannot be started, resumed or cancelled; the message says why, in one line."""
 
 
 @dataclass
-class LaunchedRun:
+class Launch:
+    """A chain started, queued or submitted: what every backend's submit and resume return
+    (ban_tui.backends), here or on a host."""
     experiment: str
     run_id: str
-    run_dir: Path
-    pid: int | None                # None while it waits in the queue
+    run_dir: Path | str            # a Path here; on a host, the path as the host's shell says it
+    pid: int | None                # None while it waits in the queue (or for its Slurm job)
     pid_start: int | None = None   # the kernel's start time of pid, to tell a recycled pid apart
     queued: int | None = None      # its position in the queue when no slot was free
+    host: str | None = None        # the [hosts] table it runs on; None: this machine
+    job: str | None = None         # the Slurm job that runs it
+    seed: int | None = None
 
     @property
     def name(self) -> str:
@@ -39,15 +45,22 @@ class LaunchedRun:
 
     @property
     def how(self) -> str:
-        """"pid 123", or "queued #2" for a run that waits for a slot."""
+        """"pid 123", "queued #2" for a run that waits for a slot, or "Slurm job 17"."""
+        if self.job is not None:
+            return f"Slurm job {self.job}"
         return f"pid {self.pid}" if self.pid is not None else f"queued #{self.queued}"
+
+    @property
+    def where(self) -> str:
+        """Its run directory, as `host:path` for a run on a host."""
+        return f"{self.host}:{self.run_dir}" if self.host is not None else str(self.run_dir)
 
 
 def python_m(python: str, gpus: int) -> list[str]:
     """`python` or, for more than one GPU, `python -m torch.distributed.run` (torchrun): what
     precedes `-m engine ...`. `--standalone`: a rendezvous of its own on a free port, so that two
     DDP runs on one machine do not collide on torchrun's fixed default port; multi-node runs use
-    torchrun's rendezvous options directly (README, Scale-out)."""
+    torchrun's rendezvous options directly (docs/scale-out.md)."""
     if gpus <= 1:
         return [python]
     return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(gpus)]
@@ -67,7 +80,7 @@ def resume_command(run_dir, gpus: int = 1, python: str = sys.executable) -> list
 
 
 def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=None,
-                 python=None, host: spec.Host | None = None) -> LaunchedRun:
+                 python=None, host: spec.Host | None = None) -> Launch:
     """Queue `python -m engine run` for one (experiment, seed) in runs_dir (engine.scheduler):
     it starts at once on a free slot (`pid` set), else waits for one (`queued` set). Returns at
     once either way. The run directory holds the resolved experiment from the start, so editing
@@ -80,7 +93,7 @@ def launch_local(config_path, exp: spec.Experiment, seed: int, runs_dir, device=
                           exp.gpus, python or sys.executable)
     scheduler.configure(runs_dir, host.gpus if host else None, host.slots if host else None)
     got = scheduler.submit(root, spec.dumps_experiment(replace(exp, host=None)), argv, exp.gpus)
-    return LaunchedRun(exp.name, run_id, root, got.get("pid"), got.get("pid_start"), got.get("position"))
+    return Launch(exp.name, run_id, root, got.get("pid"), got.get("pid_start"), got.get("position"), seed=seed)
 
 
 def engine_pids(root: Path, state: RunState) -> list[tuple[int, int | None]]:
@@ -126,7 +139,7 @@ def running_pid(run) -> int | None:
     return None
 
 
-def resume_local(run, python=None) -> LaunchedRun:
+def resume_local(run, python=None) -> Launch:
     """Start `python -m engine resume RUN_DIR` for a run that is not running nor finished ok."""
     root = Path(run)
     state = load_state(root)
@@ -148,7 +161,7 @@ def resume_local(run, python=None) -> LaunchedRun:
     except scheduler.NoFreeSlot as exc:
         raise LaunchError(f"{name}: {exc}") from None
     pid, start = got["pid"], got["pid_start"]
-    return LaunchedRun(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
+    return Launch(state.experiment or root.parent.name, state.run_id or root.name, root, pid, start)
 
 
 def terminate(pid: int, pid_start: int | None, run_names: tuple = ()) -> bool:
@@ -177,9 +190,9 @@ def run_names(root: Path, run_id: str) -> tuple:
 def cancel(run) -> str:
     """Ask a run's engine to stop (it finishes the step, checkpoints, writes run_end cancelled).
 
-    `run` is a run directory, a LaunchedRun or a RunState (a local run's folded events). Returns
+    `run` is a run directory, a Launch or a RunState (a local run's folded events). Returns
     what was done; raises LaunchError with the reason when there is no live engine to stop."""
-    if isinstance(run, LaunchedRun):
+    if isinstance(run, Launch):
         if terminate(run.pid, run.pid_start, run_names(run.run_dir, run.run_id)):
             return f"sent SIGTERM to {run.name} (pid {run.pid})"
         run = run.run_dir

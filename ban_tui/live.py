@@ -147,9 +147,8 @@ class LiveView(PlainView):
 
     def chain(self, source) -> str:
         """'33/60 epochs, ETA 0:02:21': the whole chain, planned from a local run's snapshot."""
-        if source.name not in self.plans:   # a remote source's run_dir is a str: no local snapshot
-            root = getattr(source, "run_dir", None)
-            self.plans[source.name] = load_plan(root) if isinstance(root, Path) else None
+        if source.name not in self.plans:   # a run on a host: no snapshot here
+            self.plans[source.name] = load_plan(Path(source.run_dir)) if source.local else None
         p = chain_progress(source.state, self.plans[source.name])
         return f"{p} epochs, ETA {hms(p.eta)}"
 

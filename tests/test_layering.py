@@ -100,6 +100,21 @@ def test_engine_and_ban_tui_import_no_cycle():
     assert [" -> ".join(c) for c in cycles(g)] == []
 
 
+def test_the_backends_sit_above_what_they_drive_and_below_the_front_ends():
+    """ban_tui.backends drives launch, remote and slurm and is driven by the CLI and the TUI:
+    nothing it uses imports it back (backend_for, imported by hosts for the one reading of a
+    table's kind, is the package itself, which imports nothing of ban_tui at module level)."""
+    g = graph(ROOT)
+    backends = {m for m in g if m.startswith("ban_tui.backends")}
+    assert {"ban_tui.backends", "ban_tui.backends.base", "ban_tui.backends.local", "ban_tui.backends.ssh",
+            "ban_tui.backends.slurm"} <= backends
+    assert "ban_tui.backends" in g["ban_tui.cli"] and "ban_tui.backends" in g["ban_tui.app"]
+    below = set().union(*(g[m] for m in backends)) - backends
+    up = {m: sorted(t for t in g[m] if t.startswith("ban_tui.backends")) for m in below}
+    assert {m: ts for m, ts in up.items() if ts and m != "ban_tui.hosts"} == {}
+    assert not {"ban_tui.cli", "ban_tui.app"} & below and not any(t.startswith("ban_tui.screens") for t in below)
+
+
 def test_the_engine_never_imports_the_manager():
     """...but for engine.api, the notebooks' front end (like the CLI), which takes the report
     from ban_tui.report, the one place its statistics live."""
@@ -123,3 +138,44 @@ def test_a_package_that_its_submodule_imports_back_is_a_cycle(tmp_path):
     assert g["engine.fine"] == {"engine.models.cnn", "engine.models.lm"}
     assert sorted(cycles(g)) == [["engine.models", "engine.models.cnn", "engine.models"],
                                  ["engine.models.helpers", "engine.models.lm", "engine.models.helpers"]]
+
+
+def test_host_side_code_imports_nothing_of_the_laptop_side():
+    """ban_tui.host runs on the host (`python -m ban_tui.host`): it imports the engine, the launcher
+    and itself, never ban_tui.remote, backends, slurm (the laptop's side) or the front ends."""
+    g = graph(ROOT)
+    host = {m for m in g if m.startswith("ban_tui.host.") or m == "ban_tui.host"} - {"ban_tui.hosts"}
+    assert {"ban_tui.host.__main__", "ban_tui.host.control", "ban_tui.host.slurm_login", "ban_tui.host.slurm_job"} <= host
+    allowed = ("engine", "ban_tui.host", "ban_tui.launch", "ban_tui.errors")
+    assert {m: sorted(t for t in g[m] if not t.startswith(allowed) or t == "ban_tui.hosts")
+            for m in host if any(not t.startswith(allowed) or t == "ban_tui.hosts" for t in g[m])} == {}
+    assert "ban_tui.slurm" not in g["ban_tui.remote.control"]
+
+
+# ---- docs/INTERNALS.md's import map: generated from this graph, held to it -------------------
+
+MAP_BEGIN, MAP_END = "<!-- import map: begin (python tests/test_layering.py writes it) -->", "<!-- import map: end -->"
+INTERNALS = ROOT / "docs" / "INTERNALS.md"
+
+
+def import_map(g: dict[str, set[str]]) -> str:
+    """One line per module: `module` -> what it imports (`e.` engine., `t.` ban_tui.)."""
+    short = lambda m: m.replace("engine.", "e.").replace("ban_tui.", "t.")   # noqa: E731
+    return "\n".join(f"- `{m}` → " + (", ".join(sorted((short(t) for t in g[m]), key=lambda t: (t[0] != "t", t)))
+                                      or "—") for m in sorted(g))
+
+
+def written_map(text: str) -> str:
+    return text.split(MAP_BEGIN, 1)[1].split(MAP_END, 1)[0].strip()
+
+
+def test_the_internals_import_map_is_the_code_s():
+    assert written_map(INTERNALS.read_text()) == import_map(graph(ROOT)), \
+        "docs/INTERNALS.md's import map differs from the code: run `python tests/test_layering.py`"
+
+
+if __name__ == "__main__":   # rewrite the map in docs/INTERNALS.md from the code
+    text = INTERNALS.read_text()
+    head, rest = text.split(MAP_BEGIN, 1)
+    INTERNALS.write_text(head + MAP_BEGIN + "\n" + import_map(graph(ROOT)) + "\n" + MAP_END + rest.split(MAP_END, 1)[1])
+

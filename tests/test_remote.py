@@ -88,7 +88,7 @@ def test_hostile_host_values_never_run_anything(sshd, tmp_path):
     # A python that runs the real one, except for `-m engine`, whose argv it records and drops.
     argv_file = sshd.workdir / "engine-argv"
     fake = sshd.workdir / "fake-python"
-    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ]; then printf "%s\\0" "$@" > {argv_file}; exit 3; fi\n'
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = engine ]; then printf "%s\\0" "$@" > {argv_file}; exit 3; fi\n'
                     f'exec {shlex.quote(sys.executable)} "$@"\n')
     fake.chmod(0o755)
     for bad in HOSTILE:

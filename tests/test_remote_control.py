@@ -11,6 +11,7 @@ import pytest
 
 from engine.events import EventWriter, read_events
 from engine.runs import RunPaths, process_start_time
+from ban_tui.host import control as host_control
 from ban_tui.remote import control as remote_control
 from ban_tui.remote.transport import RemoteError
 import helpers
@@ -120,8 +121,8 @@ def test_rm_here_refuses_a_live_engine_and_takes_a_queued_run_out_of_the_queue(t
     queued = runs / "exp" / "20260101-000002-s0-cccc"
     queued.mkdir()
     RunPaths(queued).snapshot.write_text('[[experiment]]\nname = "exp"\n')
-    (queued / remote_control.QUEUED).write_text("")
-    assert remote_control.rm_here(queued) == "removed exp/20260101-000002-s0-cccc from the queue"
+    (queued / host_control.QUEUED).write_text("")
+    assert host_control.rm_here(queued) == "removed exp/20260101-000002-s0-cccc from the queue"
     assert not queued.exists()
     assert [p.name for p in (runs / "exp").iterdir()] == [live.name]   # no temp directory left
 
@@ -131,7 +132,7 @@ def test_rm_on_a_host_removes_a_queued_run(sshd, tmp_path):
     queued = sshd.workdir / "runs" / "q" / "20260101-000003-s0-dddd"
     queued.mkdir(parents=True)
     RunPaths(queued).snapshot.write_text('[[experiment]]\nname = "q"\n')
-    (queued / remote_control.QUEUED).write_text("")
+    (queued / host_control.QUEUED).write_text("")
     answer = remote_control.control(host, "rm", "20260101-000003")
     assert answer["message"] == "removed q/20260101-000003-s0-dddd from the queue" and not queued.exists()
     with pytest.raises(RemoteError, match=r"host 'loop': rm nope failed: error: no run matches 'nope' under "):

@@ -10,7 +10,7 @@ from ban_tui.follow import LocalSource, Source
 from ban_tui.remote.source import RemoteSource
 from ban_tui.watch import Watcher
 
-MEMBERS = {"local", "pid", "pid_start", "name", "state", "poll", "status", "ended", "stop"}
+MEMBERS = {"local", "pid", "pid_start", "run_dir", "host", "name", "state", "poll", "status", "ended", "stop"}
 
 
 def test_the_protocol_declares_every_member_the_views_use():
@@ -27,6 +27,7 @@ def test_local_and_remote_sources_implement_the_protocol(tmp_path):
             assert hasattr(source, member), (type(source).__name__, member)
         assert list(inspect.signature(source.status).parameters) == ["now"]
     assert (local.local, far.local) == (True, False)
+    assert (local.host, far.host.name, local.run_dir, far.run_dir) == (None, "box", tmp_path / "e" / "r1", "~/ban/runs/e/r2")
     assert (local.name, far.name) == ("e/r1", "e/r2")
     assert local.poll() == [] and local.status() == "starting"   # no events yet, engine alive: starting (issue 14)
 

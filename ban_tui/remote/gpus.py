@@ -11,6 +11,7 @@ from ban_tui.remote.transport import NO_CONNECTION, RemoteError, error_line, ssh
 GPU_QUERY = ("nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total "
              "--format=csv,noheader,nounits")
 NO_GPU = "no-nvidia-smi"
+LIVE = ("running", "starting", "queued")   # the runs a host's row lists (and the hosts tab follows)
 
 
 @dataclass
@@ -28,7 +29,7 @@ class HostStatus:
     reachable: bool
     error: str = ""
     gpus: list[GpuRow] | None = None      # None: no NVIDIA GPU
-    runs: list[RemoteRun] = field(default_factory=list)   # runs there that are running
+    runs: list[RemoteRun] = field(default_factory=list)   # runs there that run, start or wait for a slot
 
     @property
     def summary(self) -> str:
@@ -60,7 +61,7 @@ def parse_gpus(text: str) -> list[GpuRow]:
 
 def gpu_status(host: Host, timeout: float = 20.0, with_runs: bool = True) -> HostStatus:
     """GPU rows from nvidia-smi; a host without it has gpus=None ("no NVIDIA GPU"), an unreachable
-    one reachable=False with ssh's error line. `runs` holds the host's running runs."""
+    one reachable=False with ssh's error line. `runs` holds the host's live runs (LIVE)."""
     proc = ssh(host, f"command -v nvidia-smi >/dev/null 2>&1 || {{ echo {NO_GPU}; exit 0; }}; {GPU_QUERY}",
                timeout=timeout)
     if proc.returncode == NO_CONNECTION:
@@ -71,7 +72,7 @@ def gpu_status(host: Host, timeout: float = 20.0, with_runs: bool = True) -> Hos
     status = HostStatus(host.name, True, gpus=None if out.strip() == NO_GPU else parse_gpus(out))
     if with_runs:
         try:
-            status.runs = [r for r in list_remote_runs(host, timeout) if r.status == "running"]
+            status.runs = [r for r in list_remote_runs(host, timeout) if r.status in LIVE]
         except (RemoteError, ValueError):
             pass   # no engine there (yet): the GPUs are still worth showing
     return status

@@ -3,13 +3,11 @@ launch a run (detached, so it outlives the connection), list the host's runs, fi
 reference, and pull a run directory back. Experiment and run names are checked by
 engine.runs.check_name, so a run cannot leave the runs directory.
 
-The host runs small Python programs against its own install of ban (`python -c CODE ARGS`,
-CODE importing engine or, for the versions, this module); their arguments are quoted words
-(ban_tui.remote.transport), never pasted into the code.
+The host runs its own install of ban: `python -m ban_tui.host VERB ARGS` (ban_tui.host), its
+arguments quoted words (ban_tui.remote.transport), its answer one tagged line of JSON.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 import shlex
 import shutil
@@ -18,11 +16,12 @@ import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.events import SCHEMA_VERSION
 from engine.runs import GenState, RunState, check_name, new_run_id, run_dir
 from engine.spec import Experiment, Host, dumps_experiment
-from ban_tui.launch import engine_command
-from ban_tui.remote.transport import (NO_CONNECTION, RemoteError, destination, error_line, rpath,
+from ban_tui.launch import Launch, engine_command
+from ban_tui.host.runs import engine_versions
+from ban_tui.host.wire import answer_of
+from ban_tui.remote.transport import (NO_CONNECTION, RemoteError, destination, error_line, host_call, rpath,
                                       run_checked, ssh, ssh_options)
 
 SNAPSHOT = "experiment.toml"             # the uploaded resolved experiment, in the run directory
@@ -54,25 +53,9 @@ def run_names(remote_dir: str) -> tuple[str, str]:
 
 # ---- engine versions ------------------------------------------------------------------------
 
-def engine_versions() -> dict:
-    """The events schema and the installed `ban` of the Python running this (None: not installed
-    as a package). Called here and, through VERSION_CODE, on the host, so "compatible" means the
-    same thing at both ends."""
-    from importlib.metadata import PackageNotFoundError, version   # 25 ms: not at every start of the app
-    try:
-        installed = version("ban")
-    except PackageNotFoundError:
-        installed = None
-    return {"schema": SCHEMA_VERSION, "version": installed}
-
-
-VERSION_CODE = ("import json\nfrom ban_tui.remote.operations import engine_versions\n"
-                "print(json.dumps(engine_versions()))")
-
-
 def check_engine(host: Host, timeout: float = 60.0) -> dict:
     """The host's engine versions; RemoteError when python or the engine is missing or differs."""
-    proc = ssh(host, f"{rpath(host.python)} -c {shlex.quote(VERSION_CODE)}", timeout=timeout)
+    proc = ssh(host, f"{rpath(host.python)} -m ban_tui.host versions", timeout=timeout)
     if proc.returncode == NO_CONNECTION:
         raise RemoteError(f"host {host.name!r} ({host.ssh}): cannot connect: {error_line(proc)}")
     if proc.returncode == 127:
@@ -81,8 +64,8 @@ def check_engine(host: Host, timeout: float = 60.0) -> dict:
         raise RemoteError(f"host {host.name!r}: the engine is not importable by {host.python!r} "
                           f"there: {error_line(proc)} (install the same version of ban on the host)")
     try:
-        theirs = json.loads(proc.stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        theirs = answer_of(proc.stdout.decode(errors="replace"))
+    except ValueError:
         raise RemoteError(f"host {host.name!r}: expected the engine's versions as JSON from "
                           f"{host.python!r}, found {proc.stdout[:80]!r}")
     ours = engine_versions()
@@ -95,22 +78,8 @@ def check_engine(host: Host, timeout: float = 60.0) -> dict:
 
 # ---- launch ---------------------------------------------------------------------------------
 
-@dataclass
-class RemoteLaunch:
-    host: str
-    experiment: str
-    run_id: str
-    seed: int
-    run_dir: str          # on the host
-    pid: int | None
-
-    @property
-    def name(self) -> str:
-        return f"{self.experiment}/{self.run_id}"
-
-
 def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
-           device: str | None = None, wait: float = 30.0) -> RemoteLaunch:
+           device: str | None = None, wait: float = 30.0) -> Launch:
     """Copy the resolved experiment to the host and start the engine there, detached (own session,
     every standard stream redirected), so the run outlives this connection. Waits up to `wait`
     seconds for the first event, so a run that dies at once is reported here, not found later."""
@@ -142,33 +111,16 @@ def launch(host: Host, exp: Experiment, seed: int, run_id: str | None = None,
         raise RemoteError(f"host {host.name!r}: the engine exited at once: {detail.strip()} "
                           f"(see {posixpath.join(rdir, 'stderr.log')})")
     pid = int(lines[0]) if lines and lines[0].isdigit() else None
-    return RemoteLaunch(host.name, exp.name, run_id, int(seed), rdir, pid)
+    return Launch(exp.name, run_id, rdir, pid, host=host.name, seed=int(seed))
 
 
 def find_remote_run(host: Host, ref: str, timeout: float = 60.0) -> str:
     """A run directory on the host by `experiment/run-id`, run id, unique prefix or path
     (engine.runs.find_run, run there)."""
-    code = "import sys\nfrom engine.runs import find_run\nprint(find_run(sys.argv[1], sys.argv[2]))"
-    out = run_checked(host, f"{rpath(host.python)} -c {shlex.quote(code)} "
-                            f"{rpath(remote_runs_dir(host))} {shlex.quote(ref)}", "finding the run", timeout=timeout)
-    return out.rstrip("\n")
-
+    return host_call(host, ["find", remote_runs_dir(host), ref], "finding the run", timeout=timeout)
 
 
 # ---- list -----------------------------------------------------------------------------------
-
-# Folds each run's events on the host and sends back only the summaries (and the status, which
-# needs the host's /proc).
-LIST_CODE = """\
-import dataclasses, json, sys
-from engine.runs import list_runs, load_state
-from engine.scheduler import ensure_scheduler
-ensure_scheduler(sys.argv[1])   # queued runs there: make sure they will start
-for d in list_runs(sys.argv[1]):
-    s = load_state(d)
-    print(json.dumps({"dir": str(d), "status": s.status(), "state": dataclasses.asdict(s)}))
-"""
-
 
 @dataclass
 class RemoteRun:
@@ -193,13 +145,9 @@ def _state(d: dict) -> RunState:
 
 
 def list_remote_runs(host: Host, timeout: float = 60.0) -> list[RemoteRun]:
-    out = run_checked(host, f"{rpath(host.python)} -c {shlex.quote(LIST_CODE)} {rpath(remote_runs_dir(host))}",
-                      "listing runs", timeout=timeout)
-    runs = []
-    for line in out.splitlines():
-        row = json.loads(line)
-        runs.append(RemoteRun(host.name, row["dir"], row["status"], _state(row["state"])))
-    return runs
+    """The host's runs, each folded there (ban_tui.host.runs.list_here): only summaries travel."""
+    rows = host_call(host, ["list", remote_runs_dir(host)], "listing runs", timeout=timeout)
+    return [RemoteRun(host.name, row["dir"], row["status"], _state(row["state"])) for row in rows]
 
 
 # ---- pull -----------------------------------------------------------------------------------

@@ -4,73 +4,24 @@ follow a run that may still wait for a slot.
 The host runs the same engine.scheduler as this machine (its slots: the host table's `gpus` or
 `slots`, else its own nvidia-smi, else one), so a queued run there is a run directory with its
 snapshot and a `queued` marker, started by a scheduler detached on the host: this connection
-going away never touches it. One round trip per chain: the snapshot travels on stdin.
+going away never touches it. One round trip per chain to `python -m ban_tui.host submit`
+(ban_tui.host.runs.submit_here): the request, snapshot included, travels on stdin.
 """
 from __future__ import annotations
 
 import json
 import posixpath
-import shlex
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from engine.runs import check_name, new_run_id
 from engine.spec import Experiment, Host, dumps_experiment
-from ban_tui.launch import engine_command
-from ban_tui.remote.operations import SNAPSHOT, RemoteLaunch, check_engine, remote_run_dir, remote_runs_dir
+from ban_tui.launch import Launch, engine_command
+from ban_tui.remote.operations import SNAPSHOT, check_engine, remote_run_dir, remote_runs_dir
 from ban_tui.remote.source import RemoteSource
-from ban_tui.remote.transport import RemoteError, rpath, run_checked
-
-# Run on the host: paths as the host's shell means them (relative to the home, or ~/...).
-SUBMIT_CODE = """\
-import json, os, sys, time
-from pathlib import Path
-from engine import scheduler
-from engine.runs import RunPaths
-req = json.loads(sys.stdin.read())
-home = os.path.expanduser("~")
-def at(p):
-    p = os.path.expanduser(p)
-    return p if os.path.isabs(p) else os.path.join(home, p)
-cwd = at(req["cwd"])
-os.makedirs(cwd, exist_ok=True)
-runs, root = Path(at(req["runs_dir"])), Path(at(req["root"]))
-scheduler.configure(runs, req["gpus"], req["slots"])
-argv = [at(w) if i in req["paths"] else os.path.expanduser(w) for i, w in enumerate(req["argv"])]
-got = scheduler.submit(root, req["snapshot"], argv, req["need"], cwd)
-deadline = time.time() + req["wait"]
-def first_event():
-    try:
-        return RunPaths(root).events.stat().st_size > 0
-    except OSError:
-        return False
-while "pid" in got and time.time() < deadline and not first_event():
-    if not scheduler.pid_alive(got["pid"], got["pid_start"]):
-        tail = RunPaths(root).stderr.read_text(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        got["died"] = tail[0]
-        break
-    time.sleep(0.2)
-got["dir"] = str(root)
-print(json.dumps(got))
-"""
-
-LOAD_CODE = """\
-import json, sys
-from engine import scheduler
-print(json.dumps(scheduler.load(sys.argv[1])))
-"""
-
-
-@dataclass
-class QueuedLaunch(RemoteLaunch):
-    queued: int | None = None     # the position in the host's queue when no slot was free
-
-    @property
-    def how(self) -> str:
-        return f"pid {self.pid}" if self.pid is not None else f"queued #{self.queued}"
-
+from ban_tui.remote.transport import RemoteError, host_call, rpath
 
 def submit(host: Host, exp: Experiment, seed: int, run_id: str | None = None, device: str | None = None,
-           wait: float = 30.0, checked: bool = False) -> QueuedLaunch:
+           wait: float = 30.0, checked: bool = False) -> Launch:
     """Queue one chain on the host (started at once on a free slot). A run started at once is
     waited for up to `wait` seconds until its first event, so one that dies at once is reported
     here. `checked`: the host's engine version was already checked."""
@@ -85,26 +36,16 @@ def submit(host: Host, exp: Experiment, seed: int, run_id: str | None = None, de
                "gpus": host.gpus, "slots": host.slots,
                # On the host the run is local: a `host` key would name a [hosts] table it lacks.
                "snapshot": dumps_experiment(replace(exp, host=None))}
-    out = run_checked(host, f"{rpath(host.python)} -c {shlex.quote(SUBMIT_CODE)}", "queueing the run",
-                      input=json.dumps(request).encode(), timeout=wait + 60)
-    try:
-        got = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise RemoteError(f"host {host.name!r}: expected the queue's answer as JSON, found {out[-80:]!r}")
+    got = host_call(host, ["submit"], "queueing the run", input=json.dumps(request).encode(), timeout=wait + 60)
     if "died" in got:
         raise RemoteError(f"host {host.name!r}: the engine exited at once: {got['died'].strip()} "
                           f"(see {posixpath.join(rdir, 'stderr.log')})")
-    return QueuedLaunch(host.name, exp.name, run_id, int(seed), rdir, got.get("pid"), got.get("position"))
+    return Launch(exp.name, run_id, rdir, got.get("pid"), queued=got.get("position"), host=host.name, seed=int(seed))
 
 
 def host_load(host: Host) -> dict:
     """{"slots", "busy", "queued"} of the host's runs directory (engine.scheduler.load, there)."""
-    out = run_checked(host, f"{rpath(host.python)} -c {shlex.quote(LOAD_CODE)} {rpath(remote_runs_dir(host))}",
-                      "reading the host's slots")
-    try:
-        return json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise RemoteError(f"host {host.name!r}: expected the slots as JSON, found {out[-80:]!r}")
+    return host_call(host, ["load", remote_runs_dir(host)], "reading the host's slots")
 
 
 class QueuedRemoteSource(RemoteSource):

@@ -16,11 +16,13 @@ import shlex
 import subprocess
 
 from engine.spec import Host
+from ban_tui.errors import BackendError
+from ban_tui.host.wire import answer_of
 
 NO_CONNECTION = 255       # ssh's own exit status: the connection failed, not the remote command
 
 
-class RemoteError(Exception):
+class RemoteError(BackendError):
     """A remote step failed; the message is one line naming the host and what went wrong."""
 
 
@@ -97,4 +99,16 @@ def close(host: Host) -> None:
     """Stop the shared connection to a host (if one is up)."""
     subprocess.run(ssh_argv(host, options=["-O", "exit"]), capture_output=True,
                    stdin=subprocess.DEVNULL, timeout=10)
+
+
+def host_call(host: Host, args: list[str], what: str, input: bytes | None = None, timeout: float = 60.0,
+              before: str = ""):
+    """Run `python -m ban_tui.host ARGS` on the host (ban_tui.host.__main__) and return its JSON
+    answer; `before`: a shell command line to run first (`mkdir -p DIR &&`)."""
+    command = f"{before}{rpath(host.python)} -m ban_tui.host {words(*args)}"
+    out = run_checked(host, command, what, input=input, timeout=timeout)
+    try:
+        return answer_of(out)
+    except ValueError as exc:
+        raise RemoteError(f"host {host.name!r}: {what}: {exc}") from None
 

@@ -1,5 +1,6 @@
 """The hosts panel (F4): every remote box of the config and of ~/.config/ban/hosts.toml with its
-GPUs (nvidia-smi over ssh) and the runs running there; enter follows those runs in the runs panel.
+GPUs (nvidia-smi over ssh) and the runs live there; enter follows those runs in the runs panel,
+each with its backend's source (a queued run's, a Slurm job's: ban_tui.backends).
 
 The boxes are asked in a thread worker, all at once, while the panel is shown (every
 REFRESH_SECONDS, and at once with r), so a slow or unreachable box never blocks the app.
@@ -16,8 +17,8 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
 from ban_tui import hosts
-from ban_tui.remote.gpus import HostStatus, gpu_status
-from ban_tui.remote.source import RemoteSource
+from ban_tui.remote.gpus import HostStatus
+from ban_tui.backends import backend_for
 from ban_tui.tables import HOST_COLUMNS, host_rows
 from ban_tui.widgets.rows import RowsTable
 from engine import spec
@@ -79,7 +80,7 @@ class HostsPane(Vertical):
     def refresh_hosts(self) -> None:
         known, problem = self.load_hosts()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = dict(zip(known, pool.map(gpu_status, known.values())))
+            statuses = dict(zip(known, pool.map(lambda h: backend_for(h).status(), known.values())))
         self.app.call_from_thread(self.show, known, statuses, problem)
 
     def show(self, known: dict, statuses: dict, problem: str = "") -> None:
@@ -105,6 +106,7 @@ class HostsPane(Vertical):
             self.app.notify(f"nothing runs on {name}", severity="warning")
             return
         for run in status.runs:
-            self.app.watcher.add(Path(run.dir), RemoteSource(self.known[name], run.dir).start())
+            # its backend's source: a queued run's, a Slurm job's, as `ban follow --host` follows it
+            self.app.watcher.add(Path(run.dir), backend_for(self.known[name]).source(run.dir).start())
             self.app.notify(f"following {run.name} on {name}")
         self.app.show_panel("runs")

@@ -1,12 +1,11 @@
 """The runs panel: every run of the runs directory with its status, progress, last test error,
 objectives, seed, configuration hash (as `ban report` groups runs) and tags, updated live; open
-one (enter), mark several (space) and compare them (c), cancel (x, asks), resume (r), delete a
-finished one (d, asks); filter (/: every word must appear in the experiment, run id, objective
+one (enter), mark several (space) and compare them (c), cancel (x, asks), resume (r), delete one
+that is not running (d, asks; as `ban rm`); filter (/: every word must appear in the experiment, run id, objective
 or tags; esc clears it) and sort (s cycles the column)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from textual import on
@@ -17,7 +16,7 @@ from textual.widgets import DataTable, Input, Label
 
 from ban_tui import notes
 from ban_tui.tables import RUN_COLUMNS, chain_objectives, current_gen, pick, run_row, short_run_name, status_label
-from engine.runs import RunPaths, load_state, pid_alive, snapshot_experiment
+from engine.runs import RunPaths, snapshot_experiment
 from ban_tui.watch import RunsUpdate
 from ban_tui.widgets.rows import RowsTable
 
@@ -53,15 +52,18 @@ def first_event(path: Path) -> list[dict]:
         return []
 
 
-def remove_run(run_dir: Path) -> None:
-    """Delete a run's directory: only a run directory (it has events.jsonl), never a live run."""
+def remove_run(run_dir: Path) -> str:
+    """Delete a run's directory as `ban rm` does (this machine's backend): only a run directory,
+    never a live run; a queued one leaves the queue. OSError when refused."""
+    from ban_tui.backends import backend_for
+    from ban_tui.backends.base import FAILURES
     run_dir = Path(run_dir)
-    if not RunPaths(run_dir).events.is_file():
+    if not (RunPaths(run_dir).events.is_file() or (run_dir / "queued").is_file()):
         raise OSError(f"{run_dir} is not a run directory (no events.jsonl)")
-    state = load_state(run_dir)
-    if state.end is None and pid_alive(state.pid, state.pid_start):
-        raise OSError(f"{run_dir}: the engine (pid {state.pid}) is still running it")
-    shutil.rmtree(run_dir)
+    try:
+        return backend_for(None, run_dir.parent.parent).rm(str(run_dir))
+    except FAILURES as exc:
+        raise OSError(f"{run_dir}: not removed, still running: {exc}") from None
 
 
 # the keys that control the run under the cursor (the runs table) or on the screen (the monitor)
